@@ -1,0 +1,115 @@
+r"""Converters between score, eps-, x0- and v-prediction functions of a linear SDE.
+
+For $x_t = \alpha x_0 + \sigma\varepsilon$ the four parameterisations are related pointwise by
+
+$$\nabla\log p_t(x) = -\frac{\hat\varepsilon}{\sigma},\qquad
+  \hat x_0 = \frac{x - \sigma\hat\varepsilon}{\alpha},\qquad
+  \hat v = \alpha\hat\varepsilon - \sigma\hat x_0,$$
+
+and back, $\hat\varepsilon = (\sigma x + \alpha\hat v)/(\alpha^2 + \sigma^2)$.
+See [parameterisations](../derivations/linear-sde.md#parameterisations).
+"""
+
+from typing import Literal
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from ._custom_types import Time, VectorField
+from ._sde import AbstractLinearSDE
+
+Kind = Literal["score", "eps", "x0", "v"]
+_KINDS = ("score", "eps", "x0", "v")
+
+
+def _coeffs(sde: AbstractLinearSDE, t, dtype):
+    alpha, sigma = sde.marginal(t)
+    return alpha.astype(dtype), sigma.astype(dtype)
+
+
+def to_eps(kind: Kind, sde: AbstractLinearSDE, t: Time, x: Array, pred: Array) -> Array:
+    r"""Convert a prediction `pred` of kind `kind` at $(t, x)$ into $\hat\varepsilon$."""
+    alpha, sigma = _coeffs(sde, t, x.dtype)
+    if kind == "eps":
+        return pred
+    if kind == "score":
+        return -sigma * pred
+    if kind == "x0":
+        return (x - alpha * pred) / sigma
+    if kind == "v":
+        return (sigma * x + alpha * pred) / (alpha**2 + sigma**2)
+    raise ValueError(f"`kind` must be one of {_KINDS}, got {kind!r}.")
+
+
+def from_eps(kind: Kind, sde: AbstractLinearSDE, t: Time, x: Array, eps: Array) -> Array:
+    r"""Convert $\hat\varepsilon$ at $(t, x)$ into a prediction of kind `kind`."""
+    alpha, sigma = _coeffs(sde, t, x.dtype)
+    if kind == "eps":
+        return eps
+    if kind == "score":
+        return -eps / sigma
+    if kind == "x0":
+        return (x - sigma * eps) / alpha
+    if kind == "v":
+        return alpha * eps - sigma * (x - sigma * eps) / alpha
+    raise ValueError(f"`kind` must be one of {_KINDS}, got {kind!r}.")
+
+
+class Converted(eqx.Module):
+    """A prediction function re-expressed in another parameterisation (see `convert`)."""
+
+    sde: AbstractLinearSDE
+    fn: VectorField
+    source: str = eqx.field(static=True)
+    target: str = eqx.field(static=True)
+
+    def __call__(self, t: Time, x: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
+        eps = to_eps(self.source, self.sde, t, x, self.fn(t, x))  # pyright: ignore
+        return from_eps(self.target, self.sde, t, x, eps)  # pyright: ignore
+
+
+def convert(sde: AbstractLinearSDE, fn: VectorField, source: Kind, target: Kind) -> Converted:
+    r"""Re-express a prediction function `fn(t, x)` of kind `source` as one of kind `target`.
+
+    Args:
+        sde: the linear SDE that defines $\alpha(t)$ and $\sigma(t)$.
+        fn: a callable $(t, x) \mapsto$ prediction of kind `source`.
+        source, target: one of `"score"`, `"eps"`, `"x0"`, `"v"`.
+
+    Returns:
+        An `eqx.Module` callable as `(t, x)`; differentiable and jit-able.
+
+    Example:
+        ```python
+        score = sd.convert(sde, eps_net, "eps", "score")
+        ```
+    """
+    if not isinstance(sde, AbstractLinearSDE):
+        raise TypeError(f"`sde` must be a linear SDE, got {type(sde).__name__}.")
+    for name, k in (("source", source), ("target", target)):
+        if k not in _KINDS:
+            raise ValueError(f"`{name}` must be one of {_KINDS}, got {k!r}.")
+    if not callable(fn):
+        raise TypeError(f"`fn` must be callable (t, x) -> array, got {fn!r}.")
+    return Converted(sde, fn, source, target)
+
+
+def eps_to_score(sde: AbstractLinearSDE, eps_fn: VectorField) -> Converted:
+    r"""Score $-\hat\varepsilon/\sigma(t)$ from an eps-prediction function."""
+    return convert(sde, eps_fn, "eps", "score")
+
+
+def score_to_eps(sde: AbstractLinearSDE, score_fn: VectorField) -> Converted:
+    r"""Eps-prediction $-\sigma(t)\,s(t, x)$ from a score function."""
+    return convert(sde, score_fn, "score", "eps")
+
+
+def x0_to_eps(sde: AbstractLinearSDE, x0_fn: VectorField) -> Converted:
+    r"""Eps-prediction $(x - \alpha\hat x_0)/\sigma$ from an x0-prediction function."""
+    return convert(sde, x0_fn, "x0", "eps")
+
+
+def v_to_eps(sde: AbstractLinearSDE, v_fn: VectorField) -> Converted:
+    r"""Eps-prediction $(\sigma x + \alpha\hat v)/(\alpha^2 + \sigma^2)$ from a v-prediction function."""
+    return convert(sde, v_fn, "v", "eps")

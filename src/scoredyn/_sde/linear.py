@@ -1,0 +1,202 @@
+"""Concrete linear SDEs: VP, sub-VP, VE and cosine-VP."""
+
+import math
+
+import jax.numpy as jnp
+
+from .._custom_types import Scalar, Time
+from .._misc import as_float, check_positive, is_concrete, log1mexp
+from .base import AbstractLinearSDE
+
+
+def _check_range(lo, hi, lo_name: str, hi_name: str) -> None:
+    check_positive(lo, lo_name)
+    check_positive(hi, hi_name)
+    if is_concrete(lo, hi) and not float(lo) < float(hi):
+        raise ValueError(f"`{lo_name}` must be < `{hi_name}`, got {lo_name}={lo}, {hi_name}={hi}.")
+
+
+class VPSDE(AbstractLinearSDE):
+    r"""Variance-preserving SDE (Song et al. 2021), the continuous limit of DDPM.
+
+    With $\beta(t) = \beta_{\min} + t(\beta_{\max} - \beta_{\min})$:
+
+    $$\log\alpha(t) = -\tfrac14 t^2(\beta_{\max} - \beta_{\min}) - \tfrac12 t\beta_{\min},\qquad
+      \sigma(t)^2 = 1 - \alpha(t)^2,$$
+    $$f(t) = -\tfrac12\beta(t),\qquad g(t) = \sqrt{\beta(t)}.$$
+
+    $\sigma^2$ is computed as `-expm1(2 log alpha)` so it stays accurate near $t = 0$.
+
+    Args:
+        beta_min: $\beta_{\min} > 0$.
+        beta_max: $\beta_{\max} > \beta_{\min}$.
+        T: final time.
+
+    References:
+        Song et al., *Score-Based Generative Modeling through SDEs*, arXiv:2011.13456.
+    """
+
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+    T: float = 1.0
+
+    def __check_init__(self):
+        _check_range(self.beta_min, self.beta_max, "beta_min", "beta_max")
+        check_positive(self.T, "T")
+
+    def beta(self, t: Time) -> Scalar:
+        r"""The noise rate $\beta(t)$."""
+        return self.beta_min + as_float(t, "t") * (self.beta_max - self.beta_min)
+
+    def log_alpha(self, t: Time) -> Scalar:
+        r"""$\log\alpha(t)$."""
+        t = as_float(t, "t")
+        return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
+
+    def marginal(self, t: Time) -> tuple[Scalar, Scalar]:
+        la = self.log_alpha(t)
+        return jnp.exp(la), jnp.sqrt(-jnp.expm1(2.0 * la))
+
+    def coefficients(self, t: Time) -> tuple[Scalar, Scalar]:
+        b = self.beta(t)
+        return -0.5 * b, jnp.sqrt(b)
+
+    def log_snr(self, t: Time) -> Scalar:
+        la2 = 2.0 * self.log_alpha(t)
+        return la2 - log1mexp(la2)
+
+
+class SubVPSDE(AbstractLinearSDE):
+    r"""Sub-variance-preserving SDE (Song et al. 2021).
+
+    Same $\alpha(t)$ and drift as [`VPSDE`][scoredyn.VPSDE], with
+    $\sigma(t) = 1 - \alpha(t)^2$ (no square root) and
+    $g(t)^2 = \beta(t)\,(1 - \alpha(t)^4)$.
+
+    Args:
+        beta_min: $\beta_{\min} > 0$.
+        beta_max: $\beta_{\max} > \beta_{\min}$.
+        T: final time.
+    """
+
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+    T: float = 1.0
+
+    def __check_init__(self):
+        _check_range(self.beta_min, self.beta_max, "beta_min", "beta_max")
+        check_positive(self.T, "T")
+
+    def beta(self, t: Time) -> Scalar:
+        r"""The noise rate $\beta(t)$."""
+        return self.beta_min + as_float(t, "t") * (self.beta_max - self.beta_min)
+
+    def log_alpha(self, t: Time) -> Scalar:
+        r"""$\log\alpha(t)$."""
+        t = as_float(t, "t")
+        return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
+
+    def marginal(self, t: Time) -> tuple[Scalar, Scalar]:
+        la = self.log_alpha(t)
+        return jnp.exp(la), -jnp.expm1(2.0 * la)
+
+    def coefficients(self, t: Time) -> tuple[Scalar, Scalar]:
+        b = self.beta(t)
+        return -0.5 * b, jnp.sqrt(-b * jnp.expm1(4.0 * self.log_alpha(t)))
+
+    def log_snr(self, t: Time) -> Scalar:
+        la2 = 2.0 * self.log_alpha(t)
+        return la2 - 2.0 * log1mexp(la2)
+
+
+class VESDE(AbstractLinearSDE):
+    r"""Variance-exploding SDE (Song et al. 2021; SMLD / NCSN in continuous time).
+
+    $\alpha(t) = 1$ and the noise level grows geometrically, $s(t) =
+    \sigma_{\min}(\sigma_{\max}/\sigma_{\min})^t$, with $g(t)^2 = \mathrm{d}s^2/\mathrm{d}t =
+    2 s(t)^2 \log(\sigma_{\max}/\sigma_{\min})$. The transition kernel started from clean data
+    at $t = 0$ is exact:
+
+    $$\sigma(t)^2 = s(t)^2 - \sigma_{\min}^2 = \sigma_{\min}^2\,\operatorname{expm1}(2t\log(\sigma_{\max}/\sigma_{\min})).$$
+
+    (Song et al.'s code uses $\sigma(t) = s(t)$, which differs by $\sigma_{\min}^2$ in variance;
+    the exact form makes $\sigma(0) = 0$ like the other SDEs.)
+
+    Args:
+        sigma_min: $\sigma_{\min} > 0$.
+        sigma_max: $\sigma_{\max} > \sigma_{\min}$.
+        T: final time.
+    """
+
+    sigma_min: float = 0.01
+    sigma_max: float = 50.0
+    T: float = 1.0
+
+    def __check_init__(self):
+        _check_range(self.sigma_min, self.sigma_max, "sigma_min", "sigma_max")
+        check_positive(self.T, "T")
+
+    def _log_ratio(self):
+        return math.log(self.sigma_max / self.sigma_min)
+
+    def marginal(self, t: Time) -> tuple[Scalar, Scalar]:
+        t = as_float(t, "t")
+        var = self.sigma_min**2 * jnp.expm1(2.0 * t * self._log_ratio())
+        return jnp.ones_like(t), jnp.sqrt(var)
+
+    def coefficients(self, t: Time) -> tuple[Scalar, Scalar]:
+        t = as_float(t, "t")
+        s = self.sigma_min * jnp.exp(t * self._log_ratio())
+        return jnp.zeros_like(t), s * math.sqrt(2.0 * self._log_ratio())
+
+    def log_snr(self, t: Time) -> Scalar:
+        t = as_float(t, "t")
+        return -2.0 * math.log(self.sigma_min) - jnp.log(jnp.expm1(2.0 * t * self._log_ratio()))
+
+
+class CosineVPSDE(AbstractLinearSDE):
+    r"""Variance-preserving SDE with the cosine schedule of Nichol & Dhariwal (2021).
+
+    $$\alpha(t) = \frac{\cos\big(\frac{\pi}{2}\frac{t + s}{1 + s}\big)}{\cos\big(\frac{\pi}{2}\frac{s}{1 + s}\big)},\qquad
+      \sigma(t)^2 = 1 - \alpha(t)^2,$$
+    $$f(t) = -\frac{\pi}{2(1+s)}\tan\Big(\frac{\pi}{2}\frac{t+s}{1+s}\Big),\qquad g(t)^2 = -2 f(t).$$
+
+    At $t = 1$ the schedule has $\alpha = 0$ and an infinite drift, so the default end time is
+    $T = 0.9946$ (as in DPM-Solver), where $\alpha \approx 8.4\times10^{-3}$ and
+    $\lambda \approx -9.5$.
+
+    Args:
+        s: offset $s > 0$ (0.008 in the paper).
+        T: final time, $0 < T < 1$.
+    """
+
+    s: float = 0.008
+    T: float = 0.9946
+
+    def __check_init__(self):
+        check_positive(self.s, "s")
+        check_positive(self.T, "T")
+        if is_concrete(self.T) and not float(self.T) < 1.0:
+            raise ValueError(f"`T` must be < 1 for the cosine schedule (alpha(1) = 0), got {self.T}.")
+
+    def _angle(self, t):
+        return 0.5 * math.pi * (as_float(t, "t") + self.s) / (1.0 + self.s)
+
+    def log_alpha(self, t: Time) -> Scalar:
+        r"""$\log\alpha(t)$."""
+        la = jnp.log(jnp.cos(self._angle(t))) - math.log(
+            math.cos(0.5 * math.pi * self.s / (1.0 + self.s))
+        )
+        return jnp.minimum(la, 0.0)  # rounding at t = 0 must not give alpha > 1
+
+    def marginal(self, t: Time) -> tuple[Scalar, Scalar]:
+        la = self.log_alpha(t)
+        return jnp.exp(la), jnp.sqrt(-jnp.expm1(2.0 * la))
+
+    def coefficients(self, t: Time) -> tuple[Scalar, Scalar]:
+        f = -0.5 * math.pi / (1.0 + self.s) * jnp.tan(self._angle(t))
+        return f, jnp.sqrt(-2.0 * f)
+
+    def log_snr(self, t: Time) -> Scalar:
+        la2 = 2.0 * self.log_alpha(t)
+        return la2 - log1mexp(la2)

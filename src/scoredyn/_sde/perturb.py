@@ -1,0 +1,34 @@
+"""Sampling the forward marginal q(x_t | x_0)."""
+
+import jax
+from jaxtyping import Array, ArrayLike, Float
+
+from .._custom_types import Key, Time
+from .._misc import as_float, check_time
+from .base import AbstractLinearSDE
+
+
+def perturb(
+    key: Key, sde: AbstractLinearSDE, x0: Float[ArrayLike, "*shape"], t: Time
+) -> Float[Array, "*shape"]:
+    r"""Draw $x_t = \alpha(t)\,x_0 + \sigma(t)\,\varepsilon$ with $\varepsilon \sim \mathcal N(0, I)$.
+
+    Args:
+        key: PRNG key.
+        sde: a linear SDE.
+        x0: clean data, one example (any shape).
+        t: scalar time in $[0, T]$.
+
+    Returns:
+        $x_t$, shaped and typed like `x0`.
+
+    Raises:
+        ValueError: if `t` lies outside $[0, T]$ (at trace time when concrete).
+    """
+    if not isinstance(sde, AbstractLinearSDE):
+        raise TypeError(f"`sde` must be a linear SDE, got {type(sde).__name__}.")
+    x0 = as_float(x0, "x0")
+    t = check_time(t, sde.T)
+    alpha, sigma = sde.marginal(t)
+    eps = jax.random.normal(key, x0.shape, x0.dtype)
+    return alpha.astype(x0.dtype) * x0 + sigma.astype(x0.dtype) * eps

@@ -1,0 +1,40 @@
+"""Shared fixtures for the test-suite: SDEs, small oracles and tree comparison."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import scoredyn as sd
+
+ALL_LINEAR_SDES = [
+    sd.VPSDE(beta_min=0.1, beta_max=20.0),
+    sd.SubVPSDE(beta_min=0.1, beta_max=20.0),
+    sd.VESDE(sigma_min=0.01, sigma_max=50.0),
+    sd.CosineVPSDE(),
+]
+SDE_IDS = ["vp", "subvp", "ve", "cosine"]
+
+
+def mixture_2d(dtype=jnp.float64) -> sd.toy.GaussianMixture:
+    """A 2-D three-component mixture with full, correlated covariances."""
+    w = jnp.array([0.2, 0.5, 0.3], dtype)
+    m = jnp.array([[-1.5, 0.5], [1.0, 1.0], [0.5, -1.5]], dtype)
+    c = jnp.array(
+        [[[0.10, 0.03], [0.03, 0.05]], [[0.08, -0.02], [-0.02, 0.12]], [[0.05, 0.0], [0.0, 0.05]]],
+        dtype,
+    )
+    return sd.toy.GaussianMixture(w, m, c)
+
+
+def gaussian_1comp(d: int = 3, mean: float = 0.3, var: float = 0.25, dtype=jnp.float64):
+    """A single isotropic Gaussian $\\mathcal N(m\\mathbf 1, s^2 I)$ as a one-component mixture."""
+    return sd.toy.GaussianMixture(
+        jnp.ones((1,), dtype), jnp.full((1, d), mean, dtype), var * jnp.eye(d, dtype=dtype)[None]
+    )
+
+
+def tree_allclose(a, b, *, rtol=1e-5, atol=1e-8) -> bool:
+    la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+    return len(la) == len(lb) and all(
+        np.allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol) for x, y in zip(la, lb)
+    )
