@@ -27,8 +27,41 @@ from ._sde import (
 )
 
 # -- solve / likelihood (foundation) --
+from ._likelihood import (
+    bits_per_dim as bits_per_dim,
+    divergence as divergence,
+    hutchinson_divergence as hutchinson_divergence,
+    hutchinson_probes as hutchinson_probes,
+    log_likelihood as log_likelihood,
+)
+from ._solve import (
+    decode as decode,
+    encode as encode,
+    sample_ode as sample_ode,
+    sample_pc as sample_pc,
+    sample_sde as sample_sde,
+    simulate_sde as simulate_sde,
+)
 # -- discrete (DDPM / DDIM) --
+from ._discrete import (
+    ddim_step as ddim_step,
+    diffusion_loss as diffusion_loss,
+    DiscreteSchedule as DiscreteSchedule,
+    discretized_gaussian_log_likelihood as discretized_gaussian_log_likelihood,
+    forward_posterior as forward_posterior,
+    gaussian_kl as gaussian_kl,
+    posterior_variance as posterior_variance,
+    respace as respace,
+    reverse_step as reverse_step,
+    reverse_variances as reverse_variances,
+    sample_discrete as sample_discrete,
+    trajectory as trajectory,
+    variational_bound as variational_bound,
+    VariationalBound as VariationalBound,
+)
 # -- namespaces: analytic, reparam, nn --
+from . import analytic as analytic
+from . import nn as nn
 
 try:
     __version__ = importlib.metadata.version("scoredyn")

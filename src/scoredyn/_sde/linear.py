@@ -183,11 +183,15 @@ class CosineVPSDE(AbstractLinearSDE):
         return 0.5 * math.pi * (as_float(t, "t") + self.s) / (1.0 + self.s)
 
     def log_alpha(self, t: Time) -> Scalar:
-        r"""$\log\alpha(t)$."""
-        la = jnp.log(jnp.cos(self._angle(t))) - math.log(
-            math.cos(0.5 * math.pi * self.s / (1.0 + self.s))
-        )
-        return jnp.minimum(la, 0.0)  # rounding at t = 0 must not give alpha > 1
+        r"""$\log\alpha(t)$, written as $\log(1 - 2\sin^2(\delta/2) - \tan(a_0)\sin\delta)$.
+
+        Here $a_0 = \frac{\pi}{2}\frac{s}{1+s}$ and $\delta = \frac{\pi}{2}\frac{t}{1+s}$, so that
+        $\cos(a_0 + \delta)/\cos(a_0)$ is evaluated without cancellation near $t = 0$.
+        """
+        delta = 0.5 * math.pi * as_float(t, "t") / (1.0 + self.s)
+        tan_a0 = math.tan(0.5 * math.pi * self.s / (1.0 + self.s))
+        la = jnp.log1p(-2.0 * jnp.sin(0.5 * delta) ** 2 - tan_a0 * jnp.sin(delta))
+        return jnp.minimum(la, 0.0)
 
     def marginal(self, t: Time) -> tuple[Scalar, Scalar]:
         la = self.log_alpha(t)

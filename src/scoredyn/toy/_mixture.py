@@ -5,6 +5,7 @@ import math
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.special import logsumexp
 from jaxtyping import Array, ArrayLike, Float
 
@@ -62,26 +63,26 @@ class GaussianMixture(eqx.Module):
         d = means.shape[1]
         if covs.shape != (k, d, d):
             raise ValueError(f"`covs` must have shape (k={k}, d={d}, d={d}), got {covs.shape}.")
+        # Checks run in numpy on concrete inputs only (inside jit the values are tracers).
         if is_concrete(weights):
-            w = jax.device_get(weights)
-            if (w < 0).any() or not math.isfinite(float(w.sum())):
+            w = np.asarray(weights)
+            if (w < 0).any() or not np.isfinite(w).all():
                 raise ValueError(f"`weights` must be non-negative and finite, got {w}.")
             if abs(float(w.sum()) - 1.0) > 1e-5:
                 raise ValueError(f"`weights` must sum to one, got sum {float(w.sum())}.")
         if is_concrete(covs):
-            asym = float(jnp.max(jnp.abs(covs - jnp.swapaxes(covs, -1, -2))))
-            scale = float(jnp.max(jnp.abs(covs)))
-            if not asym <= 1e-6 * max(scale, 1.0):
+            c = np.asarray(covs, dtype=np.float64)
+            asym = float(np.max(np.abs(c - np.swapaxes(c, -1, -2))))
+            if not asym <= 1e-6 * max(float(np.max(np.abs(c))), 1.0):
                 raise ValueError(f"`covs` must be symmetric, got max |C - C^T| = {asym}.")
-        evals, evecs = jnp.linalg.eigh(covs)
-        if is_concrete(evals):
-            lo = jax.device_get(evals.min(axis=-1))
+            lo = np.linalg.eigvalsh(c).min(axis=-1)
             bad = [i for i, v in enumerate(lo) if not v > 0]
             if bad:
                 raise ValueError(
                     f"`covs[{bad[0]}]` must be positive definite, got smallest eigenvalue "
                     f"{lo[bad[0]]}."
                 )
+        evals, evecs = jnp.linalg.eigh(covs)
         self.weights, self.means, self.covs = weights, means, covs
         self.eigvals, self.eigvecs = evals, evecs
 
@@ -152,7 +153,9 @@ class GaussianMixture(eqx.Module):
         alpha = jnp.asarray(alpha, self.means.dtype)
         sigma = jnp.asarray(sigma, self.means.dtype)
         eye = jnp.eye(self.dim, dtype=self.means.dtype)
-        return GaussianMixture(self.weights, alpha * self.means, alpha**2 * self.covs + sigma**2 * eye)
+        return GaussianMixture(
+            self.weights, alpha * self.means, alpha**2 * self.covs + sigma**2 * eye[None]
+        )
 
     def marginal(self, sde: AbstractLinearSDE, t: Time) -> "GaussianMixture":
         r"""The marginal $p_t$ of the data under `sde` at time `t`, again a mixture."""
@@ -201,7 +204,7 @@ class GaussianMixture(eqx.Module):
         r"""$\big(\mathbb E[x_0\mid x],\ \operatorname{Cov}[x_0\mid x]\big)$, exactly."""
         post = self.posterior(alpha, sigma, x)
         mean = jnp.einsum("k,ki->i", post.weights, post.means)
-        dev = post.means - mean
+        dev = post.means - mean[None, :]
         cov = jnp.einsum("k,kij->ij", post.weights, post.covs) + jnp.einsum(
             "k,ki,kj->ij", post.weights, dev, dev
         )

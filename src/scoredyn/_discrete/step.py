@@ -1,0 +1,192 @@
+r"""The generalised reverse step of the DDIM family, for any pair $n \to m$.
+
+$$x_m = \underbrace{c_0\,\hat x_0 + c_n\,x_n}_{\text{mean of } q_\lambda(x_m\mid x_n, \hat x_0)}
+  + \sqrt{v}\,z,\qquad \hat x_0 = \frac{x_n - \sigma_n\hat\varepsilon}{\alpha_n},$$
+
+with $(c_0, c_n)$ from [`forward_posterior`][scoredyn.forward_posterior] for the forward
+choice $\lambda^2$ and any reverse variance $v$. With $v = \lambda^2$ this is
+$x_m = \alpha_m\hat x_0 + \sqrt{\sigma_m^2 - \lambda^2}\,\hat\varepsilon + \lambda z$.
+See [the DDIM family](../derivations/ddim.md#the-reverse-step).
+"""
+
+from typing import Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float, Int
+
+from .._custom_types import Key
+from .._misc import as_float, is_concrete
+from .posterior import (
+    _check_pair,
+    check_lam2,
+    check_schedule,
+    pair_terms,
+    PairTerms,
+    posterior_coefficients,
+)
+from .schedule import DiscreteSchedule
+
+Prediction = Literal["eps", "score", "x0", "v"]
+_PREDICTIONS = ("eps", "score", "x0", "v")
+
+
+class StepCoeffs(NamedTuple):
+    r"""Per-step constants, computed once outside any loop.
+
+    Without clipping the step is $x_m = a x_n + b\hat\varepsilon + s z$ with
+    $a = \alpha_m/\alpha_n$ and $b = -c_0\sigma_n/\alpha_n$.
+    """
+
+    a: Array
+    b: Array
+    coef_x0: Array
+    coef_xn: Array
+    inv_alpha_n: Array
+    soa_n: Array
+    alpha_n: Array
+    sigma_n: Array
+
+
+def step_coefficients(t: PairTerms, lam2) -> StepCoeffs:
+    pc = posterior_coefficients(t, lam2)
+    return StepCoeffs(
+        a=t.alpha_m / t.alpha_n,
+        b=-pc.coef_x0 * t.soa_n,
+        coef_x0=pc.coef_x0,
+        coef_xn=pc.coef_xn,
+        inv_alpha_n=1.0 / t.alpha_n,
+        soa_n=t.soa_n,
+        alpha_n=t.alpha_n,
+        sigma_n=t.sigma_n,
+    )
+
+
+def check_prediction(prediction) -> str:
+    if prediction not in _PREDICTIONS:
+        raise ValueError(f"`prediction` must be one of {_PREDICTIONS}, got {prediction!r}.")
+    return prediction
+
+
+def to_eps(prediction: str, alpha, sigma, x, pred):
+    r"""Convert a prediction at $x_n = \alpha x_0 + \sigma\varepsilon$ ($\alpha^2 + \sigma^2 = 1$) to $\hat\varepsilon$."""
+    if prediction == "eps":
+        return pred
+    if prediction == "score":
+        return -sigma * pred
+    if prediction == "x0":
+        return (x - alpha * pred) / sigma
+    return sigma * x + alpha * pred  # v-prediction, v = alpha eps - sigma x0
+
+
+def check_clip(clip_x0):
+    """None, a positive number c (clip to [-c, c]) or a pair (lo, hi) with lo < hi."""
+    if clip_x0 is None:
+        return None
+    if isinstance(clip_x0, (tuple, list)):
+        if len(clip_x0) != 2:
+            raise ValueError(f"`clip_x0` must be None, a number c > 0 or a pair (lo, hi), got {clip_x0!r}.")
+        lo, hi = clip_x0
+    else:
+        lo, hi = -clip_x0, clip_x0
+    if is_concrete(lo, hi) and not float(lo) < float(hi):
+        raise ValueError(f"`clip_x0` must give lo < hi, got ({lo}, {hi}).")
+    return lo, hi
+
+
+def apply_step(c: StepCoeffs, x, eps, clip):
+    """Mean of the reverse step (no noise), in x's dtype."""
+    if clip is None:
+        return c.a * x + c.b * eps
+    x0 = jnp.clip(c.inv_alpha_n * x - c.soa_n * eps, clip[0], clip[1])
+    return c.coef_x0 * x0 + c.coef_xn * x
+
+
+def check_var(var, name: str = "var"):
+    var = as_float(var, name)
+    if is_concrete(var):
+        if bool(jnp.any(jnp.isnan(var) | (var < 0) | jnp.isinf(var))):
+            raise ValueError(f"`{name}` must be >= 0 and finite, got {var}.")
+    return var
+
+
+def reverse_step(
+    key: Key | None,
+    sched: DiscreteSchedule,
+    n: Int[ArrayLike, ""],
+    m: Int[ArrayLike, ""],
+    x_n: Float[ArrayLike, "*shape"],
+    eps_hat: Float[ArrayLike, "*shape"],
+    *,
+    lam2: Float[ArrayLike, ""] | None = None,
+    var: Float[ArrayLike, "..."] | None = None,
+    clip_x0: float | tuple[float, float] | None = None,
+) -> Float[Array, "*shape"]:
+    r"""One reverse step $x_n \to x_m$ ($m < n$): mean from the forward choice $\lambda^2$, noise variance $v$.
+
+    $$\hat x_0 = \frac{x_n - \sigma_n\hat\varepsilon}{\alpha_n},\qquad
+      x_m = c_0\,\hat x_0 + c_n\,x_n + \sqrt{v}\,z,\quad z \sim \mathcal N(0, I),$$
+
+    where $(c_0, c_n)$ are the coefficients of $q_\lambda(x_m\mid x_n, x_0)$
+    ([`forward_posterior`][scoredyn.forward_posterior]). Without clipping this is evaluated
+    as $x_m = \frac{\alpha_m}{\alpha_n}x_n - c_0\frac{\sigma_n}{\alpha_n}\hat\varepsilon + \sqrt v z$.
+
+    - DDIM ($\eta = 0$): `lam2=0, var=0`.
+    - DDPM: `lam2=None` ($\tilde\beta_{m|n}$), `var` $= \tilde\beta_{m|n}$ or $\beta_{n|m}$.
+    - Analytic-DPM, SN-/NPR-DPM: `lam2` the forward choice, `var` their optimal variance
+      (a scalar, or an array broadcastable to `x_n` for a diagonal covariance). A `var`
+      larger than $1 - \bar\alpha_m$ is fine: only $\lambda^2$ must lie in $[0, 1 - \bar\alpha_m]$.
+
+    Args:
+        key: PRNG key; may be `None` only when `var` is zero.
+        sched: the schedule.
+        n, m: integer indices, $0 \le m < n \le N$.
+        x_n: the current state (one example).
+        eps_hat: the noise prediction $\hat\varepsilon(t_n, x_n)$, shaped like `x_n`.
+        lam2: $\lambda^2 \in [0, 1 - \bar\alpha_m]$; `None` means $\tilde\beta_{m|n}$ (DDPM).
+        var: reverse variance $v \ge 0$; `None` means $v = \lambda^2$.
+        clip_x0: clip $\hat x_0$ to $[-c, c]$ (a number) or $[lo, hi]$ (a pair) before the mean.
+
+    Returns:
+        $x_m$, shaped and typed like `x_n`.
+    """
+    sched = check_schedule(sched)
+    n, m = _check_pair(sched, n, m)
+    x_n = as_float(x_n, "x_n")
+    eps_hat = jnp.asarray(eps_hat)
+    if eps_hat.shape != x_n.shape:
+        raise ValueError(f"`eps_hat` must be shaped like x_n {x_n.shape}, got {eps_hat.shape}.")
+    if eps_hat.dtype != x_n.dtype:
+        raise TypeError(f"`eps_hat` must have dtype {x_n.dtype} like x_n, got {eps_hat.dtype}.")
+    clip = check_clip(clip_x0)
+    t = pair_terms(sched, n, m)
+    lam2 = t.beta_tilde if lam2 is None else check_lam2(lam2, t.sigma2_m)
+    var = lam2 if var is None else check_var(var)
+    c = jax.tree_util.tree_map(lambda a: a.astype(x_n.dtype), step_coefficients(t, lam2))
+    mean = apply_step(c, x_n, eps_hat, clip)
+    if key is None:
+        if is_concrete(var) and bool(jnp.all(jnp.asarray(var) == 0)):
+            return mean
+        raise ValueError("`key` may be None only for a deterministic step (var == 0).")
+    std = jnp.sqrt(jnp.asarray(var, x_n.dtype))
+    return mean + std * jax.random.normal(key, x_n.shape, x_n.dtype)
+
+
+def ddim_step(
+    key: Key | None,
+    sched: DiscreteSchedule,
+    n: Int[ArrayLike, ""],
+    m: Int[ArrayLike, ""],
+    x_n: Float[ArrayLike, "*shape"],
+    eps_hat: Float[ArrayLike, "*shape"],
+    var: Float[ArrayLike, ""] = 0.0,
+    *,
+    clip_x0: float | tuple[float, float] | None = None,
+) -> Float[Array, "*shape"]:
+    r"""The DDIM-family step with $\lambda^2 = v$: $x_m = \alpha_m\hat x_0 + \sqrt{\sigma_m^2 - v}\,\hat\varepsilon + \sqrt{v}\,z$.
+
+    `var = 0` is DDIM; `var` $= \eta^2\tilde\beta_{m|n}$ interpolates to DDPM ($\eta = 1$). A thin
+    wrapper of [`reverse_step`][scoredyn.reverse_step] with `lam2 = var`; `var` must lie in
+    $[0, 1 - \bar\alpha_m]$.
+    """
+    return reverse_step(key, sched, n, m, x_n, eps_hat, lam2=var, var=var, clip_x0=clip_x0)

@@ -1,0 +1,139 @@
+"""Input checks and small helpers shared by the solvers and the likelihood."""
+
+import math
+
+import diffrax
+import jax.numpy as jnp
+from jaxtyping import Array
+
+from .._misc import as_float, check_vector_field, default_float, is_concrete
+from .._sde import AbstractLinearSDE, AbstractSDE, VESDE
+
+
+def check_sde(sde, name: str = "sde", *, linear: bool = False) -> None:
+    """Raise `TypeError` unless `sde` is a scoredyn SDE (a linear one when `linear`)."""
+    want = AbstractLinearSDE if linear else AbstractSDE
+    if not isinstance(sde, want):
+        kind = "a linear SDE (AbstractLinearSDE)" if linear else "a scoredyn AbstractSDE"
+        raise TypeError(f"`{name}` must be {kind}, got {type(sde).__name__}.")
+
+
+def check_shape(shape, name: str = "shape") -> tuple[int, ...]:
+    """A tuple of non-negative Python ints (lists are accepted and converted)."""
+    if not isinstance(shape, tuple | list) or not all(
+        isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape
+    ):
+        raise TypeError(
+            f"`{name}` must be a tuple of non-negative ints (one example, no batch axis), "
+            f"got {shape!r}."
+        )
+    return tuple(shape)
+
+
+def check_dtype(dtype, name: str = "dtype"):
+    """The default float when `dtype` is None; otherwise a floating dtype."""
+    if dtype is None:
+        return default_float()
+    dtype = jnp.dtype(dtype)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"`{name}` must be a floating dtype, got {dtype}.")
+    return dtype
+
+
+def check_num_steps(n, name: str = "num_steps") -> int:
+    """A Python int >= 1 (it sets a loop length, so it must be static)."""
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"`{name}` must be a Python int >= 1, got {n!r}.")
+    return n
+
+
+def default_t_eps(sde: AbstractSDE, *, likelihood: bool = False) -> float:
+    r"""Default end time $t_\epsilon$ of a sampler or of the likelihood integral.
+
+    Following Song et al. (2021): $10^{-5}$ for likelihoods and for the VE SDE (whose
+    $\sigma(t)$ is already tiny at $10^{-3}$), $10^{-3}$ for sampling the VP-type SDEs.
+    """
+    if likelihood or isinstance(sde, VESDE):
+        return 1e-5
+    return 1e-3
+
+
+def check_t_eps(t_eps, sde: AbstractSDE, *, likelihood: bool = False, name: str = "t_eps"):
+    """Resolve the default and check `0 < t_eps < T` when concrete."""
+    if t_eps is None:
+        return default_t_eps(sde, likelihood=likelihood)
+    if is_concrete(t_eps, sde.T):
+        v = float(jnp.asarray(t_eps))
+        T = float(jnp.asarray(sde.T))
+        if not (0.0 < v < T) or math.isnan(v):
+            raise ValueError(f"`{name}` must satisfy 0 < {name} < T = {T}, got {v}.")
+    return t_eps
+
+
+def check_state(x, name: str) -> Array:
+    """A floating array (one example)."""
+    return as_float(x, name)
+
+
+def check_score(score, name: str, t, x: Array) -> None:
+    """Raise unless `score` is callable and maps `(t, x)` to an array like `x`."""
+    if not callable(score):
+        raise TypeError(f"`{name}` must be callable (t, x) -> array like x, got {score!r}.")
+    check_vector_field(score, name, t, x)
+
+
+def check_solver(solver, name: str = "solver") -> None:
+    if not isinstance(solver, diffrax.AbstractSolver):
+        raise TypeError(f"`{name}` must be a diffrax solver, got {solver!r}.")
+
+
+def check_controller(controller, name: str = "stepsize_controller") -> None:
+    if not isinstance(controller, diffrax.AbstractStepSizeController):
+        raise TypeError(f"`{name}` must be a diffrax step-size controller, got {controller!r}.")
+
+
+def check_ts(ts, lo, hi, dtype, *, decreasing: bool, name: str = "ts"):
+    """Save times: a 1-D array inside the integration interval, ordered along it."""
+    if ts is None:
+        return None
+    ts = jnp.asarray(ts, dtype)
+    if ts.ndim != 1 or ts.shape[0] < 1:
+        raise ValueError(f"`{name}` must be a non-empty 1-D array of times, got shape {ts.shape}.")
+    if is_concrete(ts, lo, hi):
+        a, b = float(jnp.asarray(lo)), float(jnp.asarray(hi))
+        lo_, hi_ = min(a, b), max(a, b)
+        if bool(jnp.any((ts < lo_) | (ts > hi_))):
+            raise ValueError(f"`{name}` must lie in [{lo_}, {hi_}], got {ts}.")
+        steps = jnp.diff(ts)
+        if bool(jnp.any(steps > 0 if decreasing else steps < 0)):
+            order = "non-increasing" if decreasing else "non-decreasing"
+            raise ValueError(f"`{name}` must be {order} along the integration, got {ts}.")
+    return ts
+
+
+def evals_per_step(solver) -> tuple[int, int] | None:
+    """(vector-field evaluations per step, extra evaluations at the start) of an explicit solver.
+
+    Explicit Runge–Kutta methods with $s$ stages cost $s$ evaluations per step, or $s - 1$ plus
+    one at the start when first-same-as-last (FSAL). `None` for other solvers.
+    """
+    if isinstance(solver, diffrax.Euler):
+        return 1, 0
+    tableau = getattr(solver, "tableau", None)
+    if tableau is None or not isinstance(solver, diffrax.AbstractERK):
+        return None
+    stages = len(tableau.c) + 1
+    return (stages - 1, 1) if tableau.fsal else (stages, 0)
+
+
+def solution_stats(sol, solver) -> dict:
+    """diffrax's step counts plus the number of vector-field evaluations (explicit solvers)."""
+    stats = {
+        "num_steps": sol.stats["num_steps"],
+        "num_accepted_steps": sol.stats["num_accepted_steps"],
+        "num_rejected_steps": sol.stats["num_rejected_steps"],
+    }
+    per = evals_per_step(solver)
+    if per is not None:
+        stats["nfe"] = per[0] * sol.stats["num_steps"] + per[1]
+    return stats

@@ -1,0 +1,296 @@
+"""Simulating SDEs with diffrax, and sampling by the reverse-time SDE."""
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import lineax as lx
+from jaxtyping import Array, ArrayLike, Float
+
+from .._custom_types import Key, ScoreFn
+from .._misc import is_concrete
+from .._sde import AbstractLinearSDE, AbstractSDE, reverse_sde
+from ._utils import (
+    check_controller,
+    check_dtype,
+    check_num_steps,
+    check_score,
+    check_sde,
+    check_shape,
+    check_solver,
+    check_state,
+    check_t_eps,
+    check_ts,
+    solution_stats,
+)
+
+_LEVY_AREAS = (diffrax.BrownianIncrement, diffrax.SpaceTimeLevyArea, diffrax.SpaceTimeTimeLevyArea)
+
+
+def _levy_area(solver):
+    """The cheapest Brownian object the solver accepts (plain increments for Euler/Heun)."""
+    minimal = getattr(solver, "minimal_levy_area", diffrax.AbstractBrownianIncrement)
+    for area in _LEVY_AREAS:
+        if issubclass(area, minimal):
+            return area
+    raise TypeError(f"`solver` needs an unsupported Levy area {minimal}.")  # pragma: no cover
+
+
+class _Drift(eqx.Module):
+    """$b$ in running time $s$: $\\tau(s) = t_0 + \\mathrm{sign}\\, s$, drift $\\mathrm{sign}\\, b(\\tau, y)$."""
+
+    sde: AbstractSDE
+    t0: Array
+    sign: float = eqx.field(static=True)
+
+    def __call__(self, s, y, args):
+        tau = self.t0 + self.sign * jnp.asarray(s, y.dtype)
+        return self.sign * self.sde.drift(tau, y)
+
+
+class _Diffusion(eqx.Module):
+    """Diagonal diffusion $g(\\tau(s), y)$ as a lineax operator."""
+
+    sde: AbstractSDE
+    t0: Array
+    sign: float = eqx.field(static=True)
+
+    def __call__(self, s, y, args):
+        tau = self.t0 + self.sign * jnp.asarray(s, y.dtype)
+        g = jnp.broadcast_to(jnp.asarray(self.sde.diffusion(tau, y), y.dtype), y.shape)
+        return lx.DiagonalLinearOperator(g)
+
+
+def simulate_sde(
+    key: Key,
+    sde: AbstractSDE,
+    x: Float[ArrayLike, "*shape"],
+    t0: float,
+    t1: float,
+    *,
+    solver: diffrax.AbstractSolver = diffrax.Euler(),
+    num_steps: int | None = 1000,
+    stepsize_controller: diffrax.AbstractStepSizeController | None = None,
+    brownian_tol: float | None = None,
+    max_steps: int | None = 16**4,
+    throw: bool = True,
+    ts: Float[ArrayLike, " n"] | None = None,
+    return_stats: bool = False,
+):
+    r"""Simulate $\mathrm{d}x = b(t, x)\,\mathrm{d}t + g(t, x)\,\mathrm{d}W$ from `t0` to `t1`.
+
+    Any [`AbstractSDE`][scoredyn.AbstractSDE] with diagonal noise, in either time direction.
+    When `t1 < t0` the SDE is read in reverse time, as a
+    [`ReverseSDE`][scoredyn.ReverseSDE] is: $x(t - h) \approx x(t) - b(t, x)\,h + g\sqrt{h}\,z$.
+    Internally time is always run forward through $s = |t - t_0|$:
+
+    $$y(s) = x(t_0 + \varsigma s),\qquad
+      \mathrm{d}y = \varsigma\, b(t_0 + \varsigma s, y)\,\mathrm{d}s
+      + g(t_0 + \varsigma s, y)\,\mathrm{d}B_s,\qquad \varsigma = \operatorname{sign}(t_1 - t_0),$$
+
+    where $B$ is a standard Brownian motion in $s$ (a `diffrax.VirtualBrownianTree`), so that any
+    diffrax SDE solver applies. `diffrax.Euler()` is Euler–Maruyama (Itô). For the additive
+    noise of a linear SDE Itô and Stratonovich agree, so `diffrax.Heun()` is also valid there.
+
+    Args:
+        key: PRNG key for the Brownian motion.
+        sde: the SDE.
+        x: initial state at `t0` (one example, any shape).
+        t0, t1: start and end times (Python floats or scalars).
+        solver: a diffrax SDE solver; the Lévy area it needs is provided.
+        num_steps: number of equal steps (the constant step is $|t_1 - t_0|/N$). With an
+            adaptive `stepsize_controller` it only sets the initial step.
+        stepsize_controller: `None` for fixed steps, or a diffrax controller (adaptive SDE
+            stepping needs a solver with an error estimate and a small `brownian_tol`).
+        brownian_tol: tolerance of the Brownian tree; default half a step.
+        max_steps: diffrax's step budget.
+        throw: raise when the solver fails.
+        ts: optional times between `t0` and `t1`, ordered from `t0` to `t1`, at which to return
+            the path; the output then has shape `(len(ts), *x.shape)`.
+        return_stats: also return the solver statistics.
+
+    Returns:
+        $x(t_1)$ shaped like `x` (or the path at `ts`); with `return_stats`, `(x, stats)`.
+
+    Raises:
+        ValueError: if `num_steps < 1` or `t0 == t1` (concrete).
+        TypeError: for a non-SDE `sde` or non-diffrax `solver`.
+
+    Example:
+        ```python
+        xt = sd.simulate_sde(key, sde, x0, 0.0, 0.5, num_steps=200)   # forward
+        ```
+    """
+    check_sde(sde)
+    x = check_state(x, "x")
+    if not is_concrete(t0, t1):
+        raise ValueError("`t0` and `t1` must be concrete (their order sets the time direction).")
+    if float(t0) == float(t1):
+        raise ValueError(f"`t0` and `t1` must differ, got t0 = t1 = {float(t0)}.")
+    sign = 1.0 if float(t1) > float(t0) else -1.0
+    return _simulate(
+        key,
+        sde,
+        x,
+        t0,
+        t1,
+        sign,
+        solver=solver,
+        num_steps=num_steps,
+        stepsize_controller=stepsize_controller,
+        brownian_tol=brownian_tol,
+        max_steps=max_steps,
+        throw=throw,
+        ts=ts,
+        return_stats=return_stats,
+    )
+
+
+def _simulate(
+    key,
+    sde,
+    x,
+    t0,
+    t1,
+    sign: float,
+    *,
+    solver,
+    num_steps,
+    stepsize_controller,
+    brownian_tol,
+    max_steps,
+    throw,
+    ts,
+    return_stats,
+):
+    """`simulate_sde` once the direction `sign` of time is known."""
+    check_solver(solver)
+    dtype = x.dtype
+    if stepsize_controller is None:
+        stepsize_controller = diffrax.ConstantStepSize()
+        num_steps = check_num_steps(num_steps)
+    else:
+        check_controller(stepsize_controller)
+        if num_steps is not None:
+            num_steps = check_num_steps(num_steps)
+    t0 = jnp.asarray(t0, dtype)
+    t1 = jnp.asarray(t1, dtype)
+    span = jnp.abs(t1 - t0)
+    dt0 = None if num_steps is None else span / num_steps
+    if brownian_tol is None:
+        if dt0 is None:
+            raise ValueError("`brownian_tol` must be given when `num_steps` is None.")
+        brownian_tol = dt0 / 2
+    ts = check_ts(ts, t0, t1, dtype, decreasing=sign < 0)
+    saveat = diffrax.SaveAt(t1=True) if ts is None else diffrax.SaveAt(ts=sign * (ts - t0))
+    zero = jnp.zeros((), dtype)
+    bm = diffrax.VirtualBrownianTree(
+        zero,
+        span,
+        tol=brownian_tol,
+        shape=jax.ShapeDtypeStruct(x.shape, dtype),
+        key=key,
+        levy_area=_levy_area(solver),
+    )
+    terms = diffrax.MultiTerm(
+        diffrax.ODETerm(_Drift(sde, t0, sign)),
+        diffrax.ControlTerm(_Diffusion(sde, t0, sign), bm),
+    )
+    sol = diffrax.diffeqsolve(
+        terms,
+        solver,
+        zero,
+        span,
+        dt0,
+        x,
+        saveat=saveat,
+        stepsize_controller=stepsize_controller,
+        max_steps=max_steps,
+        throw=throw,
+    )
+    out = sol.ys[0] if ts is None else sol.ys
+    if return_stats:
+        return out, solution_stats(sol, solver)
+    return out
+
+
+def sample_sde(
+    key: Key,
+    sde: AbstractLinearSDE,
+    score: ScoreFn,
+    shape: tuple[int, ...],
+    *,
+    solver: diffrax.AbstractSolver = diffrax.Euler(),
+    num_steps: int = 1000,
+    stepsize_controller: diffrax.AbstractStepSizeController | None = None,
+    t_eps: float | None = None,
+    brownian_tol: float | None = None,
+    max_steps: int | None = 16**4,
+    throw: bool = True,
+    dtype=None,
+    ts: Float[ArrayLike, " n"] | None = None,
+    return_stats: bool = False,
+):
+    r"""Draw one sample by integrating the reverse-time SDE from the prior.
+
+    Draws $x_T \sim \mathcal N(0, \sigma(T)^2 I)$ and integrates, from $t = T$ down to
+    $t_\epsilon$,
+
+    $$\mathrm{d}x = \big[f(t)\,x - g(t)^2\,s(t, x)\big]\,\mathrm{d}t + g(t)\,\mathrm{d}\bar W$$
+
+    with a diffrax SDE solver through [`simulate_sde`][scoredyn.simulate_sde] (time substituted
+    $s = T - t$ so that diffrax runs forwards). The default `diffrax.Euler()` with
+    `num_steps` equal steps is Euler–Maruyama:
+    $x_{t-h} = x_t - h\,[f x_t - g^2 s(t, x_t)] + g\sqrt h\,z$. See
+    [sampling the reverse SDE](../derivations/reverse-sde.md#sampling).
+
+    Args:
+        key: PRNG key (split into the prior draw and the Brownian motion).
+        sde: a linear SDE.
+        score: $(t, x) \mapsto \nabla_x\log p_t(x)$, returning an array like x.
+        shape: shape of ONE example (tuple of ints).
+        solver: a diffrax SDE solver (`Euler`, `Heun`, `ShARK`, ...).
+        num_steps: number of equal steps from $T$ to $t_\epsilon$ (initial step when adaptive).
+        stepsize_controller: `None` (fixed steps) or a diffrax controller.
+        t_eps: end time $0 < t_\epsilon < T$; default $10^{-3}$ ($10^{-5}$ for VE).
+        brownian_tol: tolerance of the Brownian tree (default half a step).
+        max_steps: diffrax's step budget.
+        throw: raise when the solver fails.
+        dtype: floating dtype (default float).
+        ts: optional non-increasing times in $[t_\epsilon, T]$ at which to return the path.
+        return_stats: also return the solver statistics.
+
+    Returns:
+        A sample of shape `shape` (or the path at `ts`); with `return_stats`, `(x, stats)`.
+
+    Raises:
+        TypeError: for a bad `shape`, a non-linear `sde` or a wrong-shaped `score`.
+        ValueError: for `t_eps` outside $(0, T)$ or `num_steps < 1`.
+
+    References:
+        Anderson, *Reverse-time diffusion equation models*, 1982; Song et al., arXiv:2011.13456.
+    """
+    check_sde(sde, linear=True)
+    shape = check_shape(shape)
+    dtype = check_dtype(dtype)
+    num_steps = check_num_steps(num_steps)
+    t_eps = check_t_eps(t_eps, sde)
+    k_prior, k_bm = jax.random.split(key)
+    x_T = sde.prior_sample(k_prior, shape, dtype)
+    check_score(score, "score", sde.T, x_T)
+    return _simulate(
+        k_bm,
+        reverse_sde(sde, score),
+        x_T,
+        sde.T,
+        t_eps,
+        -1.0,
+        solver=solver,
+        num_steps=num_steps,
+        stepsize_controller=stepsize_controller,
+        brownian_tol=brownian_tol,
+        max_steps=max_steps,
+        throw=throw,
+        ts=ts,
+        return_stats=return_stats,
+    )

@@ -1,0 +1,229 @@
+r"""The optimal reverse variance of Analytic-DPM / Analytic-DDIM, its bounds, and clipping."""
+
+import math
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float, Int
+
+from .._misc import as_float, check_positive, is_concrete
+from ._common import (
+    alpha_bar_of,
+    check_data_range,
+    check_forward,
+    check_trajectory,
+    Forward,
+    step_gamma,
+    step_lam2,
+    x0_cov_cap,
+)
+from ._gamma import as_ms_eps
+
+
+def x0_variance(
+    sched, ms_eps, *, data_range: tuple[float, float] | None = None, clip: bool = True
+) -> Float[Array, " N+1"]:
+    r"""Average posterior variance of the data, $\bar\sigma_n^2 = \mathbb E\,\mathrm{tr}\,\mathrm{Cov}[x_0\mid x_n]/d$.
+
+    By the law of total variance and the score identity (Analytic-DPM, Lemma 13 and 11),
+
+    $$\bar\sigma_n^2 = \frac{1 - \bar\alpha_n}{\bar\alpha_n}\big(1 - \texttt{ms\_eps}_n\big),$$
+
+    which lies in $[0,\ \frac{1 - \bar\alpha_n}{\bar\alpha_n}]$ and, for data in $[a, b]^d$, below
+    $((b - a)/2)^2$. With `clip=True` the estimate is clipped into these limits.
+
+    Args:
+        sched: discrete schedule.
+        ms_eps: a [`GammaEstimate`][scoredyn.analytic.GammaEstimate] or its `ms_eps`, shape `(N+1,)`.
+        data_range: `(a, b)` if the data are bounded, else `None`.
+        clip: clip into the limits above.
+
+    Returns:
+        Shape `(N+1,)`; entry 0 is 0.
+    """
+    abar = alpha_bar_of(sched)
+    check_data_range(data_range)
+    ms = as_ms_eps(ms_eps, abar.shape[0] - 1)
+    dtype = jnp.result_type(abar, ms)
+    abar = abar.astype(dtype)
+    ms = ms.astype(dtype)
+    v = (1.0 - abar) / abar * (1.0 - ms)
+    if clip:
+        v = jnp.clip(v, 0.0, x0_cov_cap(abar, data_range))
+    return v.at[0].set(0.0)
+
+
+def _last_step_cap(last_step_clip, dtype) -> Array:
+    r"""$\sigma^2 \le (c\sqrt{\pi/2})^2$ so that $\mathbb E|\sigma z| = \sigma\sqrt{2/\pi} \le c$."""
+    return jnp.asarray(last_step_clip, dtype) ** 2 * (math.pi / 2.0)
+
+
+def _pair_arrays(sched, tau):
+    abar = alpha_bar_of(sched)
+    tau = check_trajectory(tau, abar.shape[0] - 1)
+    n, m = tau[1:], tau[:-1]
+    return abar, n, m
+
+
+def variance_bounds(
+    sched,
+    tau: Int[ArrayLike, " K+1"],
+    *,
+    forward: Forward = "ddpm",
+    eta: float = 0.0,
+    data_range: tuple[float, float] | None = None,
+) -> tuple[Float[Array, " K"], Float[Array, " K"]]:
+    r"""Lower and upper bounds on the optimal reverse variance of every step of `tau`.
+
+    For a step $n \to m$ (Analytic-DPM Theorem 2 and Corollary 1, in the code's symbols):
+
+    $$\lambda^2 \le \sigma^{*2}_{m|n} \le \lambda^2 + \gamma^2\,
+      \min\Big(\frac{1 - \bar\alpha_n}{\bar\alpha_n},\ \Big(\frac{b - a}{2}\Big)^2\Big),$$
+
+    with $\lambda^2$ the forward variance (DDPM: $\tilde\beta_{m|n}$; DDIM: $\eta^2\tilde\beta_{m|n}$)
+    and $\gamma = \sqrt{\bar\alpha_m} - \sqrt{(1 - \bar\alpha_m - \lambda^2)\bar\alpha_n/(1 -
+    \bar\alpha_n)}$. The first upper bound ($\texttt{ms\_eps} = 0$) is the paper's Eq. 11, the second
+    (data in $[a, b]^d$, only when `data_range` is given) its Eq. 12; the lower bound is
+    $\texttt{ms\_eps} = 1$.
+
+    Args:
+        sched: discrete schedule.
+        tau: trajectory, shape `(K+1,)`, `tau[0] = 0`, `tau[-1] = N`.
+        forward: `"ddpm"` ($\lambda^2 = \tilde\beta$) or `"ddim"` ($\lambda^2 = \eta^2\tilde\beta$).
+        eta: DDIM $\eta\in[0, 1]$ (ignored for `"ddpm"`).
+        data_range: `(a, b)` for bounded data, or `None`.
+
+    Returns:
+        `(lower, upper)`, each of shape `(K,)`; entry `k-1` is for step `tau[k] -> tau[k-1]`.
+    """
+    check_forward(forward, eta)
+    check_data_range(data_range)
+    abar, n, m = _pair_arrays(sched, tau)
+    an, am = abar[n], abar[m]
+    lam2 = step_lam2(an, am, forward, eta)
+    gam = step_gamma(an, am, lam2)
+    return lam2, lam2 + gam**2 * x0_cov_cap(an, data_range)
+
+
+def optimal_variances(
+    sched,
+    tau: Int[ArrayLike, " K+1"],
+    ms_eps,
+    *,
+    forward: Forward = "ddpm",
+    eta: float = 0.0,
+    data_range: tuple[float, float] | None = None,
+    clip: bool = True,
+    last_step_clip: float | None = None,
+) -> Float[Array, " K"]:
+    r"""The Analytic-DPM (or Analytic-DDIM) optimal reverse variance of every step of `tau`.
+
+    For a step $n \to m$ with forward variance $\lambda^2$ (see
+    [`variance_bounds`][scoredyn.analytic.variance_bounds]) the KL-optimal isotropic reverse
+    variance, given the optimal mean, is (Analytic-DPM Theorem 1 / Corollary 1)
+
+    $$\sigma^{*2}_{m|n} = \lambda^2 + \gamma^2\,\bar\sigma_n^2,\qquad
+      \bar\sigma_n^2 = \frac{1 - \bar\alpha_n}{\bar\alpha_n}\big(1 - \texttt{ms\_eps}_n\big),\qquad
+      \gamma = \sqrt{\bar\alpha_m} - \sqrt{(1 - \bar\alpha_m - \lambda^2)\tfrac{\bar\alpha_n}{1 - \bar\alpha_n}}.$$
+
+    For the DDPM forward process this is $\tilde\beta_{m|n} + \frac{\bar\alpha_m\beta_{n|m}^2}{(1 -
+    \bar\alpha_n)^2}\bar\sigma_n^2$ with $\beta_{n|m} = 1 - \bar\alpha_n/\bar\alpha_m$; for the last
+    step ($m = 0$) both families give $\bar\sigma_n^2$.
+
+    With `clip=True` (the paper's practice) $\bar\sigma_n^2$ is clipped into
+    $[0, \min(\frac{1 - \bar\alpha_n}{\bar\alpha_n}, ((b - a)/2)^2)]$, i.e. the variance into
+    `variance_bounds`. Optionally (`last_step_clip = c`), the step landing on `tau[1]` has its
+    variance capped so that the mean absolute noise it adds, $\sigma\sqrt{2/\pi}$, is at most $c$:
+    $\sigma^2\le c^2\pi/2$. The paper uses $c = 2y/255$ for images in $[-1, 1]$ ($y = 1$, or
+    $y = 2$ for Analytic-DDPM on CIFAR-10 (LS) and CelebA), i.e. $\sigma^2 \le 9.66\times 10^{-5}$
+    or $3.87\times 10^{-4}$.
+
+    The result plugs into `sd.sample_discrete(..., lam2=forward, variances=...)` and
+    `sd.variational_bound(..., lam2=..., variances=...)`.
+
+    Args:
+        sched: discrete schedule.
+        tau: trajectory, shape `(K+1,)`.
+        ms_eps: a [`GammaEstimate`][scoredyn.analytic.GammaEstimate] or an array `(N+1,)` of
+            $\frac1d\mathbb E\|\hat\varepsilon(x_n, n)\|^2$.
+        forward: `"ddpm"` or `"ddim"` (with `eta`).
+        eta: DDIM $\eta\in[0, 1]$.
+        data_range: `(a, b)` for bounded data, or `None` (no Eq. 12 bound).
+        clip: clip into the bounds.
+        last_step_clip: optional cap $c$ on $\mathbb E|\sigma z|$ of the step into `tau[1]`.
+
+    Returns:
+        Shape `(K,)`; entry `k-1` is the variance of step `tau[k] -> tau[k-1]`.
+
+    Raises:
+        ValueError: bad `forward`, `eta`, `tau`, `data_range`, `ms_eps` shape or `last_step_clip`.
+
+    References:
+        Bao et al., *Analytic-DPM*, arXiv:2201.06503, Theorems 1-2, Corollaries 1-3, App. F.2.
+
+    Example:
+        ```python
+        est = sd.analytic.estimate_gamma(key, sched, eps_fn, x_train)
+        tau = sd.respace(1000, 10)
+        var = sd.analytic.optimal_variances(sched, tau, est, data_range=(-1.0, 1.0))  # (10,)
+        ```
+    """
+    check_forward(forward, eta)
+    check_data_range(data_range)
+    if last_step_clip is not None:
+        check_positive(last_step_clip, "last_step_clip")
+    abar, n, m = _pair_arrays(sched, tau)
+    ms = as_ms_eps(ms_eps, abar.shape[0] - 1)
+    dtype = jnp.result_type(abar, ms)
+    abar = abar.astype(dtype)
+    an, am = abar[n], abar[m]
+    lam2 = step_lam2(an, am, forward, eta)
+    gam = step_gamma(an, am, lam2)
+    cov = (1.0 - an) / an * (1.0 - ms.astype(dtype)[n])
+    if clip:
+        cov = jnp.clip(cov, 0.0, x0_cov_cap(an, data_range))
+    var = lam2 + gam**2 * cov
+    if last_step_clip is not None and var.shape[0] >= 2:
+        var = var.at[1].set(jnp.minimum(var[1], _last_step_cap(last_step_clip, dtype)))
+    return var
+
+
+def optimal_variance(
+    sched,
+    n: Int[ArrayLike, ""],
+    m: Int[ArrayLike, ""],
+    ms_eps_n: Float[ArrayLike, ""],
+    *,
+    forward: Forward = "ddpm",
+    eta: float = 0.0,
+    data_range: tuple[float, float] | None = None,
+    clip: bool = True,
+) -> Float[Array, ""]:
+    r"""The optimal reverse variance $\sigma^{*2}_{m|n}$ of one step $n\to m$ (scalar version).
+
+    Same formula as [`optimal_variances`][scoredyn.analytic.optimal_variances], for a single
+    pair with the scalar `ms_eps_n` $= \frac1d\mathbb E\|\hat\varepsilon(x_n, n)\|^2$.
+    `n` and `m` may be traced; a run-time error is raised under `jit` unless $0\le m < n\le N$.
+    """
+    check_forward(forward, eta)
+    check_data_range(data_range)
+    abar = alpha_bar_of(sched)
+    N = abar.shape[0] - 1
+    n = jnp.asarray(n)
+    m = jnp.asarray(m)
+    if is_concrete(n, m):
+        if not (0 <= int(m) < int(n) <= N):
+            raise ValueError(f"need 0 <= m < n <= N={N}, got n={int(n)}, m={int(m)}.")
+    else:
+        n = eqx.error_if(n, (m < 0) | (m >= n) | (n > N), "need 0 <= m < n <= N.")
+    ms = as_float(ms_eps_n, "ms_eps_n")
+    dtype = jnp.result_type(abar, ms)
+    abar = abar.astype(dtype)
+    an, am = abar[n], abar[m]
+    lam2 = step_lam2(an, am, forward, eta)
+    gam = step_gamma(an, am, lam2)
+    cov = (1.0 - an) / an * (1.0 - ms.astype(dtype))
+    if clip:
+        cov = jnp.clip(cov, 0.0, x0_cov_cap(an, data_range))
+    return lam2 + gam**2 * cov
+

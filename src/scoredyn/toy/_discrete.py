@@ -1,0 +1,43 @@
+"""The exact noise prediction of a Gaussian mixture on a discrete schedule."""
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from .._custom_types import Time
+from .._discrete import DiscreteSchedule
+from ._mixture import GaussianMixture
+
+
+class DiscreteMixtureEps(eqx.Module):
+    r"""Exact $\mathbb E[\varepsilon\mid x_n = x]$ of a mixture under a discrete schedule, as a $(t, x)$ function.
+
+    Called at $t = t_n = nT/N$ (the samplers' convention) it recovers $n = \operatorname{round}(tN/T)$
+    and returns `mixture.eps_at(sqrt(alpha_bar[n]), sqrt(1 - alpha_bar[n]), x)`.
+    """
+
+    mixture: GaussianMixture
+    sched: DiscreteSchedule
+
+    def __call__(self, t: Time, x: Float[Array, " d"]) -> Float[Array, " d"]:
+        N = self.sched.num_steps
+        n = jnp.clip(jnp.round(jnp.asarray(t) * (N / self.sched.T)).astype(jnp.int32), 0, N)
+        alpha, sigma = self.sched.marginal(n)
+        return self.mixture.eps_at(alpha, sigma, x).astype(x.dtype)
+
+
+def discrete_eps_fn(mixture: GaussianMixture, sched: DiscreteSchedule) -> DiscreteMixtureEps:
+    r"""The exact eps-prediction $(t, x) \mapsto \mathbb E[\varepsilon \mid x_n = x]$ of `mixture` on `sched`.
+
+    Example:
+        ```python
+        sched = sd.DiscreteSchedule.linear(1000)
+        eps_fn = sd.toy.discrete_eps_fn(gm, sched)
+        x0 = sd.sample_discrete(key, sched, eps_fn, x_T, sd.respace(1000, 100))
+        ```
+    """
+    if not isinstance(mixture, GaussianMixture):
+        raise TypeError(f"`mixture` must be a GaussianMixture, got {type(mixture).__name__}.")
+    if not isinstance(sched, DiscreteSchedule):
+        raise TypeError(f"`sched` must be a DiscreteSchedule, got {type(sched).__name__}.")
+    return DiscreteMixtureEps(mixture, sched)

@@ -1,0 +1,260 @@
+"""Tests for scoredyn.nn: score networks and the training step."""
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import scoredyn as sd
+
+from helpers import mixture_2d
+
+KEY = jax.random.key(0)
+
+
+def _nets(dtype=jnp.float64):
+    k1, k2, k3 = jax.random.split(KEY, 3)
+    return {
+        "mlp": sd.nn.MLP(5, width=32, depth=2, time_dim=16, key=k1, dtype=dtype),
+        "twohead": sd.nn.TwoHeadMLP(5, width=32, depth=1, time_dim=16, key=k2, dtype=dtype),
+        "conv": sd.nn.ConvNet((2, 3, 3), channels=8, depth=1, time_dim=16, key=k3, dtype=dtype),
+    }
+
+
+@eqx.filter_jit
+def _randomise(net, key, scale=0.3):
+    """Give every weight (including the zero-initialised output layers) random values."""
+    params, static = eqx.partition(net, eqx.is_inexact_array)
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(key, len(leaves))
+    leaves = [scale * jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)]
+    return eqx.combine(jax.tree_util.tree_unflatten(treedef, leaves), static)
+
+
+@pytest.fixture(scope="module")
+def nets():
+    return {k: _randomise(v, jax.random.key(i)) for i, (k, v) in enumerate(_nets().items())}
+
+
+def _x(name):
+    d = 18 if name == "conv" else 5
+    return jax.random.normal(jax.random.key(3), (d,), jnp.float64)
+
+
+# ----------------------------------------------------------------------------- embedding
+def test_sinusoidal_embedding_closed_form():
+    emb = sd.nn.SinusoidalEmbedding(8, scale=1000.0, max_period=10_000.0)
+    t = 0.0123
+    got = np.asarray(emb(t))
+    freqs = 10_000.0 ** (-np.arange(4) / 4)
+    want = np.concatenate([np.sin(1000 * t * freqs), np.cos(1000 * t * freqs)])
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    # at t = 0 every sine vanishes and every cosine is one
+    np.testing.assert_array_equal(np.asarray(emb(0.0)), np.r_[np.zeros(4), np.ones(4)])
+
+
+@pytest.mark.parametrize("bad", [0, 3, 7, 2.0])
+def test_sinusoidal_embedding_rejects_bad_dim(bad):
+    with pytest.raises(ValueError, match="dim"):
+        sd.nn.SinusoidalEmbedding(bad)
+
+
+# ----------------------------------------------------------------------------- networks
+@pytest.mark.parametrize("name", ["mlp", "twohead", "conv"])
+def test_output_shape_and_dtype(nets, name):
+    net = nets[name]
+    x = _x(name)
+    out = net(0.4, x)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    out32 = net(jnp.float32(0.4), x.astype(jnp.float32))
+    assert out32.dtype == jnp.float32  # follows x, even with float64 weights
+    # a valid vector field for the library's checks
+    sd._misc.check_vector_field(net, "net", 0.4, x)
+
+
+@pytest.mark.parametrize("name", ["mlp", "twohead", "conv"])
+def test_untrained_network_predicts_zero(name):
+    net = _nets()[name]
+    x = _x(name)
+    np.testing.assert_array_equal(np.asarray(net(0.7, x)), 0.0)
+
+
+@pytest.mark.parametrize("name", ["mlp", "twohead", "conv"])
+def test_jit_vmap_match_eager(nets, name):
+    net = nets[name]
+    xs = jax.random.normal(jax.random.key(4), (3, _x(name).shape[0]), jnp.float64)
+    ts = jnp.array([0.01, 0.5, 1.0])
+    eager = np.stack([np.asarray(net(t, x)) for t, x in zip(ts, xs)])
+    np.testing.assert_allclose(np.asarray(jax.vmap(net)(ts, xs)), eager, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        np.asarray(jax.jit(jax.vmap(net))(ts, xs)), eager, rtol=1e-10, atol=1e-12
+    )
+    # shared time, batched x
+    np.testing.assert_allclose(
+        np.asarray(jax.vmap(net, (None, 0))(ts[1], xs))[1], eager[1], rtol=1e-12, atol=1e-12
+    )
+
+
+@pytest.mark.parametrize("name", ["mlp", "conv"])
+def test_input_gradient_matches_finite_differences(nets, name):
+    net = nets[name]
+    x = _x(name)
+    v = jax.random.normal(jax.random.key(5), x.shape, x.dtype)
+    f = lambda x: jnp.sum(jnp.sin(net(0.3, x)))
+    g = jax.grad(f)(x)
+    h = 1e-6
+    fd = (f(x + h * v) - f(x - h * v)) / (2 * h)
+    np.testing.assert_allclose(float(jnp.dot(g, v)), float(fd), rtol=1e-6)
+    # and the time derivative is finite
+    assert np.isfinite(float(jax.grad(lambda t: jnp.sum(net(t, x)))(0.3)))
+
+
+@pytest.mark.parametrize("name", ["mlp", "conv"])
+def test_bad_input_shapes(nets, name):
+    net = nets[name]
+    with pytest.raises(ValueError, match="vmap"):
+        net(0.3, jnp.zeros((2, _x(name).shape[0])))
+    with pytest.raises(ValueError, match="scalar time"):
+        net(jnp.zeros(2), _x(name))
+
+
+def test_constructor_validation():
+    with pytest.raises(ValueError, match="data_dim"):
+        sd.nn.MLP(0, key=KEY)
+    with pytest.raises(ValueError, match="time_dim"):
+        sd.nn.MLP(3, time_dim=5, key=KEY)
+    with pytest.raises(ValueError, match="image_shape"):
+        sd.nn.ConvNet((8,), key=KEY)
+
+
+def test_two_head_heads(nets):
+    net = nets["twohead"]
+    x = _x("twohead")
+    eps, second = net.both(0.2, x)
+    np.testing.assert_allclose(np.asarray(eps), np.asarray(net(0.2, x)), rtol=1e-14)
+    np.testing.assert_allclose(np.asarray(eps), np.asarray(net.eps(0.2, x)), rtol=1e-14)
+    np.testing.assert_allclose(np.asarray(second), np.asarray(net.second(0.2, x)), rtol=1e-14)
+    xs = 30.0 * jax.random.normal(jax.random.key(6), (64, 5), jnp.float64)
+    assert bool(jnp.all(jax.vmap(net.second, (None, 0))(0.9, xs) > 0))
+    # untrained second head is exactly E[eps^2 | x] = 1 of pure noise
+    fresh = _nets()["twohead"]
+    np.testing.assert_allclose(np.asarray(fresh.second(0.5, x)), 1.0, rtol=1e-12)
+    # stop_gradient_trunk: the loss of the second head does not reach the shared trunk
+    loss = lambda m, sg: jnp.sum(m.second(0.2, x, stop_gradient_trunk=sg))
+    g_sg = eqx.filter_grad(lambda m: loss(m, True))(net)
+    g = eqx.filter_grad(lambda m: loss(m, False))(net)
+    assert float(jnp.max(jnp.abs(g_sg.trunk.inp.weight))) == 0.0
+    assert float(jnp.max(jnp.abs(g.trunk.inp.weight))) > 0.0
+    assert float(jnp.max(jnp.abs(g_sg.second_out.weight))) > 0.0
+
+
+# ----------------------------------------------------------------------------- training
+def test_ema_update_closed_form():
+    a = {"w": jnp.array([1.0, 2.0]), "n": 3}
+    b = {"w": jnp.array([3.0, 6.0]), "n": 3}
+    np.testing.assert_allclose(sd.nn.ema_update(a, b, 0.0)["w"], b["w"])
+    np.testing.assert_allclose(sd.nn.ema_update(a, b, 1.0)["w"], a["w"])
+    np.testing.assert_allclose(sd.nn.ema_update(a, b, 0.75)["w"], [1.5, 3.0])
+
+
+class _Quad(eqx.Module):
+    w: jax.Array
+
+
+def test_train_step_is_sgd_on_known_gradient():
+    r"""On $L(w) = \|w\|^2$ (gradient $2w$), SGD with rate $\eta$ gives $w_k = (1 - 2\eta)^k w_0$
+    and the EMA with constant decay is a known geometric sum."""
+    w0 = jnp.array([1.0, -2.0, 0.5])
+    lr, delta = 0.1, 0.5
+    opt = optax.sgd(lr)
+    step = sd.nn.make_train_step(
+        lambda m, key, batch: jnp.sum(m.w**2), opt, ema_decay=delta, ema_warmup=False
+    )
+    state = sd.nn.init_train_state(_Quad(w0), opt)
+    losses = []
+    for k in range(3):
+        state, loss = step(state, jax.random.key(k), jnp.zeros(1))
+        losses.append(float(loss))
+    r = 1 - 2 * lr
+    np.testing.assert_allclose(np.asarray(state.model.w), r**3 * w0, rtol=1e-12)
+    np.testing.assert_allclose(losses, [r ** (2 * k) * float(jnp.sum(w0**2)) for k in range(3)])
+    # ema_k = d ema_{k-1} + (1-d) w_k, ema_0 = w0
+    ema = 1.0
+    for k in range(1, 4):
+        ema = delta * ema + (1 - delta) * r**k
+    np.testing.assert_allclose(np.asarray(state.ema.w), ema * w0, rtol=1e-12)
+    assert int(state.step) == 3
+    with pytest.raises(ValueError, match="ema_decay"):
+        sd.nn.make_train_step(lambda m, k, b: 0.0, opt, ema_decay=1.5)
+
+
+def test_fit_chunking_and_determinism():
+    net = sd.nn.MLP(2, width=16, depth=1, time_dim=8, key=KEY, dtype=jnp.float32)
+    opt = optax.adam(1e-2)
+    step = sd.nn.make_train_step(sd.nn.diffusion_batch_loss(sd.VPSDE()), opt)
+    data = jax.random.normal(jax.random.key(1), (50, 2), jnp.float32)
+    s0 = sd.nn.init_train_state(net, opt)
+    seen = []
+    s1, l1 = sd.nn.fit(KEY, s0, step, data, num_steps=10, batch_size=8, chunk=4,
+                       callback=lambda n, ls: seen.append((n, ls.shape[0])))
+    s2, l2 = sd.nn.fit(KEY, s0, step, data, num_steps=10, batch_size=8, chunk=10)
+    assert seen == [(4, 4), (8, 4), (10, 2)]
+    np.testing.assert_array_equal(np.asarray(l1), np.asarray(l2))
+    assert int(s1.step) == 10
+    la, lb = jax.tree_util.tree_leaves(eqx.filter(s1, eqx.is_array)), jax.tree_util.tree_leaves(
+        eqx.filter(s2, eqx.is_array)
+    )
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(la, lb))
+    with pytest.raises(ValueError, match="num_steps"):
+        sd.nn.fit(KEY, s0, step, data, num_steps=0, batch_size=8)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    net = sd.nn.MLP(3, width=8, depth=1, time_dim=4, key=KEY)
+    opt = optax.adam(1e-3)
+    state = sd.nn.init_train_state(_randomise(net, jax.random.key(9)), opt)
+    path = tmp_path / "state.eqx"
+    eqx.tree_serialise_leaves(path, state)
+    like = sd.nn.init_train_state(net, opt)
+    back = eqx.tree_deserialise_leaves(path, like)
+    x = jnp.ones(3)
+    np.testing.assert_array_equal(np.asarray(back.model(0.5, x)), np.asarray(state.model(0.5, x)))
+
+
+@pytest.mark.slow
+def test_training_learns_the_mixture_eps():
+    r"""A short run on the 2-D mixture lowers the loss and moves $\hat\varepsilon$ towards the exact
+    oracle $\varepsilon^*(t, x) = -\sigma(t)\nabla\log p_t(x)$: the mean squared error over
+    $t$ on a grid and $x \sim p_t$ must fall below a quarter of its value at initialisation
+    (where $\hat\varepsilon = 0$, so the error is $\mathbb E\|\varepsilon^*\|^2$)."""
+    sde = sd.VPSDE()
+    gm = mixture_2d(jnp.float32)
+    oracle = gm.eps_fn(sde)
+    data = gm.sample(jax.random.key(1), 4096)
+    net = sd.nn.MLP(2, width=64, depth=2, time_dim=16, key=KEY, dtype=jnp.float32)
+    opt = optax.adam(3e-3)
+    state = sd.nn.init_train_state(net, opt)
+    step = sd.nn.make_train_step(sd.nn.diffusion_batch_loss(sde), opt, ema_decay=0.99)
+    state, losses = sd.nn.fit(jax.random.key(2), state, step, data, num_steps=1500, batch_size=256)
+
+    ts = jnp.linspace(0.02, 1.0, 25, dtype=jnp.float32)
+
+    def err(model):
+        def at(t, key):
+            x = jax.vmap(lambda k, x0: sd.perturb(k, sde, x0, t))(
+                jax.random.split(key, 256), gm.sample(key, 256)
+            )
+            d = jax.vmap(model, (None, 0))(t, x) - jax.vmap(oracle, (None, 0))(t, x)
+            return jnp.mean(jnp.sum(d**2, -1))
+
+        return float(jnp.mean(jax.vmap(at)(ts, jax.random.split(jax.random.key(3), ts.shape[0]))))
+
+    first, last = float(jnp.mean(losses[:100])), float(jnp.mean(losses[-100:]))
+    assert last < 0.8 * first, (first, last)
+    e0, e1 = err(net), err(state.ema)
+    assert e1 < 0.25 * e0, (e0, e1)
+    assert math.isfinite(e1)
