@@ -75,7 +75,8 @@ def convert(sde: AbstractLinearSDE, fn: VectorField, source: Kind, target: Kind)
     Args:
         sde: the linear SDE that defines $\alpha(t)$ and $\sigma(t)$.
         fn: a callable $(t, x) \mapsto$ prediction of kind `source`.
-        source, target: one of `"score"`, `"eps"`, `"x0"`, `"v"`.
+        source: what `fn` predicts: one of `"score"`, `"eps"`, `"x0"`, `"v"`.
+        target: what the returned function predicts (same choices).
 
     Returns:
         An `eqx.Module` callable as `(t, x)`; differentiable and jit-able.

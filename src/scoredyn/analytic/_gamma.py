@@ -31,7 +31,8 @@ class GammaEstimate(eqx.Module):
         stderr: its Monte Carlo standard error.
         ms_eps_plain: the plain sample mean $\frac1S\sum_i\|\hat\varepsilon_i\|^2/d$.
         stderr_plain: its standard error, $\sqrt{\widehat{\mathrm{Var}}(f)/S}$.
-        ms_eps_cv: the cross-fitted control-variate estimate (see `estimate_gamma`).
+        ms_eps_cv: the cross-fitted control-variate estimate (see
+            [`estimate_gamma`][scoredyn.analytic.estimate_gamma]).
         stderr_cv: its standard error.
         cv_coef: shape `(N+1, 2)`, the control-variate coefficients $(c_n, c'_n)$ of $g$ and
             $g'$ (average of the two folds' values).
@@ -82,6 +83,19 @@ def _merge(a, b):
 _T = ((1.0, -1.0, 0.0), (0.0, 0.0, 1.0))
 
 
+def _solve2(a, b):
+    """Solve the 2x2 symmetric systems a (F, 2, 2) c = b (F, 2); ill-conditioned -> least norm."""
+    det = a[:, 0, 0] * a[:, 1, 1] - a[:, 0, 1] * a[:, 1, 0]
+    scale = a[:, 0, 0] * a[:, 1, 1]
+    ok = det > 1e-10 * jnp.maximum(scale, jnp.finfo(a.dtype).tiny)
+    safe = jnp.where(ok, det, 1.0)
+    c0 = (a[:, 1, 1] * b[:, 0] - a[:, 0, 1] * b[:, 1]) / safe
+    c1 = (a[:, 0, 0] * b[:, 1] - a[:, 1, 0] * b[:, 0]) / safe
+    # fall back to the single regressor g when h is (nearly) collinear or constant
+    g_only = jnp.where(a[:, 0, 0] > 0, b[:, 0] / jnp.where(a[:, 0, 0] > 0, a[:, 0, 0], 1.0), 0.0)
+    return jnp.stack([jnp.where(ok, c0, g_only), jnp.where(ok, c1, 0.0)], -1)
+
+
 def _finalise(stats):
     """From per-fold moments (count (2,), mean (2, 3), comoment (2, 3, 3)) to the estimates."""
     cnt, mean, com = stats
@@ -93,7 +107,7 @@ def _finalise(stats):
     T = jnp.asarray(_T, cov.dtype)
     s_gg = jnp.einsum("ai,bij,cj->bac", T, cov, T)  # (2, 2, 2) covariance of the regressors
     s_gf = jnp.einsum("ai,bi->ba", T, cov[:, :, 0])  # (2, 2) covariance with f
-    coef = jnp.einsum("bac,bc->ba", jnp.linalg.pinv(s_gg, hermitian=True), s_gf)  # OLS per fold
+    coef = _solve2(s_gg, s_gf)  # OLS slopes per fold
     c = coef[::-1]  # fold b uses the coefficients fitted on the other fold
     # f - c_g g - c_h h = (1 - c_g) f + c_g u - c_h h : no cancellation when c_g is near 1
     w = jnp.stack([1.0 - c[:, 0], c[:, 0], -c[:, 1]], -1)  # (2, 3)
@@ -125,26 +139,38 @@ def estimate_gamma(
 
     **Plain estimator** (Analytic-DPM, Eq. 8): $\bar f = \frac1S\sum_i f_i$.
 
-    **Control variate.** $\mathbb E\,g_i = 0$ exactly, because $\|\varepsilon\|^2\sim\chi^2_d$ has
-    mean $d$; and $g_i$ is strongly correlated with $f_i$ whenever $\hat\varepsilon(x_n)\approx
-    \varepsilon$ (large $n$), which is exactly where the plain estimator, fluctuating around a
-    value just below 1, overshoots its theoretical bound $\texttt{ms\_eps}_n\le 1$. The estimator is
+    **Control variates.** Two functions of the draws have known mean zero:
 
-    $$\hat m_{\mathrm{cv}} = \frac1S\sum_{b\in\{0,1\}}\ \sum_{i\in\mathcal F_b}\big(f_i - c_{1-b}\,g_i\big),$$
+    $$g_i = \tfrac1d\|\varepsilon^{(i)}\|^2 - 1,\qquad
+      g'_i = \tfrac1d\big\langle\varepsilon^{(i)},\ x_0^{(i)} - \bar x\big\rangle$$
+
+    ($\|\varepsilon\|^2\sim\chi^2_d$ has mean $d$; $\varepsilon$ is independent of the data and
+    centred; $\bar x$ is the mean of `data`). At large $n$,
+    $\hat\varepsilon = \varepsilon + \frac{\alpha_n}{\sigma_n}(x_0 - \hat x_0)$ with
+    $\hat x_0\approx\mathbb E x_0$, so
+    $f_i = 1 + g_i + 2\frac{\alpha_n}{\sigma_n}g'_i + O(\alpha_n^2/\sigma_n^2)$: the two control
+    variates remove the $O(1)$ and $O(\alpha_n)$ fluctuations, exactly where the plain estimator,
+    fluctuating around a value just below 1, overshoots the theoretical bound
+    $\texttt{ms\_eps}_n\le 1$. The estimator is
+
+    $$\hat m_{\mathrm{cv}} = \frac1S\sum_{b\in\{0,1\}}\ \sum_{i\in\mathcal F_b}
+      \big(f_i - c_{1-b}\,g_i - c'_{1-b}\,g'_i\big),$$
 
     where the samples are split into two folds $\mathcal F_0, \mathcal F_1$ (even and odd $i$) and
-    $c_{1-b} = \widehat{\mathrm{Cov}}(f, g)/\widehat{\mathrm{Var}}(g)$ is the least-squares slope
-    fitted on the *other* fold. It is **exactly unbiased**: $c_{1-b}$ is independent of
-    the noise draws $\varepsilon^{(i)}, i\in\mathcal F_b$, so
-    $\mathbb E[c_{1-b}g_i] = \mathbb E[c_{1-b}]\,\mathbb E[g_i] = 0$. (Fitting $c$ on the same
-    sample would bias the estimate by $O(1/S)$; $c = 1$ would also be unbiased but adds variance
-    $2/d$ at small $n$, where $\hat\varepsilon$ and $\varepsilon$ are nearly uncorrelated.) Its
-    variance is that of the optimal control variate up to $O(1/S)$.
+    $(c_{1-b}, c'_{1-b})$ are the least-squares coefficients of $f$ on $(g, g')$ fitted on the
+    *other* fold (cross-fitting). It is **exactly unbiased**: the coefficients are independent
+    of the noise draws $\varepsilon^{(i)}, i\in\mathcal F_b$, and $g_i, g'_i$ have conditional
+    mean zero given everything but $\varepsilon^{(i)}$, so $\mathbb E[c_{1-b}g_i] =
+    \mathbb E[c'_{1-b}g'_i] = 0$. (Fitting the coefficients on the same sample biases the estimate
+    by $O(1/S)$; fixed $c = 1$, $c' = 0$ is also unbiased but adds variance $\approx 2/d$ at small
+    $n$, where $\hat\varepsilon$ and $\varepsilon$ are nearly uncorrelated.) Its variance is that
+    of the optimal control variate up to $O(1/S)$, never much above the plain one.
 
     Work is vectorised over a chunk of (steps $\times$ samples) of at most `chunk_size` network
-    calls at a time (`lax.map` over step chunks, `lax.scan` over sample batches), so memory
-    stays bounded; statistics are accumulated in the default float (float64 when x64 is on)
-    with a numerically stable pairwise update. Results do not depend on `chunk_size`.
+    calls at a time (`lax.map` over step chunks, `lax.scan` over sample batches); the noise of a
+    step is drawn at once, so memory is $O(\max(\texttt{chunk\_size}, S)\cdot d)$. Statistics are
+    accumulated in the default float (float64 when x64 is on) with a numerically stable pairwise
+    update. The results do not depend on `chunk_size`.
 
     Args:
         key: PRNG key.
@@ -161,7 +187,7 @@ def estimate_gamma(
         A [`GammaEstimate`][scoredyn.analytic.GammaEstimate].
 
     Raises:
-        ValueError: if `data` has fewer than 1 example, `S < 4`, or `num_noise`/`chunk_size` are
+        ValueError: if `data` has fewer than 1 example, $S < 8$, or `num_noise`/`chunk_size` are
             not positive ints; TypeError if `eps_fn` does not return an array like `x`.
 
     References:
@@ -223,13 +249,16 @@ def _estimate(key, abar, eps_fn, data, num_noise: int, chunk_size: int):
         s = jnp.sqrt(1.0 - abar_d[n])
         t = (n / N).astype(dtype)
 
-        def body(carry, j):
+        # one draw of all S noises of this step (same stream whatever chunk_size), padded
+        noise = jax.random.normal(kn, (S,) + shape, dtype)
+        noise = jnp.concatenate([noise, jnp.zeros((num_batches * B - S,) + shape, dtype)])
+        noise = noise.reshape((num_batches, B) + shape)
+
+        def body(carry, xs):
+            j, eps = xs
             idx = j * B + jnp.arange(B)
             valid = idx < S
             x0 = data[idx % M]
-            eps = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(kn, i), shape, dtype))(
-                idx
-            )
             eps_hat = jax.vmap(eps_fn, in_axes=(None, 0))(t, a * x0 + s * eps)
             f = jnp.sum(eps_hat.astype(acc) ** 2, axes) / d
             g = jnp.sum(eps.astype(acc) ** 2, axes) / d - 1.0
@@ -240,7 +269,7 @@ def _estimate(key, abar, eps_fn, data, num_noise: int, chunk_size: int):
             return jax.vmap(_merge)(carry, new), None
 
         init = (jnp.zeros((2,), acc), jnp.zeros((2, _NV), acc), jnp.zeros((2, _NV, _NV), acc))
-        stats, _ = jax.lax.scan(body, init, jnp.arange(num_batches))
+        stats, _ = jax.lax.scan(body, init, (jnp.arange(num_batches), noise))
         return _finalise(stats)
 
     # pad the steps 1..N to whole chunks of P (repeating step N), so one body is compiled

@@ -1,0 +1,273 @@
+"""Samplers (PF-ODE, reverse SDE, predictor-corrector), SDE simulation and the flow map.
+
+Every sampler is checked against the Gaussian-mixture oracle: samples are classified by their
+responsibility under the data mixture and the component weights and means are compared with the
+truth. Monte Carlo tolerances are stated next to each test; run `pytest -s` to see the measured
+figures.
+"""
+
+import diffrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import ALL_LINEAR_SDES, gaussian_1comp, mixture_2d, SDE_IDS
+
+import scoredyn as sd
+
+VP, SUBVP, VE, COSINE = ALL_LINEAR_SDES
+SAMPLING_SDES = [VP, SUBVP, VE]
+SAMPLING_IDS = SDE_IDS[:3]
+
+N_SAMPLES = 2000  # per sampler and SDE
+# Weights: the SE of a fraction is sqrt(w(1 - w)/n) <= 0.0112 at n = 2000; 0.04 is ~3.6 SE.
+# Means: SE <= sqrt(0.12 / 400) = 0.017 for the lightest component (w = 0.2, n_k ~ 400);
+# 0.07 is ~4 SE.
+TOL_WEIGHTS = 0.04
+TOL_MEANS = 0.07
+T_MID = 0.5
+
+
+def mixture_moments(gm):
+    """Mean and covariance of a Gaussian mixture, from its parameters (an independent fact)."""
+    w, m, c = gm.weights, gm.means, gm.covs
+    mean = w @ m
+    second = jnp.einsum("k,kij->ij", w, c + m[:, :, None] * m[:, None, :])
+    return mean, second - jnp.outer(mean, mean)
+
+
+def classify(gm, xs):
+    """Estimated weights and per-component means, assigning each sample to its likeliest component."""
+    logits = jax.vmap(lambda x: gm._component_terms(x, 1.0, 0.0)[0])(xs)
+    lab = np.asarray(jnp.argmax(logits, -1))
+    xs = np.asarray(xs)
+    k = gm.num_components
+    w = np.array([np.mean(lab == i) for i in range(k)])
+    means = np.stack([xs[lab == i].mean(0) for i in range(k)])
+    return w, means
+
+
+def check_mixture(gm, xs, label):
+    w, means = classify(gm, xs)
+    dw = float(np.max(np.abs(w - np.asarray(gm.weights))))
+    dm = float(np.max(np.abs(means - np.asarray(gm.means))))
+    print(f"\n[{label}] n={xs.shape[0]}: max |w - w*| = {dw:.4f} (tol {TOL_WEIGHTS}), "
+          f"max |m - m*| = {dm:.4f} (tol {TOL_MEANS})")
+    assert dw < TOL_WEIGHTS
+    assert dm < TOL_MEANS
+
+
+def check_moments(ref_gm, xs, label, tol_mean, tol_cov):
+    mean, cov = mixture_moments(ref_gm)
+    dmean = float(jnp.max(jnp.abs(xs.mean(0) - mean)))
+    dcov = float(jnp.max(jnp.abs(jnp.cov(xs.T) - cov)))
+    print(f"\n[{label}] max |mean err| = {dmean:.4f} (tol {tol_mean}), "
+          f"max |cov err| = {dcov:.4f} (tol {tol_cov})")
+    assert dmean < tol_mean
+    assert dcov < tol_cov
+
+
+@pytest.fixture(scope="module")
+def gm():
+    return mixture_2d()
+
+
+@pytest.fixture(scope="module")
+def keys():
+    return jax.random.split(jax.random.key(20240611), N_SAMPLES)
+
+
+# ----------------------------------------------------------------------------- forward SDE
+@pytest.mark.parametrize("sde", [VP, VE], ids=["vp", "ve"])
+def test_forward_euler_maruyama_matches_marginal(sde, gm):
+    """EM (diffrax Euler, 100 steps) from x0 ~ mixture reproduces the moments of gm.marginal(sde, 0.5).
+
+    n = 4000: mean SE <= sqrt(1.05 / 4000) = 0.016 (tol 0.07); covariance SE ~ 0.03 (tol 0.12).
+    """
+    n = 4000
+    x0 = gm.sample(jax.random.key(1), n)
+    keys = jax.random.split(jax.random.key(2), n)
+    fwd = jax.jit(jax.vmap(lambda k, x: sd.simulate_sde(k, sde, x, 0.0, T_MID, num_steps=100)))
+    xt = fwd(keys, x0)
+    assert xt.shape == (n, 2) and xt.dtype == jnp.float64
+    check_moments(gm.marginal(sde, T_MID), xt, f"forward EM {type(sde).__name__}", 0.07, 0.12)
+
+
+# ----------------------------------------------------------------------------- samplers
+@pytest.mark.parametrize("sde", SAMPLING_SDES, ids=SAMPLING_IDS)
+def test_sample_ode_reproduces_mixture(sde, gm, keys):
+    """PF-ODE (Tsit5, rtol = atol = 1e-4) from the prior, exact score; also the marginal at t = 0.5."""
+    score = gm.score_fn(sde)
+    ts = jnp.array([T_MID, 1e-3])
+    ctrl = diffrax.PIDController(rtol=1e-4, atol=1e-4)
+    f = jax.jit(jax.vmap(lambda k: sd.sample_ode(k, sde, score, (2,), stepsize_controller=ctrl,
+                                                 t_eps=1e-3, ts=ts)))
+    path = f(keys)
+    assert path.shape == (N_SAMPLES, 2, 2)
+    check_mixture(gm, path[:, 1], f"sample_ode {type(sde).__name__}")
+    check_moments(gm.marginal(sde, T_MID), path[:, 0], f"sample_ode at t=0.5 {type(sde).__name__}",
+                  0.08, 0.15)
+
+
+@pytest.mark.parametrize("sde", SAMPLING_SDES, ids=SAMPLING_IDS)
+def test_sample_sde_reproduces_mixture(sde, gm, keys):
+    """Reverse SDE, Euler-Maruyama with 100 steps, exact score."""
+    score = gm.score_fn(sde)
+    f = jax.jit(jax.vmap(lambda k: sd.sample_sde(k, sde, score, (2,), num_steps=100)))
+    xs = f(keys)
+    assert xs.shape == (N_SAMPLES, 2)
+    check_mixture(gm, xs, f"sample_sde {type(sde).__name__}")
+
+
+@pytest.mark.parametrize("sde", SAMPLING_SDES, ids=SAMPLING_IDS)
+def test_sample_pc_reproduces_mixture(sde, gm, keys):
+    """Predictor-corrector, 100 steps, snr 0.16, norms averaged over the vmapped batch (as Song et al.)."""
+    score = gm.score_fn(sde)
+    f = jax.jit(
+        jax.vmap(
+            lambda k: sd.sample_pc(k, sde, score, (2,), num_steps=100, snr=0.16, axis_name="batch"),
+            axis_name="batch",
+        )
+    )
+    xs = f(keys)
+    assert xs.shape == (N_SAMPLES, 2)
+    check_mixture(gm, xs, f"sample_pc {type(sde).__name__}")
+
+
+def test_sample_sde_heun_gaussian():
+    """Heun (Stratonovich = Ito for additive noise) on a 3-D Gaussian: mean and variance.
+
+    N(0.3, 0.25 I), n = 2000, 50 steps: mean SE 0.011 (tol 0.05), variance SE 0.008 (tol 0.04).
+    """
+    g = gaussian_1comp(3)
+    sde = COSINE
+    keys = jax.random.split(jax.random.key(3), 2000)
+    f = jax.jit(jax.vmap(lambda k: sd.sample_sde(k, sde, g.score_fn(sde), (3,),
+                                                 solver=diffrax.Heun(), num_steps=50)))
+    xs = f(keys)
+    dmean = float(jnp.max(jnp.abs(xs.mean(0) - 0.3)))
+    dvar = float(jnp.max(jnp.abs(xs.var(0) - 0.25)))
+    print(f"\n[sample_sde Heun cosine, Gaussian] |mean err| = {dmean:.4f}, |var err| = {dvar:.4f}")
+    assert dmean < 0.05 and dvar < 0.04
+
+
+# ----------------------------------------------------------------------------- flow map
+def test_encode_decode_roundtrip(gm):
+    """decode(encode(x)) = x (rtol = atol = 1e-8), batched and jitted; latents look like the prior."""
+    sde = VP
+    score = gm.score_fn(sde)
+    ctrl = diffrax.PIDController(rtol=1e-8, atol=1e-8)
+    xs = gm.sample(jax.random.key(4), 64)
+    enc = jax.jit(jax.vmap(lambda x: sd.encode(sde, score, x, stepsize_controller=ctrl)))
+    dec = jax.jit(jax.vmap(lambda z: sd.decode(sde, score, z, stepsize_controller=ctrl)))
+    zs = enc(xs)
+    back = dec(zs)
+    err = float(jnp.max(jnp.abs(back - xs)))
+    print(f"\n[encode/decode VP f64] max round-trip error = {err:.2e}")
+    assert err < 1e-6
+    # latents of 64 points are roughly standard normal (prior N(0, 1) for VP)
+    assert abs(float(zs.std()) - 1.0) < 0.25
+
+
+def test_flow_map_stats_and_ts(gm):
+    """`return_stats` counts score evaluations exactly (checked with a host-side counter)."""
+    sde = VP
+    count = [0]
+
+    def counted(t, x):
+        jax.debug.callback(lambda: count.__setitem__(0, count[0] + 1), ordered=True)
+        return gm.score_fn(sde)(t, x)
+
+    x0 = gm.means[0]
+    z, stats = sd.encode(sde, counted, x0, return_stats=True)
+    jax.effects_barrier()
+    assert int(stats["nfe"]) == count[0]
+    assert int(stats["num_steps"]) == int(stats["num_accepted_steps"] + stats["num_rejected_steps"])
+    count[0] = 0
+    _, stats = sd.decode(sde, counted, z, solver=diffrax.Heun(), return_stats=True)
+    jax.effects_barrier()
+    assert int(stats["nfe"]) == count[0]
+    # the trajectory at user times: endpoints agree with the plain solve
+    traj = sd.encode(sde, gm.score_fn(sde), x0, ts=jnp.array([1e-3, 0.5, 1.0]))
+    assert traj.shape == (3, 2)
+    np.testing.assert_allclose(traj[0], x0, atol=1e-12)
+    np.testing.assert_allclose(traj[-1], z, rtol=1e-4, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- bad input
+@pytest.fixture(scope="module")
+def score_vp(gm):
+    return gm.score_fn(VP)
+
+
+def test_bad_shape(score_vp):
+    key = jax.random.key(0)
+    for fn in (sd.sample_ode, sd.sample_sde, sd.sample_pc):
+        with pytest.raises(TypeError, match="shape"):
+            fn(key, VP, score_vp, 2)
+        with pytest.raises(TypeError, match="shape"):
+            fn(key, VP, score_vp, (2.0,))
+
+
+def test_bad_t_eps(score_vp):
+    key = jax.random.key(0)
+    for t_eps in (0.0, -1e-3, VP.T, 2.0):
+        for fn in (sd.sample_ode, sd.sample_sde, sd.sample_pc):
+            with pytest.raises(ValueError, match="t_eps"):
+                fn(key, VP, score_vp, (2,), t_eps=t_eps)
+        with pytest.raises(ValueError, match="t_eps"):
+            sd.encode(VP, score_vp, jnp.zeros(2), t_eps=t_eps)
+        with pytest.raises(ValueError, match="t_eps"):
+            sd.decode(VP, score_vp, jnp.zeros(2), t_eps=t_eps)
+
+
+def test_bad_num_steps_and_options(score_vp):
+    key = jax.random.key(0)
+    for n in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="num_steps"):
+            sd.sample_sde(key, VP, score_vp, (2,), num_steps=n)
+        with pytest.raises(ValueError, match="num_steps"):
+            sd.sample_pc(key, VP, score_vp, (2,), num_steps=n)
+    with pytest.raises(ValueError, match="snr"):
+        sd.sample_pc(key, VP, score_vp, (2,), snr=0.0)
+    with pytest.raises(ValueError, match="num_corrector_steps"):
+        sd.sample_pc(key, VP, score_vp, (2,), num_corrector_steps=-1)
+    with pytest.raises(ValueError, match="dt0"):
+        sd.sample_ode(key, VP, score_vp, (2,), stepsize_controller=diffrax.ConstantStepSize())
+    with pytest.raises(TypeError, match="solver"):
+        sd.sample_ode(key, VP, score_vp, (2,), solver="tsit5")
+    with pytest.raises(TypeError, match="stepsize_controller"):
+        sd.sample_ode(key, VP, score_vp, (2,), stepsize_controller="pid")
+    with pytest.raises(ValueError, match="ts"):
+        sd.decode(VP, score_vp, jnp.zeros(2), ts=jnp.array([0.1, 0.5]))  # must decrease
+    with pytest.raises(ValueError, match="ts"):
+        sd.encode(VP, score_vp, jnp.zeros(2), ts=jnp.array([0.5, 2.0]))  # outside [t_eps, T]
+    with pytest.raises(ValueError, match="t0"):
+        sd.simulate_sde(key, VP, jnp.zeros(2), 0.3, 0.3)
+
+
+def test_bad_score_and_sde(score_vp):
+    key = jax.random.key(0)
+    with pytest.raises(ValueError, match="score"):
+        sd.sample_ode(key, VP, lambda t, x: x[:1], (2,))
+    with pytest.raises(TypeError, match="score"):
+        sd.sample_sde(key, VP, lambda t, x: x.astype(jnp.float32), (2,))
+    with pytest.raises(TypeError, match="score"):
+        sd.encode(VP, "not callable", jnp.zeros(2))
+    general = sd.SDE(lambda t, x: -x, lambda t, x: jnp.sqrt(2.0))
+    with pytest.raises(TypeError, match="sde"):
+        sd.sample_ode(key, general, score_vp, (2,))
+    with pytest.raises(TypeError, match="sde"):
+        sd.sample_pc(key, "vp", score_vp, (2,))
+
+
+def test_general_sde_flow_map():
+    """encode/decode accept a general SDE: the OU process dx = -x dt + sqrt(2) dW keeps N(0, I).
+
+    With p_t = N(0, I) for all t the score is -x and the PF-ODE velocity -x + x = 0, so the
+    flow map is the identity.
+    """
+    ou = sd.SDE(lambda t, x: -x, lambda t, x: jnp.sqrt(2.0))
+    x = jnp.array([0.3, -1.2])
+    z = sd.encode(ou, lambda t, x: -x, x)
+    np.testing.assert_allclose(z, x, atol=1e-12)
