@@ -11,6 +11,7 @@ from ._convert import (
     v_to_eps as v_to_eps,
     x0_to_eps as x0_to_eps,
 )
+from ._sharding import batch_mesh as batch_mesh, sharded_vmap as sharded_vmap
 from ._sde import (
     AbstractLinearSDE as AbstractLinearSDE,
     AbstractSDE as AbstractSDE,

@@ -41,7 +41,7 @@ def check_positive(value, name: str, *, strict: bool = True) -> None:
     """Raise `ValueError` when a concrete scalar parameter is not (strictly) positive or is NaN."""
     if not is_concrete(value):
         return
-    v = float(jnp.asarray(value))
+    v = float(value)  # not jnp.asarray: under jit that would be a tracer
     if math.isnan(v) or (v <= 0 if strict else v < 0):
         want = "> 0" if strict else ">= 0"
         raise ValueError(f"`{name}` must be {want} and finite, got {v}.")

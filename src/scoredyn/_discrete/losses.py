@@ -20,9 +20,9 @@ from jax import lax
 from jaxtyping import ArrayLike, Float
 
 from .._custom_types import Key, Scalar, VectorField
-from .._misc import as_float, check_vector_field, is_concrete
+from .._misc import as_float, check_vector_field
 from .._sde import AbstractLinearSDE
-from .schedule import DiscreteSchedule
+from .schedule import concrete_value, DiscreteSchedule
 from .step import check_prediction
 
 Weighting = Literal["uniform", "snr", "snr_trunc", "snr_plus_one", "min_snr", "likelihood"]
@@ -152,7 +152,7 @@ def diffusion_loss(
         raise ValueError(f"`weighting` must be one of {_WEIGHTINGS} or a callable t -> w, got {weighting!r}.")
     if time_sampling not in _SAMPLING:
         raise ValueError(f"`time_sampling` must be one of {_SAMPLING}, got {time_sampling!r}.")
-    if is_concrete(snr_gamma) and not float(snr_gamma) > 0:
+    if (gv := concrete_value(snr_gamma)) is not None and not float(gv) > 0:
         raise ValueError(f"`snr_gamma` must be > 0, got {snr_gamma}.")
     if not callable(model_fn):
         raise TypeError(f"`model_fn` must be callable (t, x) -> array, got {model_fn!r}.")
@@ -175,7 +175,7 @@ def diffusion_loss(
         lam_dot_neg = None
     elif isinstance(process, AbstractLinearSDE):
         T = process.T
-        if is_concrete(t_eps) and not (0.0 < float(t_eps) < float(T)):
+        if (tv := concrete_value(t_eps)) is not None and not (0.0 < float(tv) < float(T)):
             raise ValueError(f"`t_eps` must lie in (0, T) = (0, {T}), got {t_eps}.")
         u = jax.random.uniform(kt, (), dtype)
         span = T - t_eps

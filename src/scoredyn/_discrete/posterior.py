@@ -15,11 +15,12 @@ from typing import Literal, NamedTuple
 
 import equinox as eqx
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int
 
-from .._misc import as_float, is_concrete
+from .._misc import as_float
 from .respace import check_tau
-from .schedule import DiscreteSchedule, check_index
+from .schedule import check_index, concrete_value, DiscreteSchedule
 
 VarianceKind = Literal["ddim", "ddpm", "ddpm_beta", "eta"]
 _VAR_KINDS = ("ddim", "ddpm", "ddpm_beta", "eta")
@@ -73,11 +74,12 @@ def pair_terms(sched: DiscreteSchedule, n, m) -> PairTerms:
 
 def _check_pair(sched: DiscreteSchedule, n, m):
     N = sched.num_steps
+    nv, mv = concrete_value(n), concrete_value(m)
     n = check_index(n, N, "n")
     m = check_index(m, N, "m")
-    if is_concrete(n, m):
-        if not bool(jnp.all(jnp.asarray(m) < jnp.asarray(n))):
-            raise ValueError(f"need m < n for a reverse step n -> m, got n={n}, m={m}.")
+    if nv is not None and mv is not None:
+        if not bool(np.all(mv < nv)):
+            raise ValueError(f"need m < n for a reverse step n -> m, got n={nv}, m={mv}.")
         return n, m
     m = eqx.error_if(m, jnp.asarray(m) >= jnp.asarray(n), "need m < n for a reverse step n -> m.")
     return n, m
@@ -85,17 +87,19 @@ def _check_pair(sched: DiscreteSchedule, n, m):
 
 def check_lam2(lam2, sigma2_m, name: str = "lam2"):
     r"""$0 \le \lambda^2 \le \sigma_m^2$ (with a relative slack of 1e-6 for rounding)."""
+    lv, sv = concrete_value(lam2), concrete_value(sigma2_m)
     lam2 = as_float(lam2, name)
-    slack = 1e-6 * sigma2_m + jnp.finfo(sigma2_m.dtype).tiny
-    bad = jnp.isnan(lam2) | (lam2 < 0) | (lam2 > sigma2_m + slack)
-    if is_concrete(lam2, sigma2_m):
-        if bool(jnp.any(bad)):
+    if lv is not None and sv is not None:
+        lv = lv.astype(np.float64)
+        if np.any(np.isnan(lv) | (lv < 0) | (lv > sv * (1 + 1e-6) + 1e-300)):
             raise ValueError(
                 f"`{name}` must lie in [0, 1 - alpha_bar[m]] (the DDIM family keeps the marginals "
                 f"only then), got {lam2} with 1 - alpha_bar[m] = {sigma2_m}. Reverse variances larger "
                 "than that go in `variances`/`var`; the mean then uses `lam2`."
             )
         return lam2
+    slack = 1e-6 * sigma2_m + jnp.finfo(sigma2_m.dtype).tiny
+    bad = jnp.isnan(lam2) | (lam2 < 0) | (lam2 > sigma2_m + slack)
     return eqx.error_if(lam2, bad, f"`{name}` must lie in [0, 1 - alpha_bar[m]].")
 
 
@@ -209,8 +213,8 @@ def reverse_variances(
 
 
 def check_eta(eta, name: str = "eta"):
-    if is_concrete(eta):
-        v = float(jnp.asarray(eta))
+    if (val := concrete_value(eta)) is not None:
+        v = float(val)
         if not (v >= 0 and v < float("inf")):
             raise ValueError(f"`{name}` must be >= 0 and finite, got {v}.")
     return eta

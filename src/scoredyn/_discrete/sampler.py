@@ -14,10 +14,10 @@ from jax import lax
 from jaxtyping import Array, ArrayLike, Float, Int
 
 from .._custom_types import Key, VectorField
-from .._misc import as_float, check_vector_field, is_concrete
+from .._misc import as_float, check_vector_field
 from .posterior import check_eta, check_lam2, check_schedule, pair_terms, PairTerms
 from .respace import check_tau
-from .schedule import DiscreteSchedule
+from .schedule import concrete_value, DiscreteSchedule
 from .step import apply_step, check_clip, check_prediction, check_var, step_coefficients, to_eps
 
 _LAM2 = ("ddim", "ddpm")
@@ -72,7 +72,8 @@ def resolve_variances(t: PairTerms, variances, lam2_arr: Array, K: int):
 
 
 def _is_zero(a) -> bool:
-    return is_concrete(a) and bool(jnp.all(jnp.asarray(a) == 0))
+    val = concrete_value(a)
+    return val is not None and bool(np.all(val == 0))
 
 
 def variances_are_zero(lam2, variances, eta) -> bool:

@@ -15,11 +15,25 @@ import math
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int
 
 from .._custom_types import Scalar
 from .._misc import as_float, default_float, is_concrete, log1mexp
 from .._sde import AbstractLinearSDE
+
+
+def concrete_value(x) -> np.ndarray | None:
+    """`x` as a NumPy array when its value is known at trace time (not a tracer), else None.
+
+    Uses NumPy, not `jnp`: inside `jax.jit`, `jnp.asarray(0.5)` is itself a tracer.
+    """
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(x)):
+        return None
+    try:
+        return np.asarray(x)
+    except Exception:  # pragma: no cover - exotic array-likes
+        return None
 
 
 def _check_num_steps(num_steps, name: str = "num_steps") -> int:
@@ -32,9 +46,10 @@ def _check_num_steps(num_steps, name: str = "num_steps") -> int:
 
 def _check_open_unit(value, name: str) -> None:
     """Concrete scalar in the open interval (0, 1)."""
-    if not is_concrete(value):
+    arr = concrete_value(value)
+    if arr is None:
         return
-    v = float(jnp.asarray(value))
+    v = float(arr)
     if not (0.0 < v < 1.0):  # also rejects NaN
         raise ValueError(f"`{name}` must lie in the open interval (0, 1), got {v}.")
 
@@ -108,8 +123,8 @@ class DiscreteSchedule(eqx.Module):
             self.alpha_bar = ab
             self.log_alpha_bar = jnp.log(ab)
             self.one_minus_alpha_bar = 1.0 - ab
-        if is_concrete(T):
-            if not (math.isfinite(float(T)) and float(T) > 0):
+        if (Tv := concrete_value(T)) is not None:
+            if not (math.isfinite(float(Tv)) and float(Tv) > 0):
                 raise ValueError(f"`T` must be > 0 and finite, got {T}.")
         self.T = T
         if is_concrete(self.log_alpha_bar):
@@ -162,7 +177,8 @@ class DiscreteSchedule(eqx.Module):
         num_steps = _check_num_steps(num_steps)
         _check_open_unit(beta_start, "beta_start")
         _check_open_unit(beta_end, "beta_end")
-        if is_concrete(beta_start, beta_end) and float(beta_end) < float(beta_start):
+        b0v, b1v = concrete_value(beta_start), concrete_value(beta_end)
+        if b0v is not None and b1v is not None and float(b1v) < float(b0v):
             raise ValueError(
                 f"`beta_end` must be >= `beta_start`, got beta_start={beta_start}, "
                 f"beta_end={beta_end}."
@@ -196,8 +212,8 @@ class DiscreteSchedule(eqx.Module):
             Nichol & Dhariwal, *Improved Denoising Diffusion Probabilistic Models*, arXiv:2102.09672.
         """
         num_steps = _check_num_steps(num_steps)
-        if is_concrete(s):
-            sv = float(jnp.asarray(s))
+        if (s_val := concrete_value(s)) is not None:
+            sv = float(s_val)
             if not (sv > 0 and math.isfinite(sv)):
                 raise ValueError(f"`s` must be > 0 and finite, got {sv}.")
         _check_open_unit(max_beta, "max_beta")
@@ -219,11 +235,11 @@ class DiscreteSchedule(eqx.Module):
         $\log\bar\alpha_n = \sum_{i \le n}\operatorname{log1p}(-\beta_i)$ (a cumulative sum, no
         cumulative product).
         """
+        b = concrete_value(betas)
         betas = as_float(betas, "betas")
         if betas.ndim != 1 or betas.shape[0] < 1:
             raise ValueError(f"`betas` must have shape (N,) with N >= 1, got {betas.shape}.")
-        if is_concrete(betas):
-            b = jax.device_get(betas)
+        if b is not None:
             if not bool(((b > 0) & (b < 1)).all()):
                 bad = int(jnp.argmax(~((b > 0) & (b < 1))))
                 raise ValueError(
@@ -305,18 +321,14 @@ class DiscreteSchedule(eqx.Module):
 
 def check_index(n, num_steps: int, name: str = "n") -> Array:
     """An integer index in {0..N}: checked at trace time when concrete, with `eqx.error_if` otherwise."""
+    val = concrete_value(n)
+    if val is not None:
+        if isinstance(n, bool) or not np.issubdtype(val.dtype, np.integer):
+            raise TypeError(f"`{name}` must be an integer step index, got {n!r}.")
+        if val.size and (val.min() < 0 or val.max() > num_steps):
+            raise ValueError(f"`{name}` must lie in 0..N = 0..{num_steps}, got {val}.")
+        return jnp.asarray(val.astype(np.int32))
     arr = jnp.asarray(n)
     if not jnp.issubdtype(arr.dtype, jnp.integer):
-        if is_concrete(arr) and jnp.issubdtype(arr.dtype, jnp.floating):
-            if bool((arr == jnp.round(arr)).all()):
-                arr = arr.astype(jnp.int32)
-            else:
-                raise TypeError(f"`{name}` must be an integer step index, got {n!r}.")
-        else:
-            raise TypeError(f"`{name}` must be an integer step index, got dtype {arr.dtype}.")
-    if is_concrete(arr):
-        lo, hi = int(arr.min()), int(arr.max())
-        if lo < 0 or hi > num_steps:
-            raise ValueError(f"`{name}` must lie in 0..N = 0..{num_steps}, got {jax.device_get(arr)}.")
-        return arr
+        raise TypeError(f"`{name}` must be an integer step index, got dtype {arr.dtype}.")
     return eqx.error_if(arr, (arr < 0) | (arr > num_steps), f"`{name}` must lie in 0..N={num_steps}.")

@@ -13,10 +13,11 @@ from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int
 
 from .._custom_types import Key
-from .._misc import as_float, is_concrete
+from .._misc import as_float
 from .posterior import (
     _check_pair,
     check_lam2,
@@ -25,7 +26,7 @@ from .posterior import (
     PairTerms,
     posterior_coefficients,
 )
-from .schedule import DiscreteSchedule
+from .schedule import concrete_value, DiscreteSchedule
 
 Prediction = Literal["eps", "score", "x0", "v"]
 _PREDICTIONS = ("eps", "score", "x0", "v")
@@ -89,7 +90,8 @@ def check_clip(clip_x0):
         lo, hi = clip_x0
     else:
         lo, hi = -clip_x0, clip_x0
-    if is_concrete(lo, hi) and not float(lo) < float(hi):
+    lv, hv = concrete_value(lo), concrete_value(hi)
+    if lv is not None and hv is not None and not float(lv) < float(hv):
         raise ValueError(f"`clip_x0` must give lo < hi, got ({lo}, {hi}).")
     return lo, hi
 
@@ -103,11 +105,18 @@ def apply_step(c: StepCoeffs, x, eps, clip):
 
 
 def check_var(var, name: str = "var"):
+    val = concrete_value(var)
     var = as_float(var, name)
-    if is_concrete(var):
-        if bool(jnp.any(jnp.isnan(var) | (var < 0) | jnp.isinf(var))):
-            raise ValueError(f"`{name}` must be >= 0 and finite, got {var}.")
+    if val is not None:
+        val = val.astype(np.float64)
+        if np.any(np.isnan(val) | (val < 0) | np.isinf(val)):
+            raise ValueError(f"`{name}` must be >= 0 and finite, got {val}.")
     return var
+
+
+def _known_zero(a) -> bool:
+    val = concrete_value(a)
+    return val is not None and bool(np.all(val == 0))
 
 
 def reverse_step(
@@ -160,12 +169,15 @@ def reverse_step(
         raise TypeError(f"`eps_hat` must have dtype {x_n.dtype} like x_n, got {eps_hat.dtype}.")
     clip = check_clip(clip_x0)
     t = pair_terms(sched, n, m)
+    deterministic = (var is None and lam2 is not None and _known_zero(lam2)) or (
+        var is not None and _known_zero(var)
+    )
     lam2 = t.beta_tilde if lam2 is None else check_lam2(lam2, t.sigma2_m)
     var = lam2 if var is None else check_var(var)
     c = jax.tree_util.tree_map(lambda a: a.astype(x_n.dtype), step_coefficients(t, lam2))
     mean = apply_step(c, x_n, eps_hat, clip)
     if key is None:
-        if is_concrete(var) and bool(jnp.all(jnp.asarray(var) == 0)):
+        if deterministic:
             return mean
         raise ValueError("`key` may be None only for a deterministic step (var == 0).")
     std = jnp.sqrt(jnp.asarray(var, x_n.dtype))

@@ -16,16 +16,17 @@ from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.scipy.special import log_ndtr
 from jaxtyping import Array, ArrayLike, Float, Int
 
 from .._custom_types import Key, Scalar, VectorField
-from .._misc import as_float, check_vector_field, is_concrete, log1mexp
+from .._misc import as_float, check_vector_field, log1mexp
 from .posterior import check_schedule, pair_terms, posterior_coefficients
 from .respace import check_tau
 from .sampler import resolve_lam2, resolve_variances
-from .schedule import DiscreteSchedule
+from .schedule import concrete_value, DiscreteSchedule
 from .step import check_clip, check_prediction, check_var, to_eps
 
 _DECODERS = ("discretized", "gaussian")
@@ -209,10 +210,11 @@ def variational_bound(
         raise ValueError(f"`decoder` must be one of {_DECODERS}, got {decoder!r}.")
     prediction = check_prediction(prediction)
     clip = check_clip(clip_x0)
+    x0v = concrete_value(x0)
     x0 = as_float(x0, "x0")
     if decoder == "discretized":
         levels = _check_levels(levels)
-        if is_concrete(x0) and bool(jnp.any(jnp.abs(x0) > 1.0 + 0.5 / (levels - 1))):
+        if x0v is not None and bool(np.any(np.abs(x0v) > 1.0 + 0.5 / (levels - 1))):
             raise ValueError("`x0` must lie in [-1, 1] (a grid of `levels` points) for decoder='discretized'.")
     tau = check_tau(tau, sched.num_steps)
     K = tau.shape[0] - 1

@@ -4,6 +4,7 @@ import math
 
 import diffrax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array
 
 from .._misc import as_float, check_vector_field, default_float, is_concrete
@@ -63,8 +64,8 @@ def check_t_eps(t_eps, sde: AbstractSDE, *, likelihood: bool = False, name: str 
     if t_eps is None:
         return default_t_eps(sde, likelihood=likelihood)
     if is_concrete(t_eps, sde.T):
-        v = float(jnp.asarray(t_eps))
-        T = float(jnp.asarray(sde.T))
+        v = float(np.asarray(t_eps))
+        T = float(np.asarray(sde.T))
         if not (0.0 < v < T) or math.isnan(v):
             raise ValueError(f"`{name}` must satisfy 0 < {name} < T = {T}, got {v}.")
     return t_eps
@@ -96,19 +97,22 @@ def check_ts(ts, lo, hi, dtype, *, decreasing: bool, name: str = "ts"):
     """Save times: a 1-D array inside the integration interval, ordered along it."""
     if ts is None:
         return None
-    ts = jnp.asarray(ts, dtype)
-    if ts.ndim != 1 or ts.shape[0] < 1:
-        raise ValueError(f"`{name}` must be a non-empty 1-D array of times, got shape {ts.shape}.")
+    if jnp.ndim(ts) != 1 or jnp.shape(ts)[0] < 1:
+        raise ValueError(
+            f"`{name}` must be a non-empty 1-D array of times, got shape {jnp.shape(ts)}."
+        )
     if is_concrete(ts, lo, hi):
-        a, b = float(jnp.asarray(lo)), float(jnp.asarray(hi))
+        arr = np.asarray(ts, dtype=np.float64)
+        a, b = float(np.asarray(lo)), float(np.asarray(hi))
         lo_, hi_ = min(a, b), max(a, b)
-        if bool(jnp.any((ts < lo_) | (ts > hi_))):
-            raise ValueError(f"`{name}` must lie in [{lo_}, {hi_}], got {ts}.")
-        steps = jnp.diff(ts)
-        if bool(jnp.any(steps > 0 if decreasing else steps < 0)):
+        slack = 1e-6 * max(abs(lo_), abs(hi_), 1.0)
+        if np.any((arr < lo_ - slack) | (arr > hi_ + slack)):
+            raise ValueError(f"`{name}` must lie in [{lo_}, {hi_}], got {arr}.")
+        steps = np.diff(arr)
+        if np.any(steps > 0 if decreasing else steps < 0):
             order = "non-increasing" if decreasing else "non-decreasing"
-            raise ValueError(f"`{name}` must be {order} along the integration, got {ts}.")
-    return ts
+            raise ValueError(f"`{name}` must be {order} along the integration, got {arr}.")
+    return jnp.asarray(ts, dtype)
 
 
 def evals_per_step(solver) -> tuple[int, int] | None:

@@ -55,9 +55,9 @@ def solve_flow(
             "step size; got dt0=None with stepsize_controller=ConstantStepSize()."
         )
     dtype = x.dtype
+    ts = check_ts(ts, t0, t1, dtype, decreasing=name == "decode")
     t0 = jnp.asarray(t0, dtype)
     t1 = jnp.asarray(t1, dtype)
-    ts = check_ts(ts, t0, t1, dtype, decreasing=name == "decode")
     saveat = diffrax.SaveAt(t1=True) if ts is None else diffrax.SaveAt(ts=ts)
     term = diffrax.ODETerm(_TimeCast(probability_flow(sde, score)))
     sol = diffrax.diffeqsolve(

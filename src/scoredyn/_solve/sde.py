@@ -173,6 +173,7 @@ def _simulate(
         check_controller(stepsize_controller)
         if num_steps is not None:
             num_steps = check_num_steps(num_steps)
+    ts = check_ts(ts, t0, t1, dtype, decreasing=sign < 0)
     t0 = jnp.asarray(t0, dtype)
     t1 = jnp.asarray(t1, dtype)
     span = jnp.abs(t1 - t0)
@@ -181,7 +182,6 @@ def _simulate(
         if dt0 is None:
             raise ValueError("`brownian_tol` must be given when `num_steps` is None.")
         brownian_tol = dt0 / 2
-    ts = check_ts(ts, t0, t1, dtype, decreasing=sign < 0)
     saveat = diffrax.SaveAt(t1=True) if ts is None else diffrax.SaveAt(ts=sign * (ts - t0))
     zero = jnp.zeros((), dtype)
     bm = diffrax.VirtualBrownianTree(

@@ -14,22 +14,24 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, Int
 
 from .._custom_types import Key
+from .._discrete import DiscreteSchedule
+from .._discrete.schedule import check_index
 from .._misc import as_float, check_positive
 from ._common import (
-    alpha_bar_of,
     check_data_range,
     check_forward,
+    check_schedule,
     Forward,
+    pair_lam2_gamma,
     range_sq,
-    step_gamma,
-    step_lam2,
+    snr_inv,
 )
 
 
 def _ratio(sched, n, dtype):
-    abar = alpha_bar_of(sched).astype(dtype)
-    an = abar[n]
-    return (1.0 - an) / an
+    sched = check_schedule(sched)
+    n = check_index(n, sched.num_steps, "n")
+    return snr_inv(sched, n).astype(dtype)
 
 
 def _clip(cov, data_range, clip):
@@ -40,7 +42,7 @@ def _clip(cov, data_range, clip):
 
 
 def sn_covariance(
-    sched,
+    sched: DiscreteSchedule,
     n: Int[ArrayLike, ""],
     eps_hat: Float[Array, "*shape"],
     second_moment: Float[Array, "*shape"],
@@ -86,7 +88,7 @@ def sn_covariance(
 
 
 def npr_covariance(
-    sched,
+    sched: DiscreteSchedule,
     n: Int[ArrayLike, ""],
     residual_moment: Float[Array, "*shape"],
     *,
@@ -120,7 +122,7 @@ def npr_covariance(
 
 
 def step_variance(
-    sched,
+    sched: DiscreteSchedule,
     n: Int[ArrayLike, ""],
     m: Int[ArrayLike, ""],
     x0_cov: Float[ArrayLike, "*shape"],
@@ -142,11 +144,9 @@ def step_variance(
     """
     check_forward(forward, eta)
     c = as_float(x0_cov, "x0_cov")
-    abar = alpha_bar_of(sched).astype(jnp.result_type(c, alpha_bar_of(sched)))
-    an, am = abar[n], abar[m]
-    lam2 = step_lam2(an, am, forward, eta)
-    gam = step_gamma(an, am, lam2)
-    return (lam2 + gam**2 * c).astype(jnp.result_type(c, lam2))
+    lam2, gam = pair_lam2_gamma(check_schedule(sched), n, m, forward, eta)
+    dtype = jnp.result_type(c, lam2)
+    return lam2.astype(dtype) + gam.astype(dtype) ** 2 * c.astype(dtype)
 
 
 class DiagonalVariance(eqx.Module):
@@ -154,10 +154,13 @@ class DiagonalVariance(eqx.Module):
 
     Built by [`sn_variance_fn`][scoredyn.analytic.sn_variance_fn] or
     [`npr_variance_fn`][scoredyn.analytic.npr_variance_fn]; pass it as `variances=` to
-    `sd.sample_discrete` or `sd.variational_bound`. It calls `head_fn(n / N, x_n)`.
+    [`sd.sample_discrete`][scoredyn.sample_discrete] or
+    [`sd.variational_bound`][scoredyn.variational_bound]. It calls `head_fn(t_n, x_n)` at the
+    schedule's time $t_n = nT/N$ (one extra call per step; a network with a shared trunk can
+    cache it).
     """
 
-    sched: eqx.Module
+    sched: DiscreteSchedule
     head_fn: Callable
     kind: Literal["sn", "npr"] = eqx.field(static=True)
     forward: Forward = eqx.field(static=True)
@@ -165,9 +168,7 @@ class DiagonalVariance(eqx.Module):
     data_range: tuple[float, float] | None = eqx.field(static=True, default=None)
 
     def __call__(self, n, m, x_n, eps_hat):
-        N = alpha_bar_of(self.sched).shape[0] - 1
-        t = (jnp.asarray(n) / N).astype(x_n.dtype)
-        head = self.head_fn(t, x_n)
+        head = self.head_fn(self.sched.time(n).astype(x_n.dtype), x_n)
         if self.kind == "sn":
             cov = sn_covariance(self.sched, n, eps_hat, head, data_range=self.data_range)
         else:
@@ -178,7 +179,7 @@ class DiagonalVariance(eqx.Module):
 
 
 def sn_variance_fn(
-    sched,
+    sched: DiscreteSchedule,
     head_fn: Callable,
     *,
     forward: Forward = "ddpm",
@@ -189,7 +190,7 @@ def sn_variance_fn(
 
     Args:
         sched: discrete schedule.
-        head_fn: $(t, x)\mapsto h\approx\mathbb E[\varepsilon^2\mid x_n]$, called with $t = n/N$.
+        head_fn: $(t, x)\mapsto h\approx\mathbb E[\varepsilon^2\mid x_n]$, called at $t_n = nT/N$.
         forward: `"ddpm"` or `"ddim"`; eta: DDIM $\eta$.
         data_range: `(a, b)` for bounded data, or `None`.
 
@@ -202,7 +203,7 @@ def sn_variance_fn(
 
 
 def npr_variance_fn(
-    sched,
+    sched: DiscreteSchedule,
     head_fn: Callable,
     *,
     forward: Forward = "ddpm",
@@ -213,7 +214,7 @@ def npr_variance_fn(
 
     Args:
         sched: discrete schedule.
-        head_fn: $(t, x)\mapsto g\approx\mathbb E[(\varepsilon - \hat\varepsilon)^2\mid x_n]$, $t = n/N$.
+        head_fn: $(t, x)\mapsto g\approx\mathbb E[(\varepsilon - \hat\varepsilon)^2\mid x_n]$, at $t_n = nT/N$.
         forward: `"ddpm"` or `"ddim"`; eta: DDIM $\eta$.
         data_range: `(a, b)` for bounded data, or `None`.
 
@@ -226,15 +227,14 @@ def npr_variance_fn(
 
 
 def _noised(key, sched, x0):
-    abar = alpha_bar_of(sched)
-    N = abar.shape[0] - 1
+    sched = check_schedule(sched)
+    N = sched.num_steps
     kn, ke = jax.random.split(key)
     n = jax.random.randint(kn, (), 1, N + 1)
     eps = jax.random.normal(ke, x0.shape, x0.dtype)
-    an = abar.astype(x0.dtype)[n]
-    x_n = jnp.sqrt(an) * x0 + jnp.sqrt(1.0 - an) * eps
-    t = (n / N).astype(x0.dtype)
-    return t, x_n, eps
+    alpha, sigma = sched.marginal(n)
+    x_n = alpha.astype(x0.dtype) * x0 + sigma.astype(x0.dtype) * eps
+    return sched.time(n).astype(x0.dtype), x_n, eps
 
 
 def _check_weights(ratio, mean_weight):
@@ -244,7 +244,7 @@ def _check_weights(ratio, mean_weight):
 
 def sn_dpm_loss(
     key: Key,
-    sched,
+    sched: DiscreteSchedule,
     model_fn: Callable,
     x0: Float[Array, "*shape"],
     *,
@@ -255,7 +255,7 @@ def sn_dpm_loss(
 
     With $n\sim\mathcal U\{1..N\}$, $\varepsilon\sim\mathcal N(0, I)$,
     $x_n = \sqrt{\bar\alpha_n}x_0 + \sqrt{1 - \bar\alpha_n}\varepsilon$ and
-    `model_fn(n / N, x_n)` $= (\hat\varepsilon, h)$:
+    `model_fn(t_n, x_n)` $= (\hat\varepsilon, h)$ ($t_n = nT/N$):
 
     $$\ell = w\,\|\varepsilon - \hat\varepsilon\|^2 + r\,\|\varepsilon^2 - h\|^2 .$$
 
@@ -283,7 +283,7 @@ def sn_dpm_loss(
 
 def npr_dpm_loss(
     key: Key,
-    sched,
+    sched: DiscreteSchedule,
     model_fn: Callable,
     x0: Float[Array, "*shape"],
     *,
@@ -292,7 +292,7 @@ def npr_dpm_loss(
 ) -> Float[Array, ""]:
     r"""NPR-DPM training loss for one example.
 
-    With the same draws as [`sn_dpm_loss`][scoredyn.analytic.sn_dpm_loss] and `model_fn(n / N,
+    With the same draws as [`sn_dpm_loss`][scoredyn.analytic.sn_dpm_loss] and `model_fn(t_n,
     x_n)` $= (\hat\varepsilon, g)$:
 
     $$\ell = w\,\|\varepsilon - \hat\varepsilon\|^2 + r\,\big\|\mathrm{sg}[\varepsilon - \hat\varepsilon]^2 - g\big\|^2,$$

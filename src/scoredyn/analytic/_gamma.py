@@ -16,7 +16,8 @@ from jaxtyping import Array, ArrayLike, Float
 
 from .._custom_types import Key
 from .._misc import as_float, check_vector_field, default_float
-from ._common import alpha_bar_of
+from .._discrete import DiscreteSchedule
+from ._common import check_schedule
 
 
 class GammaEstimate(eqx.Module):
@@ -120,7 +121,7 @@ def _finalise(stats):
 
 def estimate_gamma(
     key: Key,
-    sched,
+    sched: DiscreteSchedule,
     eps_fn: Callable,
     data: Float[ArrayLike, "M *shape"],
     *,
@@ -174,9 +175,10 @@ def estimate_gamma(
 
     Args:
         key: PRNG key.
-        sched: discrete schedule (`sd.DiscreteSchedule`) with `alpha_bar` of shape `(N+1,)`.
-        eps_fn: noise prediction $(t, x)\mapsto\hat\varepsilon$, called with $t = n/N$ and one
-            unbatched example $x$ of shape `data.shape[1:]`.
+        sched: the [`DiscreteSchedule`][scoredyn.DiscreteSchedule] ($N$ steps).
+        eps_fn: noise prediction $(t, x)\mapsto\hat\varepsilon$, called at the schedule's time
+            $t_n = nT/N$ (`sched.time(n)`) with one unbatched example $x$ of shape
+            `data.shape[1:]`.
         data: training examples, shape `(M, *shape)`.
         num_noise: noise draws per example (per step).
         chunk_size: maximum number of `eps_fn` evaluations vectorised at once.
@@ -199,7 +201,7 @@ def estimate_gamma(
         est.ms_eps.shape        # (N + 1,)
         ```
     """
-    abar = alpha_bar_of(sched)
+    sched = check_schedule(sched)
     data = as_float(data, "data")
     if data.ndim < 2 or data.shape[0] < 1:
         raise ValueError(f"`data` must have shape (M, *shape) with M >= 1, got {data.shape}.")
@@ -209,10 +211,10 @@ def estimate_gamma(
     S = data.shape[0] * num_noise
     if S < 8:
         raise ValueError(f"need at least 8 samples (M * num_noise), got {S}.")
-    check_vector_field(eps_fn, "eps_fn", jnp.asarray(1.0, data.dtype), data[0])
-    plain, se_plain, cv, se_cv, coef = _estimate(key, abar, eps_fn, data, num_noise, chunk_size)
+    check_vector_field(eps_fn, "eps_fn", jnp.asarray(sched.T, data.dtype), data[0])
+    plain, se_plain, cv, se_cv, coef = _estimate(key, sched, eps_fn, data, num_noise, chunk_size)
     ms, se = (cv, se_cv) if control_variate else (plain, se_plain)
-    bbar = 1.0 - abar.astype(ms.dtype)
+    bbar = sched.one_minus_alpha_bar.astype(ms.dtype)
     gamma = jnp.where(bbar > 0, ms / jnp.where(bbar > 0, bbar, 1.0), 0.0)
     return GammaEstimate(
         ms_eps=ms,
@@ -228,26 +230,26 @@ def estimate_gamma(
 
 
 @eqx.filter_jit
-def _estimate(key, abar, eps_fn, data, num_noise: int, chunk_size: int):
+def _estimate(key, sched, eps_fn, data, num_noise: int, chunk_size: int):
     M = data.shape[0]
     shape = data.shape[1:]
     d = math.prod(shape)
     S = M * num_noise
-    N = abar.shape[0] - 1
+    N = sched.num_steps
     dtype = data.dtype
     acc = jnp.promote_types(default_float(), dtype)
     B = min(S, chunk_size)  # samples per batch
     num_batches = -(-S // B)
     P = max(1, min(N, chunk_size // B))  # steps vectorised together
-    abar_d = abar.astype(dtype)
+    alphas = jnp.exp(0.5 * sched.log_alpha_bar).astype(dtype)
+    sigmas = jnp.sqrt(sched.one_minus_alpha_bar).astype(dtype)
+    times = sched.time(jnp.arange(N + 1)).astype(dtype)
     centred = data - jnp.mean(data, 0)[None]
     axes = tuple(range(1, data.ndim))
 
     def one_step(n):
         kn = jax.random.fold_in(key, n)
-        a = jnp.sqrt(abar_d[n])
-        s = jnp.sqrt(1.0 - abar_d[n])
-        t = (n / N).astype(dtype)
+        a, s, t = alphas[n], sigmas[n], times[n]
 
         # one draw of all S noises of this step (same stream whatever chunk_size), padded
         noise = jax.random.normal(kn, (S,) + shape, dtype)
@@ -284,7 +286,7 @@ def _estimate(key, abar, eps_fn, data, num_noise: int, chunk_size: int):
     )
 
 
-def as_ms_eps(gamma_or_ms_eps, num_steps: int) -> Float[Array, " N+1"]:
+def as_ms_eps(gamma_or_ms_eps: "GammaEstimate | ArrayLike", num_steps: int) -> Float[Array, " N+1"]:
     """Accept a `GammaEstimate` or an `ms_eps` array of shape `(N+1,)`."""
     ms = gamma_or_ms_eps.ms_eps if isinstance(gamma_or_ms_eps, GammaEstimate) else gamma_or_ms_eps
     ms = as_float(ms, "ms_eps")

@@ -6,11 +6,12 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, Int
 
-from ._common import alpha_bar_of, check_trajectory
+from .._discrete import DiscreteSchedule
+from ._common import check_schedule, check_tau
 from ._gamma import as_ms_eps
 
 
-def trajectory_costs(sched, ms_eps) -> Float[Array, "N+1 N+1"]:
+def trajectory_costs(sched: DiscreteSchedule, ms_eps) -> Float[Array, "N+1 N+1"]:
     r"""The cost matrix $J(s, t)$ of every possible DDPM step $t \to s$ of the optimal trajectory.
 
     With the optimal (Analytic-DPM) variance and the DDPM forward process, the KL term of a step
@@ -37,31 +38,31 @@ def trajectory_costs(sched, ms_eps) -> Float[Array, "N+1 N+1"]:
     Returns:
         Shape `(N+1, N+1)`, indexed `[s, t]`.
     """
-    abar = alpha_bar_of(sched)
-    N = abar.shape[0] - 1
+    sched = check_schedule(sched)
+    N = sched.num_steps
     ms = as_ms_eps(ms_eps, N)
-    dtype = jnp.result_type(abar, ms)
-    abar = abar.astype(dtype)
+    la = sched.log_alpha_bar
+    dtype = jnp.result_type(la, ms)
+    la = la.astype(dtype)
     ms = jnp.clip(ms.astype(dtype), 0.0, 1.0)
     idx = jnp.arange(N + 1)
     s, t = idx[:, None], idx[None, :]
     valid = (s >= 1) & (s < t)
-    log_ratio = jnp.log(abar)[None, :] - jnp.log(abar)[:, None]  # log(abar_t / abar_s)
-    beta_ts = -jnp.expm1(jnp.where(valid, log_ratio, 0.0))
-    bbar_t = jnp.where(idx > 0, 1.0 - abar, 1.0)[None, :]
+    beta_ts = -jnp.expm1(jnp.where(valid, la[None, :] - la[:, None], 0.0))  # 1 - abar_t/abar_s
+    bbar_t = jnp.where(idx > 0, sched.one_minus_alpha_bar.astype(dtype), 1.0)[None, :]
     J = jnp.log1p(-beta_ts * ms[None, :] / bbar_t)
     return jnp.where(valid, J, jnp.inf)
 
 
-def trajectory_cost(sched, ms_eps, tau: Int[ArrayLike, " K+1"]) -> Float[Array, ""]:
+def trajectory_cost(sched: DiscreteSchedule, ms_eps, tau: Int[ArrayLike, " K+1"]) -> Float[Array, ""]:
     r"""$\sum_{k=2}^{K} J(\tau_{k-1}, \tau_k)$: the path-dependent part of the DDPM-forward bound.
 
     The KL divergence between the forward process on `tau` and the Analytic-DPM reverse
     process is $\frac d2$ times this plus a constant that depends only on `tau[1]` and `N`
     (Analytic-DPM Theorem 3). The decoder step `tau[1] -> 0` is not included.
     """
-    abar = alpha_bar_of(sched)
-    tau = check_trajectory(tau, abar.shape[0] - 1)
+    sched = check_schedule(sched)
+    tau = check_tau(tau, sched.num_steps)
     J = trajectory_costs(sched, ms_eps)
     return jnp.sum(J[tau[1:-1], tau[2:]])
 
@@ -85,7 +86,7 @@ def _dp(J: Array, K: int) -> Array:
     return jnp.concatenate([jnp.zeros((1,), D.dtype), prev, jnp.full((1,), N, D.dtype)])
 
 
-def optimal_trajectory(sched, ms_eps, num_evals: int) -> Int[Array, " K+1"]:
+def optimal_trajectory(sched: DiscreteSchedule, ms_eps, num_evals: int) -> Int[Array, " K+1"]:
     r"""The $K$-step trajectory that minimises the DDPM-forward variational bound of Analytic-DPM.
 
     As in the paper (Algorithm 1), `tau[1] = 1` is fixed (the decoder step $x_1\to x_0$ is then
@@ -120,11 +121,11 @@ def optimal_trajectory(sched, ms_eps, num_evals: int) -> Int[Array, " K+1"]:
         tau = sd.analytic.optimal_trajectory(sched, est, 10)   # (11,), for N = 1000: ~0.1 s
         ```
     """
-    abar = alpha_bar_of(sched)
-    N = abar.shape[0] - 1
+    sched = check_schedule(sched)
+    N = sched.num_steps
     K = num_evals
     if not isinstance(K, int) or isinstance(K, bool) or not 1 <= K <= N:
         raise ValueError(f"`num_evals` must be an int in [1, N={N}], got {K!r}.")
     if K == 1:
-        return jnp.array([0, N])
+        return jnp.array([0, N], jnp.int32)
     return _dp(trajectory_costs(sched, ms_eps), K)

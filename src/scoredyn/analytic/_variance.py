@@ -2,26 +2,26 @@ r"""The optimal reverse variance of Analytic-DPM / Analytic-DDIM, its bounds, an
 
 import math
 
-import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, Int
 
-from .._misc import as_float, check_positive, is_concrete
+from .._discrete import DiscreteSchedule
+from .._misc import as_float, check_positive
 from ._common import (
-    alpha_bar_of,
     check_data_range,
     check_forward,
-    check_trajectory,
+    check_schedule,
+    check_tau,
     Forward,
-    step_gamma,
-    step_lam2,
+    pair_lam2_gamma,
+    snr_inv,
     x0_cov_cap,
 )
 from ._gamma import as_ms_eps
 
 
 def x0_variance(
-    sched, ms_eps, *, data_range: tuple[float, float] | None = None, clip: bool = True
+    sched: DiscreteSchedule, ms_eps, *, data_range: tuple[float, float] | None = None, clip: bool = True
 ) -> Float[Array, " N+1"]:
     r"""Average posterior variance of the data, $\bar\sigma_n^2 = \mathbb E\,\mathrm{tr}\,\mathrm{Cov}[x_0\mid x_n]/d$.
 
@@ -41,15 +41,15 @@ def x0_variance(
     Returns:
         Shape `(N+1,)`; entry 0 is 0.
     """
-    abar = alpha_bar_of(sched)
+    sched = check_schedule(sched)
     check_data_range(data_range)
-    ms = as_ms_eps(ms_eps, abar.shape[0] - 1)
-    dtype = jnp.result_type(abar, ms)
-    abar = abar.astype(dtype)
-    ms = ms.astype(dtype)
-    v = (1.0 - abar) / abar * (1.0 - ms)
+    ms = as_ms_eps(ms_eps, sched.num_steps)
+    ratio = snr_inv(sched, jnp.arange(sched.num_steps + 1))
+    dtype = jnp.result_type(ratio, ms)
+    ratio = ratio.astype(dtype)
+    v = ratio * (1.0 - ms.astype(dtype))
     if clip:
-        v = jnp.clip(v, 0.0, x0_cov_cap(abar, data_range))
+        v = jnp.clip(v, 0.0, x0_cov_cap(ratio, data_range))
     return v.at[0].set(0.0)
 
 
@@ -58,15 +58,14 @@ def _last_step_cap(last_step_clip, dtype) -> Array:
     return jnp.asarray(last_step_clip, dtype) ** 2 * (math.pi / 2.0)
 
 
-def _pair_arrays(sched, tau):
-    abar = alpha_bar_of(sched)
-    tau = check_trajectory(tau, abar.shape[0] - 1)
-    n, m = tau[1:], tau[:-1]
-    return abar, n, m
+def _pairs(sched, tau):
+    sched = check_schedule(sched)
+    tau = check_tau(tau, sched.num_steps)
+    return sched, tau[1:], tau[:-1]
 
 
 def variance_bounds(
-    sched,
+    sched: DiscreteSchedule,
     tau: Int[ArrayLike, " K+1"],
     *,
     forward: Forward = "ddpm",
@@ -98,15 +97,13 @@ def variance_bounds(
     """
     check_forward(forward, eta)
     check_data_range(data_range)
-    abar, n, m = _pair_arrays(sched, tau)
-    an, am = abar[n], abar[m]
-    lam2 = step_lam2(an, am, forward, eta)
-    gam = step_gamma(an, am, lam2)
-    return lam2, lam2 + gam**2 * x0_cov_cap(an, data_range)
+    sched, n, m = _pairs(sched, tau)
+    lam2, gam = pair_lam2_gamma(sched, n, m, forward, eta)
+    return lam2, lam2 + gam**2 * x0_cov_cap(snr_inv(sched, n), data_range)
 
 
 def optimal_variances(
-    sched,
+    sched: DiscreteSchedule,
     tau: Int[ArrayLike, " K+1"],
     ms_eps,
     *,
@@ -172,24 +169,22 @@ def optimal_variances(
     check_data_range(data_range)
     if last_step_clip is not None:
         check_positive(last_step_clip, "last_step_clip")
-    abar, n, m = _pair_arrays(sched, tau)
-    ms = as_ms_eps(ms_eps, abar.shape[0] - 1)
-    dtype = jnp.result_type(abar, ms)
-    abar = abar.astype(dtype)
-    an, am = abar[n], abar[m]
-    lam2 = step_lam2(an, am, forward, eta)
-    gam = step_gamma(an, am, lam2)
-    cov = (1.0 - an) / an * (1.0 - ms.astype(dtype)[n])
+    sched, n, m = _pairs(sched, tau)
+    ms = as_ms_eps(ms_eps, sched.num_steps)
+    lam2, gam = pair_lam2_gamma(sched, n, m, forward, eta)
+    dtype = jnp.result_type(lam2, ms)
+    ratio = snr_inv(sched, n).astype(dtype)
+    cov = ratio * (1.0 - ms.astype(dtype)[n])
     if clip:
-        cov = jnp.clip(cov, 0.0, x0_cov_cap(an, data_range))
-    var = lam2 + gam**2 * cov
+        cov = jnp.clip(cov, 0.0, x0_cov_cap(ratio, data_range))
+    var = lam2.astype(dtype) + gam.astype(dtype) ** 2 * cov
     if last_step_clip is not None and var.shape[0] >= 2:
         var = var.at[1].set(jnp.minimum(var[1], _last_step_cap(last_step_clip, dtype)))
     return var
 
 
 def optimal_variance(
-    sched,
+    sched: DiscreteSchedule,
     n: Int[ArrayLike, ""],
     m: Int[ArrayLike, ""],
     ms_eps_n: Float[ArrayLike, ""],
@@ -203,27 +198,17 @@ def optimal_variance(
 
     Same formula as [`optimal_variances`][scoredyn.analytic.optimal_variances], for a single
     pair with the scalar `ms_eps_n` $= \frac1d\mathbb E\|\hat\varepsilon(x_n, n)\|^2$.
-    `n` and `m` may be traced; a run-time error is raised under `jit` unless $0\le m < n\le N$.
+    `n` and `m` may be traced (checked with `eqx.error_if` then); they must satisfy
+    $0\le m < n\le N$.
     """
     check_forward(forward, eta)
     check_data_range(data_range)
-    abar = alpha_bar_of(sched)
-    N = abar.shape[0] - 1
-    n = jnp.asarray(n)
-    m = jnp.asarray(m)
-    if is_concrete(n, m):
-        if not (0 <= int(m) < int(n) <= N):
-            raise ValueError(f"need 0 <= m < n <= N={N}, got n={int(n)}, m={int(m)}.")
-    else:
-        n = eqx.error_if(n, (m < 0) | (m >= n) | (n > N), "need 0 <= m < n <= N.")
+    sched = check_schedule(sched)
     ms = as_float(ms_eps_n, "ms_eps_n")
-    dtype = jnp.result_type(abar, ms)
-    abar = abar.astype(dtype)
-    an, am = abar[n], abar[m]
-    lam2 = step_lam2(an, am, forward, eta)
-    gam = step_gamma(an, am, lam2)
-    cov = (1.0 - an) / an * (1.0 - ms.astype(dtype))
+    lam2, gam = pair_lam2_gamma(sched, n, m, forward, eta)
+    dtype = jnp.result_type(lam2, ms)
+    ratio = snr_inv(sched, n).astype(dtype)
+    cov = ratio * (1.0 - ms.astype(dtype))
     if clip:
-        cov = jnp.clip(cov, 0.0, x0_cov_cap(an, data_range))
-    return lam2 + gam**2 * cov
-
+        cov = jnp.clip(cov, 0.0, x0_cov_cap(ratio, data_range))
+    return lam2.astype(dtype) + gam.astype(dtype) ** 2 * cov

@@ -72,6 +72,13 @@ def _full_defaults(data: str) -> dict:
                 num_samples=1000, ema_decay=0.995)
 
 
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m scoredyn.demo",
@@ -82,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
             "optimal trajectory at K = 10, 25, 50, 100, 200 and N steps, plus the PF-ODE "
             "likelihood. Writes a table, plots and a report to OUT/NAME/."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Formatter,
     )
     p.add_argument("--data", choices=DATASETS, default="digits",
                    help="data set: the 8x8 digits, or a 2-D toy set ('mixture' has an exact "

@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree
 
+from .._discrete import diffusion_loss
+
 LossFn = Callable[[PyTree, PRNGKeyArray, Array], Float[Array, ""]]
 
 
@@ -180,42 +182,30 @@ def fit(
 
 
 # --------------------------------------------------------------------------- losses
-def _local_eps_loss(key, schedule, model, x0):
-    # TEMPORARY stand-in for sd.diffusion_loss (discrete layer, written in parallel).
-    kn, ke = jax.random.split(key)
-    dtype = jnp.result_type(x0)
-    if hasattr(schedule, "alpha_bar"):
-        num = schedule.alpha_bar.shape[0] - 1
-        n = jax.random.randint(kn, (), 1, num + 1)
-        ab = schedule.alpha_bar[n].astype(dtype)
-        alpha, sigma = jnp.sqrt(ab), jnp.sqrt(1 - ab)
-        t = (n / num).astype(dtype)
-    else:
-        t = jax.random.uniform(kn, (), dtype, 1e-3 * schedule.T, schedule.T)
-        alpha, sigma = (c.astype(dtype) for c in schedule.marginal(t))
-    eps = jax.random.normal(ke, x0.shape, dtype)
-    return jnp.mean((model(t, alpha * x0 + sigma * eps) - eps) ** 2)
-
-
-def diffusion_batch_loss(schedule, **loss_kwargs) -> LossFn:
+def diffusion_batch_loss(schedule, *, per_entry: bool = True, **loss_kwargs) -> LossFn:
     r"""The minibatch training loss `loss_fn(model, key, batch)` for a schedule or linear SDE.
 
-    It averages the per-example denoising loss over the rows of `batch` (each row gets its own
-    key): with the default eps-prediction and uniform weighting this is the DDPM loss
-    $\mathbb E_{n, \varepsilon}\,\tfrac1d\|\varepsilon - \hat\varepsilon_\theta(t_n, x_n)\|^2$,
-    $x_n = \alpha_n x_0 + \sigma_n\varepsilon$.
+    It averages [`sd.diffusion_loss`][scoredyn.diffusion_loss] over the rows of `batch` (each
+    row gets its own key). With the default eps-prediction and uniform weighting this is the
+    DDPM loss $\mathbb E_{n, \varepsilon}\,\|\varepsilon - \hat\varepsilon_\theta(t_n, x_n)\|^2$,
+    $x_n = \alpha_n x_0 + \sigma_n\varepsilon$, $n \sim \mathcal U\{1..N\}$. With
+    `per_entry=True` it is divided by the number of entries $d$ of one example, so an
+    untrained network ($\hat\varepsilon = 0$) scores $\mathbb E\|\varepsilon\|^2/d = 1$
+    whatever $d$ (Adam's updates do not depend on this constant factor).
 
     Args:
-        schedule: a discrete schedule (times $t = n/N$, $n$ uniform in $\{1..N\}$) or a linear SDE.
-        **loss_kwargs: passed to the per-example loss.
+        schedule: a [`DiscreteSchedule`][scoredyn.DiscreteSchedule] or a linear SDE.
+        per_entry: divide by the number of entries of one example.
+        **loss_kwargs: passed to `sd.diffusion_loss` (`prediction`, `weighting`,
+            `time_sampling`, `t_eps`, ...).
 
     Returns:
         `loss_fn(model, key, batch) -> scalar`, for
         [`make_train_step`][scoredyn.nn.make_train_step].
     """
-
     def per_example(key, model, x0):
-        return _local_eps_loss(key, schedule, model, x0, **loss_kwargs)
+        loss = diffusion_loss(key, schedule, model, x0, **loss_kwargs)
+        return loss / x0.size if per_entry else loss
 
     def loss_fn(model, key, batch):
         keys = jax.random.split(key, batch.shape[0])
