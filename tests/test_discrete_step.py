@@ -101,7 +101,7 @@ def test_ddim_family_marginals_monte_carlo(eta):
     x0 = jnp.array([0.7, -1.2])
     tau = sd.respace(N, 5, "quadratic")
     a_N, s_N = sched.marginal(N)
-    xT = a_N * x0 + s_N * jax.random.normal(jax.random.key(3), (M, 2))
+    xT = a_N * x0[None] + s_N * jax.random.normal(jax.random.key(3), (M, 2))
     kw = {"variances": "ddpm_beta"} if eta == "beta" else {"eta": eta}
     run = jax.jit(
         jax.vmap(
@@ -110,7 +110,7 @@ def test_ddim_family_marginals_monte_carlo(eta):
     )
     _, traj = run(jax.random.split(jax.random.key(4), M), xT)
     alpha, sigma = sched.marginal(tau)
-    mean_err = jnp.abs(traj.mean(0) - alpha[:, None] * x0) / (sigma[:, None] / np.sqrt(M) + 1e-300)
+    mean_err = jnp.abs(traj.mean(0) - alpha[:, None] * x0[None]) / (sigma[:, None] / np.sqrt(M) + 1e-300)
     var_ratio = traj.var(0)[1:] / sigma[1:, None] ** 2
     if eta == "beta":
         # control: a reverse variance beta_{n|m} > lambda^2 inflates the marginals, which the MC sees

@@ -124,14 +124,14 @@ def test_log_likelihood_float32():
 
 
 def test_log_likelihood_hutchinson_unbiased(points64):
-    """Hutchinson (Rademacher, 1 probe, held fixed along the path) averaged over 128 keys agrees
+    """Hutchinson (Rademacher, 1 probe, held fixed along the path) averaged over 64 keys agrees
     with the exact-divergence value within 4 standard errors."""
     sde = VP
     gm = mixture_2d()
     score = gm.score_fn(sde)
     x = points64[0]
     prior = gm.marginal(sde, sde.T).log_prob
-    keys = jax.random.split(jax.random.key(11), 128)
+    keys = jax.random.split(jax.random.key(11), 64)
     f = jax.jit(jax.vmap(lambda k: sd.log_likelihood(sde, score, x, key=k, estimator="hutchinson",
                                                      prior_log_prob=prior, rtol=1e-6, atol=1e-6,
                                                      t_eps=T_EPS)))
@@ -145,6 +145,7 @@ def test_log_likelihood_hutchinson_unbiased(points64):
     assert abs(diff) < 4 * se
 
 
+@pytest.mark.slow
 def test_log_likelihood_grad_is_score():
     """d/dx log p_{t_eps}(x) through the ODE solve equals the exact score of p_{t_eps}."""
     sde = VP

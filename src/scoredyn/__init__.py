@@ -37,8 +37,10 @@ from ._likelihood import (
 )
 from ._solve import (
     decode as decode,
+    dpm_solver as dpm_solver,
     encode as encode,
     sample_ode as sample_ode,
+    sample_dpm_solver as sample_dpm_solver,
     sample_pc as sample_pc,
     sample_sde as sample_sde,
     simulate_sde as simulate_sde,
@@ -63,6 +65,7 @@ from ._discrete import (
 # -- namespaces: analytic, reparam, nn --
 from . import analytic as analytic
 from . import nn as nn
+from . import reparam as reparam
 
 try:
     __version__ = importlib.metadata.version("scoredyn")

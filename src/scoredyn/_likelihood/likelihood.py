@@ -7,6 +7,7 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from .._custom_types import Key, Scalar, ScoreFn
@@ -226,19 +227,19 @@ def bits_per_dim(
     """
     if not isinstance(levels, int) or isinstance(levels, bool) or levels < 2:
         raise ValueError(f"`levels` must be a Python int >= 2, got {levels!r}.")
-    x = check_state(x, "x")
     width = 2.0 / (levels - 1)
+    if dequantize and key is None:
+        raise ValueError("`key` must be given to draw the dequantisation noise.")
+    if dequantize and is_concrete(x):
+        k = (np.asarray(x, dtype=np.float64) + 1.0) / width
+        off = np.abs(k - np.round(k))
+        if np.any(off > 1e-3) or np.any((k < -1e-3) | (k > levels - 1 + 1e-3)):
+            raise ValueError(
+                f"`x` must lie on the grid k * 2/(levels - 1) - 1, k = 0..{levels - 1} "
+                f"(levels={levels}); got values off the grid."
+            )
+    x = check_state(x, "x")
     if dequantize:
-        if key is None:
-            raise ValueError("`key` must be given to draw the dequantisation noise.")
-        if is_concrete(x):
-            k = (x + 1.0) / width
-            off = jnp.abs(k - jnp.round(k))
-            if bool(jnp.any(off > 1e-3)) or bool(jnp.any((k < -1e-3) | (k > levels - 1 + 1e-3))):
-                raise ValueError(
-                    f"`x` must lie on the grid k * 2/(levels - 1) - 1, k = 0..{levels - 1} "
-                    f"(levels={levels}); got values off the grid."
-                )
         k_u, key = jax.random.split(key)
         u = jax.random.uniform(k_u, x.shape, x.dtype, minval=-0.5, maxval=0.5)
         x = x + width * u

@@ -16,6 +16,7 @@ from ._extended import (
 )
 from ._gamma import estimate_gamma as estimate_gamma, GammaEstimate as GammaEstimate
 from ._trajectory import (
+    optimal_trajectories as optimal_trajectories,
     optimal_trajectory as optimal_trajectory,
     trajectory_cost as trajectory_cost,
     trajectory_costs as trajectory_costs,

@@ -62,11 +62,11 @@ _NV = 3
 
 
 def _batch_moments(v, w):
-    """(count, mean, comoment) of rows of v (B, 3) with 0/1 weights w (B,)."""
-    cnt = jnp.sum(w)
-    mean = jnp.sum(w[:, None] * v, 0) / jnp.maximum(cnt, 1.0)
-    dev = (v - mean[None, :]) * w[:, None]
-    return cnt, mean, dev.T @ dev
+    """Per-fold (count (F,), mean (F, 3), comoment (F, 3, 3)) of rows of v (B, 3), weights w (F, B)."""
+    cnt = jnp.sum(w, 1)
+    mean = (w @ v) / jnp.maximum(cnt, 1.0)[:, None]
+    dev = (v[None, :, :] - mean[:, None, :]) * w[:, :, None]  # (F, B, 3)
+    return cnt, mean, jnp.einsum("fbi,fbj->fij", dev, dev)
 
 
 def _merge(a, b):
@@ -256,8 +256,7 @@ def _estimate(key, sched, eps_fn, data, num_noise: int, chunk_size: int):
         noise = jnp.concatenate([noise, jnp.zeros((num_batches * B - S,) + shape, dtype)])
         noise = noise.reshape((num_batches, B) + shape)
 
-        def body(carry, xs):
-            j, eps = xs
+        def batch(j, eps):
             idx = j * B + jnp.arange(B)
             valid = idx < S
             x0 = data[idx % M]
@@ -266,24 +265,26 @@ def _estimate(key, sched, eps_fn, data, num_noise: int, chunk_size: int):
             g = jnp.sum(eps.astype(acc) ** 2, axes) / d - 1.0
             h = jnp.sum(eps.astype(acc) * centred[idx % M].astype(acc), axes) / d
             v = jnp.stack([f, f - g, h], -1)
-            out = [_batch_moments(v, (valid & (idx % 2 == b)).astype(acc)) for b in (0, 1)]
-            new = jax.tree.map(lambda *z: jnp.stack(z), *out)
-            return jax.vmap(_merge)(carry, new), None
+            fold = (idx % 2)[None, :] == jnp.arange(2)[:, None]
+            return _batch_moments(v, (valid[None, :] & fold).astype(acc))
+
+        if num_batches == 1:
+            return batch(0, noise[0])
+
+        def body(carry, xs):
+            return jax.vmap(_merge)(carry, batch(*xs)), None
 
         init = (jnp.zeros((2,), acc), jnp.zeros((2, _NV), acc), jnp.zeros((2, _NV, _NV), acc))
         stats, _ = jax.lax.scan(body, init, (jnp.arange(num_batches), noise))
-        return _finalise(stats)
+        return stats
 
     # pad the steps 1..N to whole chunks of P (repeating step N), so one body is compiled
     num_chunks = -(-N // P)
     steps = jnp.minimum(jnp.arange(1, num_chunks * P + 1), N).reshape(num_chunks, P)
-    out = jax.lax.map(jax.vmap(one_step), steps)
-    return jax.tree.map(
-        lambda x: jnp.concatenate(
-            [jnp.zeros((1,) + x.shape[2:], x.dtype), x.reshape((-1,) + x.shape[2:])[:N]]
-        ),
-        out,
-    )
+    stats = jax.lax.map(jax.vmap(one_step), steps)
+    stats = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:])[:N], stats)
+    out = jax.vmap(_finalise)(stats)
+    return jax.tree.map(lambda x: jnp.concatenate([jnp.zeros((1,) + x.shape[1:], x.dtype), x]), out)
 
 
 def as_ms_eps(gamma_or_ms_eps: "GammaEstimate | ArrayLike", num_steps: int) -> Float[Array, " N+1"]:

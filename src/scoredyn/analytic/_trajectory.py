@@ -1,6 +1,7 @@
 r"""The optimal trajectory of Analytic-DPM: a least-cost path by dynamic programming."""
 
 import functools
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -68,22 +69,39 @@ def trajectory_cost(sched: DiscreteSchedule, ms_eps, tau: Int[ArrayLike, " K+1"]
 
 
 @functools.partial(jax.jit, static_argnums=1)
-def _dp(J: Array, K: int) -> Array:
+def _dp_tables(J: Array, K: int) -> Array:
+    """Forward pass: D[j-2, t] = best predecessor of node t at level j = 2..K. Shape (K-1, N+1)."""
     N = J.shape[0] - 1
     C0 = jnp.full((N + 1,), jnp.inf, J.dtype).at[1].set(0.0)
 
     def forward(C, _):
         tot = C[:, None] + J  # [s, t]
-        return jnp.min(tot, axis=0), jnp.argmin(tot, axis=0)
+        return jnp.min(tot, axis=0), jnp.argmin(tot, axis=0).astype(jnp.int32)
 
-    _, D = jax.lax.scan(forward, C0, None, length=K - 1)  # D[j-2][t] = best predecessor at level j
+    _, D = jax.lax.scan(forward, C0, None, length=K - 1)
+    return D
 
-    def back(t, Dj):
-        s = Dj[t]
+
+@jax.jit
+def _backtrack(D: Array, K: Array) -> Array:
+    """Backtrack from tau[K] = N through levels K..2 of D; entries above K are N (padding).
+
+    Returns shape (K_max + 1,) with K_max = D.shape[0] + 1: tau[0] = 0, tau[1..K] the path.
+    """
+    K_max = D.shape[0] + 1
+    N = D.shape[1] - 1
+
+    def back(t, xs):
+        j, Dj = xs  # level j = K_max..2 (reverse scan), Dj = D[j - 2]
+        s = jnp.where(j <= K, Dj[t], t)
         return s, s
 
-    _, prev = jax.lax.scan(back, jnp.asarray(N, D.dtype), D, reverse=True)  # prev[i] = tau[i+1]
-    return jnp.concatenate([jnp.zeros((1,), D.dtype), prev, jnp.full((1,), N, D.dtype)])
+    levels = jnp.arange(2, K_max + 1)
+    _, prev = jax.lax.scan(back, jnp.asarray(N, jnp.int32), (levels, D), reverse=True)
+    # prev[j - 2] is the node at level j - 1 for j <= K, and N above
+    path = jnp.concatenate([prev, jnp.full((1,), N, jnp.int32)])  # nodes at levels 1..K_max
+    path = jnp.where(jnp.arange(1, K_max + 1) <= K, path, N)
+    return jnp.concatenate([jnp.zeros((1,), jnp.int32), path])
 
 
 def optimal_trajectory(sched: DiscreteSchedule, ms_eps, num_evals: int) -> Int[Array, " K+1"]:
@@ -128,4 +146,39 @@ def optimal_trajectory(sched: DiscreteSchedule, ms_eps, num_evals: int) -> Int[A
         raise ValueError(f"`num_evals` must be an int in [1, N={N}], got {K!r}.")
     if K == 1:
         return jnp.array([0, N], jnp.int32)
-    return _dp(trajectory_costs(sched, ms_eps), K)
+    return _backtrack(_dp_tables(trajectory_costs(sched, ms_eps), K), jnp.asarray(K))
+
+
+def optimal_trajectories(
+    sched: DiscreteSchedule, ms_eps, num_evals: Sequence[int]
+) -> list[Int[Array, " K+1"]]:
+    r"""Optimal trajectories for several $K$ at once, from a single dynamic programme.
+
+    The forward pass of [`optimal_trajectory`][scoredyn.analytic.optimal_trajectory] for
+    $K_{\max} = \max K$ contains the tables of every smaller $K$; each trajectory is then one
+    backtracking pass. Equal to calling `optimal_trajectory` for each $K$, in about the time of
+    the largest. Not traceable (returns a Python list of arrays of different lengths).
+
+    Args:
+        sched: discrete schedule with $N$ steps.
+        ms_eps: [`GammaEstimate`][scoredyn.analytic.GammaEstimate] or array `(N+1,)`.
+        num_evals: the $K$ values, each an int in $[1, N]$.
+
+    Returns:
+        A list of trajectories, one per entry of `num_evals`.
+    """
+    sched = check_schedule(sched)
+    N = sched.num_steps
+    Ks = list(num_evals)
+    for K in Ks:
+        if not isinstance(K, int) or isinstance(K, bool) or not 1 <= K <= N:
+            raise ValueError(f"every entry of `num_evals` must be an int in [1, N={N}], got {K!r}.")
+    K_max = max(Ks)
+    if K_max == 1:
+        return [jnp.array([0, N], jnp.int32) for _ in Ks]
+    D = _dp_tables(trajectory_costs(sched, ms_eps), K_max)
+    out = []
+    for K in Ks:
+        tau = jnp.array([0, N], jnp.int32) if K == 1 else _backtrack(D, jnp.asarray(K))[: K + 1]
+        out.append(tau)
+    return out

@@ -25,6 +25,8 @@ class Config:
     lr: float = 2e-3
     ema_decay: float = 0.999
     num_steps: int = 1000
+    beta_min: float = 0.1
+    weighting: str = "uniform"
     ks: tuple[int, ...] = DEFAULT_KS
     num_eval: int = 256
     num_gamma: int = 250
@@ -45,7 +47,7 @@ class Config:
         from .. import __version__
 
         keys = ("data", "seed", "net", "width", "depth", "train_steps", "batch_size", "lr",
-                "ema_decay", "num_steps")
+                "ema_decay", "num_steps", "beta_min", "weighting")
         out = {k: getattr(self, k) for k in keys}
         out["scoredyn"] = __version__
         return out
@@ -98,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a smaller network, fewer steps and fewer evaluation examples: under a "
                    "minute on a laptop (a smoke test; the numbers are rougher)")
     p.add_argument("--seed", type=int, default=0, help="PRNG seed; the run is deterministic given it")
-    p.add_argument("--net", choices=("mlp", "conv"), default="mlp",
+    p.add_argument("--net", choices=("grid", "mlp", "conv"), default=None,
                    help="eps-network: residual MLP, or a small conv net (digits only; slower on CPU)")
     p.add_argument("--steps", dest="train_steps", type=int, default=None,
                    help="training steps (default: 6000 digits, 4000 toy; 800 with --quick)")
@@ -108,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=None, help="peak Adam learning rate")
     p.add_argument("--num-steps", type=int, default=None,
                    help="N, the steps of the discrete schedule (default 1000)")
+    p.add_argument("--beta-min", type=float, default=None,
+                   help="beta_min of the VP SDE (beta_max = 20) that the schedule samples")
+    p.add_argument("--weighting", choices=("uniform", "likelihood"), default=None,
+                   help="training loss: DDPM's uniform eps-loss, or likelihood weighting with "
+                   "log-SNR importance sampling")
     p.add_argument("--eval", dest="num_eval", type=int, default=None,
                    help="held-out examples for the bounds")
     p.add_argument("--ode", dest="num_ode", type=int, default=None,

@@ -40,11 +40,11 @@ def main(argv: list[str] | None = None) -> pathlib.Path:
     data = load(cfg.data)
     log(f"scoredyn {sd.__version__} demo -> {folder}")
     log(f"data: {data.description}")
-    sde = sd.VPSDE(beta_min=0.1, beta_max=20.0)
+    sde = sd.VPSDE(beta_min=cfg.beta_min, beta_max=20.0)
     sched = sd.DiscreteSchedule.from_sde(sde, cfg.num_steps, dtype=jnp.float32)
     k_train, k_eval = jax.random.split(jax.random.key(cfg.seed))
 
-    state, losses, seconds, reused = train(cfg, data, sched, k_train, log=log)
+    state, losses, seconds, reused = train(cfg, data, sched, sde, k_train, log=log)
     net = state.ema
     num_params = sum(x.size for x in jax.tree_util.tree_leaves(eqx.filter(net, eqx.is_array)))
     final = float(np.mean(losses[-max(len(losses) // 20, 1):]))

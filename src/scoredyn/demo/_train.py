@@ -15,8 +15,14 @@ from ._config import Config
 from ._data import Dataset
 
 
-def build_network(cfg: Config, data: Dataset, key):
+def build_network(cfg: Config, data: Dataset, sde, key):
     """The eps-network for `cfg` (float32 weights, whatever the global x64 setting)."""
+    if cfg.net == "grid":
+        if data.levels is None:
+            raise ValueError("the grid head needs data on a grid (--data digits)")
+        logits = nn.MLP(data.dim, width=cfg.width, depth=cfg.depth, key=key, dtype=jnp.float32,
+                        out_size=data.dim * data.levels)
+        return nn.GridEps(logits, sde, data.levels, *data.data_range)
     if cfg.net == "conv":
         if data.image_shape is None:
             raise ValueError("the conv net needs image data")
@@ -26,12 +32,12 @@ def build_network(cfg: Config, data: Dataset, key):
 
 
 def build_optimiser(cfg: Config) -> optax.GradientTransformation:
-    """Adam with a linear warm-up and cosine decay to 5% of the peak rate, gradient clipping at 1."""
+    """Adam with a linear warm-up and cosine decay to 5% of the peak rate."""
     warmup = min(200, max(cfg.train_steps // 10, 1))
     sched = optax.warmup_cosine_decay_schedule(
         0.0, cfg.lr, warmup, max(cfg.train_steps, warmup + 1), end_value=0.05 * cfg.lr
     )
-    return optax.chain(optax.clip_by_global_norm(1.0), optax.adam(sched))
+    return optax.adam(sched)
 
 
 def checkpoint_paths(cfg: Config) -> tuple[pathlib.Path, pathlib.Path]:
@@ -40,7 +46,17 @@ def checkpoint_paths(cfg: Config) -> tuple[pathlib.Path, pathlib.Path]:
     return folder / f"checkpoint-{h}.eqx", folder / f"checkpoint-{h}.json"
 
 
-def train(cfg: Config, data: Dataset, sched, key, log=print):
+def build_loss(cfg: Config, sched, sde):
+    """The minibatch loss: DDPM's uniform eps-loss on the schedule, or the likelihood-weighted
+    eps-loss on the SDE with times drawn uniformly in the log-SNR (Song et al. 2021b)."""
+    if cfg.weighting == "likelihood":
+        t_eps = 0.5 * float(sched.time(1))
+        return nn.diffusion_batch_loss(sde, weighting="likelihood", time_sampling="importance",
+                                       t_eps=t_eps)
+    return nn.diffusion_batch_loss(sched)
+
+
+def train(cfg: Config, data: Dataset, sched, sde, key, log=print):
     """Train (or re-use a checkpoint); return `(state, losses, seconds, reused)`.
 
     The checkpoint file name carries a hash of every setting that determines the weights
@@ -48,7 +64,7 @@ def train(cfg: Config, data: Dataset, sched, key, log=print):
     settings re-uses it and any change trains afresh.
     """
     k_init, k_train = jax.random.split(key)
-    model = build_network(cfg, data, k_init)
+    model = build_network(cfg, data, sde, k_init)
     opt = build_optimiser(cfg)
     state = nn.init_train_state(model, opt)
     ckpt, meta = checkpoint_paths(cfg)
@@ -61,7 +77,7 @@ def train(cfg: Config, data: Dataset, sched, key, log=print):
         except Exception as e:  # a stale or corrupt file: train again
             log(f"could not read {ckpt} ({e}); training afresh")
 
-    step = nn.make_train_step(nn.diffusion_batch_loss(sched), opt, ema_decay=cfg.ema_decay)
+    step = nn.make_train_step(build_loss(cfg, sched, sde), opt, ema_decay=cfg.ema_decay)
     train_x = jnp.asarray(data.train, jnp.float32)
     chunk = 50 if cfg.train_steps >= 500 else 25
     bar = None

@@ -6,6 +6,7 @@ works with the rest of the library.
 
 from ._conv import ConvNet as ConvNet
 from ._embedding import SinusoidalEmbedding as SinusoidalEmbedding
+from ._grid import GridEps as GridEps
 from ._mlp import MLP as MLP, TimeMLP as TimeMLP, TwoHeadMLP as TwoHeadMLP
 from ._train import (
     diffusion_batch_loss as diffusion_batch_loss,

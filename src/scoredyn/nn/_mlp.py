@@ -133,6 +133,9 @@ class MLP(eqx.Module):
         dtype: parameter dtype (default: float64 under x64, else float32). The output is cast
             to the dtype of `x`.
         time_scale: factor applied to $t$ before the sinusoidal features.
+        out_size: length of the output (default $d$: an eps-network). Another size gives a
+            general feature network, e.g. the level logits of
+            [`GridEps`][scoredyn.nn.GridEps].
 
     Example:
         ```python
@@ -155,13 +158,16 @@ class MLP(eqx.Module):
         key: PRNGKeyArray,
         dtype=None,
         time_scale: float = 1000.0,
+        out_size: int | None = None,
     ):
         dtype = default_float() if dtype is None else dtype
+        out_size = data_dim if out_size is None else out_size
+        _check_dim(out_size, "out_size")
         kt, ko = jax.random.split(key)
         self.trunk = _Trunk(
             data_dim, width, depth, time_dim, key=kt, dtype=dtype, time_scale=time_scale
         )
-        self.out = _zero_linear(eqx.nn.Linear(width, data_dim, key=ko, dtype=dtype))
+        self.out = _zero_linear(eqx.nn.Linear(width, out_size, key=ko, dtype=dtype))
 
     @property
     def data_dim(self) -> int:

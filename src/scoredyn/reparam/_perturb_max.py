@@ -1,0 +1,236 @@
+r"""The perturb-and-argmax distribution over classes."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float, Int
+
+from .._custom_types import Key
+from .._misc import is_concrete
+from ._noise import AbstractNoise, Gaussian, _check_method, _check_scores
+
+
+def _check_temperature(temperature: ArrayLike, dtype) -> Array:
+    t = jnp.asarray(temperature)
+    if jnp.issubdtype(t.dtype, jnp.complexfloating) or not (
+        jnp.issubdtype(t.dtype, jnp.floating) or jnp.issubdtype(t.dtype, jnp.integer)
+    ):
+        raise TypeError(f"`temperature` must be a real number, got dtype {t.dtype}.")
+    if t.ndim != 0:
+        raise ValueError(f"`temperature` must be a scalar, got shape {t.shape}.")
+    t = t.astype(dtype)
+    if is_concrete(t):
+        v = float(t)
+        if not v > 0:  # also catches NaN
+            raise ValueError(f"`temperature` must be > 0, got {v}.")
+        return t
+    return eqx.error_if(t, ~(t > 0), "`temperature` must be > 0.")
+
+
+def _check_shape(shape) -> tuple[int, ...]:
+    if isinstance(shape, int):
+        shape = (shape,)
+    try:
+        shape = tuple(int(s) for s in shape)
+    except TypeError:
+        raise TypeError(f"`shape` must be a tuple of ints, got {shape!r}.") from None
+    if any(s < 0 for s in shape):
+        raise ValueError(f"`shape` must have non-negative entries, got {shape}.")
+    return shape
+
+
+class PerturbMax(eqx.Module):
+    r"""The distribution of $\arg\max_j(\mu_j + \varepsilon_j)$ for i.i.d. noise $\varepsilon_j$.
+
+    $$p_i = P\big[\arg\max_j (\mu_j + \varepsilon_j) = i\big]
+          = \int p(e) \prod_{j \ne i} F(e + \mu_i - \mu_j)\,\mathrm de .$$
+
+    Gumbel noise gives $\operatorname{softmax}(\mu/s)$; every other noise gives another
+    shift-invariant, monotone map from scores to the simplex. `probs` is exact where a closed
+    form exists (Gumbel; uniform; any family for $n = 2$) and otherwise uses the mode-centred
+    sinh–Gauss–Legendre quadrature (rows normalised, computed in log space, differentiable in
+    `mu` and in the noise's `scale`). See
+    [the derivation](../derivations/perturb-max.md).
+
+    Args:
+        mu: shape `(*batch, n)`, floating point scores with the classes on the last axis.
+        noise: an [`AbstractNoise`][scoredyn.reparam.AbstractNoise] (default `Gaussian()`).
+        method: `"auto"`, `"exact"`, `"quadrature"` or `"midpoint"`; see
+            [`AbstractNoise.argmax_log_probs`][scoredyn.reparam.AbstractNoise.argmax_log_probs].
+        num_nodes: quadrature nodes per panel (or $K$ for `"midpoint"`); `None` for the default.
+
+    Raises:
+        TypeError: if `mu` is not floating point or `noise` is not an `AbstractNoise`.
+        ValueError: for an empty class axis, an unknown `method`, `num_nodes < 2`, or
+            `method="exact"` where no closed form exists.
+
+    Example:
+        ```python
+        pm = sd.reparam.PerturbMax(jnp.array([0.3, -1.2, 2.0, 0.5]), sd.reparam.Gaussian())
+        pm.probs                         # ≈ [0.0891, 0.0046, 0.7844, 0.1219]
+        pm.sample(key, (1000,))          # (1000,) class indices
+        y = pm.relaxed_sample(key, 0.5)  # (4,) a point of the simplex
+        ```
+    """
+
+    mu: Float[Array, "*batch n"]
+    noise: AbstractNoise
+    method: str = eqx.field(static=True)
+    num_nodes: int | None = eqx.field(static=True)
+
+    def __init__(
+        self,
+        mu: ArrayLike,
+        noise: AbstractNoise | None = None,
+        *,
+        method: str = "auto",
+        num_nodes: int | None = None,
+    ):
+        mu = _check_scores(mu)
+        noise = Gaussian() if noise is None else noise
+        if not isinstance(noise, AbstractNoise):
+            raise TypeError(
+                f"`noise` must be a scoredyn.reparam.AbstractNoise, got {type(noise).__name__}."
+            )
+        _check_method(method, num_nodes)
+        n = mu.shape[-1]
+        if method == "exact" and not (
+            n == 1 or noise.has_closed_form or (n == 2 and noise.has_closed_form_diff)
+        ):
+            raise ValueError(
+                f"`method='exact'`: {type(noise).__name__} noise has no closed form for "
+                f"n = {n} classes; use method='auto' or 'quadrature'."
+            )
+        self.mu = mu
+        self.noise = noise
+        self.method = method
+        self.num_nodes = num_nodes
+
+    # ------------------------------------------------------------------ shapes
+    @property
+    def num_classes(self) -> int:
+        """Number of classes $n$ (the last axis of `mu`)."""
+        return self.mu.shape[-1]
+
+    @property
+    def batch_shape(self) -> tuple[int, ...]:
+        """Leading (batch) shape of `mu`."""
+        return self.mu.shape[:-1]
+
+    # ------------------------------------------------------------------ probabilities
+    @property
+    def log_probs(self) -> Float[Array, "*batch n"]:
+        r"""Normalised $\log p_i$ for every class, shape `(*batch, n)`."""
+        return self.noise.argmax_log_probs(self.mu, method=self.method, num_nodes=self.num_nodes)
+
+    @property
+    def probs(self) -> Float[Array, "*batch n"]:
+        r"""$p_i$ for every class, shape `(*batch, n)`; each row sums to one."""
+        return jnp.exp(self.log_probs)
+
+    def log_prob(self, i: ArrayLike) -> Float[Array, "..."]:
+        r"""$\log p_i$ for class indices `i`.
+
+        Args:
+            i: integer array broadcastable against `batch_shape`.
+
+        Returns:
+            $\log p_i$ with the broadcast shape; `-inf` where `i` is outside `[0, n)`.
+
+        Raises:
+            TypeError: if `i` is not an integer array.
+        """
+        i = jnp.asarray(i)
+        if not jnp.issubdtype(i.dtype, jnp.integer):
+            raise TypeError(f"`i` must be an integer class index, got dtype {i.dtype}.")
+        lp = self.log_probs
+        n = self.num_classes
+        shape = jnp.broadcast_shapes(i.shape, self.batch_shape)
+        ib = jnp.broadcast_to(i, shape)
+        lpb = jnp.broadcast_to(lp, shape + (n,))
+        valid = (ib >= 0) & (ib < n)
+        got = jnp.take_along_axis(lpb, jnp.where(valid, ib, 0)[..., None], axis=-1)[..., 0]
+        return jnp.where(valid, got, -jnp.inf)
+
+    def prob(self, i: ArrayLike) -> Float[Array, "..."]:
+        r"""$p_i$ for class indices `i` (zero outside `[0, n)`)."""
+        return jnp.exp(self.log_prob(i))
+
+    def entropy(self) -> Float[Array, "*batch"]:
+        r"""Shannon entropy $H = -\sum_i p_i \log p_i$ (nats), with $0 \log 0 = 0$."""
+        lp = self.log_probs
+        p = jnp.exp(lp)
+        return -jnp.sum(jnp.where(p > 0, p * jnp.where(p > 0, lp, 0.0), 0.0), axis=-1)
+
+    def mode(self) -> Int[Array, "*batch"]:
+        r"""The most probable class, $\arg\max_i \mu_i$ (the map is monotone)."""
+        return jnp.argmax(self.mu, axis=-1)
+
+    # ------------------------------------------------------------------ sampling
+    def _perturbed(self, key: Key, shape) -> Array:
+        shape = _check_shape(shape)
+        eps = self.noise.sample(key, shape + self.mu.shape, self.mu.dtype)
+        return self.mu + eps
+
+    def sample(self, key: Key, shape: tuple[int, ...] = ()) -> Int[Array, "..."]:
+        r"""Draw classes by perturb-and-argmax: $\arg\max_j(\mu_j + \varepsilon_j)$.
+
+        Args:
+            key: a PRNG key.
+            shape: sample shape, prepended to `batch_shape`.
+
+        Returns:
+            integer class indices of shape `(*shape, *batch)`.
+        """
+        return jnp.argmax(self._perturbed(key, shape), axis=-1)
+
+    def relaxed_sample(
+        self, key: Key, temperature: ArrayLike, shape: tuple[int, ...] = ()
+    ) -> Float[Array, "... n"]:
+        r"""A relaxed one-hot sample $y = \operatorname{softmax}\big((\mu + \varepsilon)/\tau\big)$.
+
+        For Gumbel noise this is the Gumbel-softmax (Concrete) sample. With the same `key`,
+        $y \to$ `one_hot(sample(key))` as $\tau \to 0$. $y$ is differentiable in `mu` (the
+        noise is reparameterised: $\varepsilon$ does not depend on $\mu$).
+
+        Args:
+            key: a PRNG key (the same draw as `sample(key, shape)`).
+            temperature: $\tau > 0$.
+            shape: sample shape, prepended to `mu.shape`.
+
+        Returns:
+            shape `(*shape, *batch, n)`, rows on the simplex.
+
+        Raises:
+            ValueError: if `temperature <= 0` (at trace time when concrete, else at run time).
+        """
+        tau = _check_temperature(temperature, self.mu.dtype)
+        return jax.nn.softmax(self._perturbed(key, shape) / tau, axis=-1)
+
+    def straight_through_sample(
+        self, key: Key, temperature: ArrayLike, shape: tuple[int, ...] = ()
+    ) -> Float[Array, "... n"]:
+        r"""A one-hot sample whose gradient is that of the relaxed sample.
+
+        $$y_{\text{st}} = h + y - \operatorname{stop\_gradient}(y),\qquad
+          h = \operatorname{one\_hot}\big(\arg\max_j(\mu_j + \varepsilon_j)\big),$$
+
+        with $y$ the [`relaxed_sample`][scoredyn.reparam.PerturbMax.relaxed_sample]: the
+        forward value is exactly $h$ and the Jacobian with respect to `mu` is that of $y$.
+
+        Args:
+            key: a PRNG key (the same draw as `sample(key, shape)`).
+            temperature: $\tau > 0$ of the surrogate gradient.
+            shape: sample shape, prepended to `mu.shape`.
+
+        Returns:
+            shape `(*shape, *batch, n)`, exactly one-hot in value.
+
+        Raises:
+            ValueError: if `temperature <= 0`.
+        """
+        tau = _check_temperature(temperature, self.mu.dtype)
+        z = self._perturbed(key, shape)
+        y = jax.nn.softmax(z / tau, axis=-1)
+        h = jax.nn.one_hot(jnp.argmax(z, axis=-1), self.num_classes, dtype=y.dtype)
+        return h + y - jax.lax.stop_gradient(y)
