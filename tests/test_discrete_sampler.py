@@ -1,4 +1,4 @@
-"""Samplers: DDIM -> PF-ODE, DDPM -> data law, compile time independent of K, conversions, checks."""
+"""Samplers: DDIM -> PF-ODE, DDPM -> data law, compile time independent of K, conversions."""
 
 import diffrax
 import equinox as eqx
@@ -22,7 +22,7 @@ def _mixture_moments(gm):
 
 @pytest.mark.slow
 def test_ddim_converges_to_pf_ode_first_order():
-    """DDIM (eta = 0) on from_sde(VP, N) with the exact eps -> diffrax PF-ODE solution, error ~ 1/K."""
+    """DDIM (eta = 0) on from_sde(VP, N), exact eps -> diffrax PF-ODE solution, error ~ 1/K."""
     N = 1024
     sched = sd.DiscreteSchedule.from_sde(VP, N)
     eps_fn = GM.eps_fn(VP)  # continuous oracle, called at t_n = n / N
@@ -49,7 +49,13 @@ def test_ddim_converges_to_pf_ode_first_order():
     err_mid, err_end = [], []
     for K in Ks:
         tau = sd.respace(N, K)
-        run = jax.jit(jax.vmap(lambda x: sd.sample_discrete(None, sched, eps_fn, x, tau, lam2="ddim", return_trajectory=True)))
+        run = jax.jit(
+            jax.vmap(
+                lambda x: sd.sample_discrete(
+                    None, sched, eps_fn, x, tau, lam2="ddim", return_trajectory=True
+                )
+            )
+        )
         x0, traj = run(xT)
         k32 = K // 32
         assert int(tau[k32]) == 32  # t = 1/32
@@ -57,7 +63,9 @@ def test_ddim_converges_to_pf_ode_first_order():
         err_end.append(float(jnp.max(jnp.linalg.norm(x0 - ref[:, 1], axis=-1))))
     s_mid = np.polyfit(np.log(Ks), np.log(err_mid), 1)[0]
     s_end = np.polyfit(np.log(Ks), np.log(err_end), 1)[0]
-    print(f"\n[rate] DDIM -> PF-ODE at t=1/32: max error {err_mid}, slope {s_mid:.3f} (expected -1)")
+    print(
+        f"\n[rate] DDIM -> PF-ODE at t=1/32: max error {err_mid}, slope {s_mid:.3f} (expected -1)"
+    )
     print(f"[rate] DDIM -> PF-ODE at t=0:    max error {err_end}, slope {s_end:.3f} (expected -1)")
     assert -1.25 < s_mid < -0.85 and -1.25 < s_end < -0.85
     assert err_end[-1] < 0.02 and all(a > b for a, b in zip(err_end, err_end[1:]))
@@ -74,18 +82,21 @@ def ddpm_samples():
     out = {}
     for K in (10, 20, 40, 1000):
         tau = sd.respace(1000, K)
-        out[K] = jax.jit(jax.vmap(lambda k, x: sd.sample_discrete(k, sched, eps_fn, x, tau)))(keys, xT)
+        out[K] = jax.jit(jax.vmap(lambda k, x: sd.sample_discrete(k, sched, eps_fn, x, tau)))(
+            keys, xT
+        )
     return out
 
 
 @pytest.mark.slow
 def test_ddpm_reproduces_the_mixture(ddpm_samples):
-    """K = N = 1000, exact eps: mean, covariance and component weights of the samples match the mixture."""
+    """K = N = 1000, exact eps: mean, covariance and component weights match the mixture."""
     x = ddpm_samples[1000]
     M = x.shape[0]
     mu, cov = _mixture_moments(GM)
     sd_x = jnp.sqrt(jnp.diag(cov))
-    # mean within 4 standard errors; covariance within 4 s.e. (var of a sample covariance ~ 2 var^2 / M)
+    # mean within 4 standard errors; covariance within 4 s.e.
+    # (the variance of a sample covariance entry is (C_ii C_jj + C_ij^2) / M)
     assert float(jnp.max(jnp.abs(x.mean(0) - mu) / (sd_x / np.sqrt(M)))) < 4
     se_cov = jnp.sqrt((jnp.outer(jnp.diag(cov), jnp.diag(cov)) + cov**2) / M)
     assert float(jnp.max(jnp.abs(jnp.cov(x.T) - cov) / se_cov)) < 4
@@ -96,12 +107,15 @@ def test_ddpm_reproduces_the_mixture(ddpm_samples):
 
 @pytest.mark.slow
 def test_ddpm_converges_in_distribution(ddpm_samples):
-    """Covariance error of DDPM samples vs the exact data law (= the reverse SDE's) shrinks like 1/K."""
+    """Covariance error of DDPM samples vs the data law (= the reverse SDE's) shrinks like 1/K."""
     _, cov = _mixture_moments(GM)
     Ks = [10, 20, 40]
     errs = [float(jnp.linalg.norm(jnp.cov(ddpm_samples[K].T) - cov)) for K in Ks + [1000]]
     slope = np.polyfit(np.log(Ks), np.log(errs[:3]), 1)[0]
-    print(f"\n[rate] DDPM (eta=1) samples -> data law: cov error {errs} at K={Ks + [1000]}, slope {slope:.3f}")
+    print(
+        f"\n[rate] DDPM (eta=1) samples -> data law: cov error {errs} at K={Ks + [1000]}, "
+        f"slope {slope:.3f}"
+    )
     assert all(a > b for a, b in zip(errs, errs[1:]))
     assert -1.3 < slope < -0.7
     assert errs[-1] < 0.05 * errs[0]
@@ -115,7 +129,9 @@ def test_compile_time_and_memory_independent_of_K():
     sizes = {}
     for K in (10, 1000):
         tau = sd.respace(1000, K)
-        jaxpr = jax.make_jaxpr(lambda k, x: sd.sample_discrete(k, sched, eps_fn, x, tau))(jax.random.key(0), x)
+        jaxpr = jax.make_jaxpr(lambda k, x: sd.sample_discrete(k, sched, eps_fn, x, tau))(
+            jax.random.key(0), x
+        )
         scans = [e for e in jaxpr.eqns if e.primitive.name == "scan"]
         assert len(scans) == 1 and scans[0].params["length"] == K
         sizes[K] = (len(jaxpr.eqns), len(scans[0].params["jaxpr"].eqns))
@@ -169,6 +185,7 @@ def test_trajectory_output_and_final_noise():
     eps_fn = sd.toy.discrete_eps_fn(GM, sched)
     tau = sd.respace(100, 7)
     xT = jnp.array([0.1, 0.2])
+
     @jax.jit
     def run(key):
         out = sd.sample_discrete(key, sched, eps_fn, xT, tau, return_trajectory=True)
@@ -216,7 +233,9 @@ def test_float32_sampler_finite(kind):
     @jax.jit
     def run(keys, xT):
         return [
-            jax.vmap(lambda k, x: sd.sample_discrete(k, s32, eps_fn, x, sd.respace(1000, K), **kw))(keys, xT)
+            jax.vmap(lambda k, x: sd.sample_discrete(k, s32, eps_fn, x, sd.respace(1000, K), **kw))(
+                keys, xT
+            )
             for K, kw in cases
         ]
 
@@ -261,3 +280,29 @@ def test_sampler_validation():
         sd.sample_discrete(None, sched, eps_fn, x, tau)
     with pytest.raises(ValueError, match="prediction"):
         sd.sample_discrete(key, sched, eps_fn, x, tau, prediction="noise")
+
+
+def test_ddpm_beta_is_exact_for_standard_normal_data():
+    """Data N(0, I), exact eps: v = beta_{n|m} keeps every marginal N(0, I), even on long steps.
+
+    This is Su's second classic choice; v = beta-tilde shrinks the variance to
+    1 - beta + beta-tilde < 1."""
+    g = sd.toy.GaussianMixture(jnp.ones(1), jnp.zeros((1, 2)), jnp.eye(2)[None])
+    sched = sd.DiscreteSchedule.linear(100, 1e-3, 0.1)
+    eps_fn = sd.toy.discrete_eps_fn(g, sched)
+    tau = sd.respace(100, 3)
+    M = 40_000
+    xT = jax.random.normal(jax.random.key(0), (M, 2))
+    keys = jax.random.split(jax.random.key(1), M)
+
+    @eqx.filter_jit
+    def run(v):
+        f = lambda k, x: sd.sample_discrete(
+            k, sched, eps_fn, x, tau, variances=v, return_trajectory=True
+        )[1]
+        return jax.vmap(f)(keys, xT)
+
+    var_beta = run("ddpm_beta").var(0)[1:]  # states at tau_1 .. tau_K
+    np.testing.assert_allclose(var_beta, 1.0, atol=5 * np.sqrt(2 / M))
+    var_tilde = run("ddpm").var(0)[1:-1]
+    assert float(jnp.max(var_tilde)) < 1 - 0.05

@@ -42,7 +42,9 @@ def test_cosine_matches_closed_form_and_clip():
     first_clip = int(np.argmax(clipped))
     assert clipped[-1] and first_clip > 990  # only the last step(s) are clipped
     np.testing.assert_allclose(sched.alpha_bar[:first_clip], ref[:first_clip], rtol=1e-10)
-    np.testing.assert_allclose(betas[1:first_clip], 1 - ref[1:first_clip] / ref[: first_clip - 1], rtol=1e-8)
+    np.testing.assert_allclose(
+        betas[1:first_clip], 1 - ref[1:first_clip] / ref[: first_clip - 1], rtol=1e-8
+    )
     assert (betas <= 0.999).all()
 
 
@@ -79,7 +81,9 @@ def test_linear_converges_to_vp_sde_first_order():
         exact = jnp.exp(2.0 * sde.log_alpha(t))
         errs.append(float(jnp.max(jnp.abs(sched.alpha_bar - exact))))
     slope = np.polyfit(np.log(Ns), np.log(errs), 1)[0]
-    print(f"\n[rate] linear schedule -> VP alpha^2: max error {errs}, slope {slope:.3f} (expected -1)")
+    print(
+        f"\n[rate] linear schedule -> VP alpha^2: max error {errs}, slope {slope:.3f} (expected -1)"
+    )
     assert -1.1 < slope < -0.9
     assert errs[-1] < 3e-4
 
@@ -90,11 +94,19 @@ def test_float32_schedules_finite_at_both_ends(kind):
     s32 = make(1000, dtype=jnp.float32)
     s64 = make(1000, dtype=jnp.float64)
     assert s32.alpha_bar.dtype == jnp.float32
-    for arr in (s32.alpha_bar, s32.log_alpha_bar, s32.one_minus_alpha_bar, s32.betas, s32.log_snr[1:]):
+    for arr in (
+        s32.alpha_bar,
+        s32.log_alpha_bar,
+        s32.one_minus_alpha_bar,
+        s32.betas,
+        s32.log_snr[1:],
+    ):
         assert bool(jnp.all(jnp.isfinite(arr)))
     assert bool(jnp.all(s32.alpha_bar[1:] > 0)) and bool(jnp.all(jnp.diff(s32.alpha_bar) < 0))
     # near t = 0: 1 - alpha_bar_1 keeps full relative precision in float32
-    np.testing.assert_allclose(s32.one_minus_alpha_bar[1:4], s64.one_minus_alpha_bar[1:4], rtol=1e-6)
+    np.testing.assert_allclose(
+        s32.one_minus_alpha_bar[1:4], s64.one_minus_alpha_bar[1:4], rtol=1e-6
+    )
     # near alpha_bar = 0 (cosine: alpha_bar_N ~ 2e-9): log alpha_bar stays accurate
     np.testing.assert_allclose(s32.log_alpha_bar[-3:], s64.log_alpha_bar[-3:], rtol=1e-5)
     a, sg = s32.marginal(1000)
@@ -152,7 +164,9 @@ def test_schedule_validation():
 
 # ---------------------------------------------------------------------------- trajectories
 @pytest.mark.parametrize("kind", ["uniform", "quadratic"])
-@pytest.mark.parametrize("N,K", [(1000, 10), (1000, 1000), (7, 3), (10, 1), (1000, 999), (4000, 25)])
+@pytest.mark.parametrize(
+    "N,K", [(1000, 10), (1000, 1000), (7, 3), (10, 1), (1000, 999), (4000, 25)]
+)
 def test_respace_is_a_valid_trajectory(kind, N, K):
     tau = np.asarray(sd.respace(N, K, kind))
     assert tau.shape == (K + 1,)
@@ -205,7 +219,7 @@ def test_trajectory_validation():
 
 
 def test_notation_map_su():
-    """Su's abar_t = sqrt(DDPM alpha_bar) ~ exp(-5 s^2) at s = n / 1000 (approximate, seed-math §0.2)."""
+    """Su's abar_t = sqrt(DDPM alpha_bar) ~ exp(-5 s^2) at s = n / 1000 (approximately)."""
     sched = sd.DiscreteSchedule.linear(1000)
     s = np.arange(1001) / 1000
     abar_su = np.sqrt(np.asarray(sched.alpha_bar))

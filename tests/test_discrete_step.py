@@ -44,7 +44,9 @@ def test_forward_posterior_matches_forward_chain(forward_chain, n, m):
     se_slope = np.sqrt(resid / (M * cov[0, 0]))
     # tolerances: 5 standard errors
     assert abs(slope - float(cn)) < 5 * se_slope
-    assert abs(intercept - float(c0) * x0) < 5 * np.sqrt(resid / M) * (1 + abs(xn.mean()) / np.sqrt(cov[0, 0]))
+    assert abs(intercept - float(c0) * x0) < 5 * np.sqrt(resid / M) * (
+        1 + abs(xn.mean()) / np.sqrt(cov[0, 0])
+    )
     assert abs(resid / float(var) - 1) < 5 * np.sqrt(2 / M)
 
 
@@ -58,7 +60,9 @@ def test_ddpm_posterior_is_ho_eq7():
         np.testing.assert_allclose(c0, np.sqrt(ab[n - 1]) * b / (1 - ab[n]), rtol=1e-12)
         np.testing.assert_allclose(cn, np.sqrt(1 - b) * (1 - ab[n - 1]) / (1 - ab[n]), rtol=1e-12)
         np.testing.assert_allclose(var, (1 - ab[n - 1]) / (1 - ab[n]) * b, rtol=1e-12, atol=1e-300)
-    np.testing.assert_allclose(sd.posterior_variance(SCHED, 10, 9), sd.forward_posterior(SCHED, 10, 9).var)
+    np.testing.assert_allclose(
+        sd.posterior_variance(SCHED, 10, 9), sd.forward_posterior(SCHED, 10, 9).var
+    )
 
 
 _pair_fn = jax.jit(
@@ -70,9 +74,7 @@ _pair_fn = jax.jit(
 )
 
 
-@given(
-    n=st.integers(1, 100), gap=st.integers(1, 100), eta=st.floats(0.0, 1.0, allow_nan=False)
-)
+@given(n=st.integers(1, 100), gap=st.integers(1, 100), eta=st.floats(0.0, 1.0, allow_nan=False))
 def test_ddim_family_keeps_the_marginals(n, gap, eta):
     """x_n ~ q(x_n|x0), x_m ~ q_lambda(x_m|x_n,x0)  =>  x_m ~ N(alpha_m x0, sigma_m^2), any eta."""
     m = max(n - gap, 0)
@@ -105,15 +107,19 @@ def test_ddim_family_marginals_monte_carlo(eta):
     kw = {"variances": "ddpm_beta"} if eta == "beta" else {"eta": eta}
     run = jax.jit(
         jax.vmap(
-            lambda k, x: sd.sample_discrete(k, sched, _DiracEps(sched, x0), x, tau, return_trajectory=True, **kw)
+            lambda k, x: sd.sample_discrete(
+                k, sched, _DiracEps(sched, x0), x, tau, return_trajectory=True, **kw
+            )
         )
     )
     _, traj = run(jax.random.split(jax.random.key(4), M), xT)
     alpha, sigma = sched.marginal(tau)
-    mean_err = jnp.abs(traj.mean(0) - alpha[:, None] * x0[None]) / (sigma[:, None] / np.sqrt(M) + 1e-300)
+    mean_err = jnp.abs(traj.mean(0) - alpha[:, None] * x0[None]) / (
+        sigma[:, None] / np.sqrt(M) + 1e-300
+    )
     var_ratio = traj.var(0)[1:] / sigma[1:, None] ** 2
     if eta == "beta":
-        # control: a reverse variance beta_{n|m} > lambda^2 inflates the marginals, which the MC sees
+        # control: a reverse variance beta_{n|m} > lambda^2 inflates the marginals; the MC sees it
         assert float(jnp.max(var_ratio)) > 1.05
         return
     assert float(jnp.max(mean_err[1:])) < 5.0  # within 5 standard errors
@@ -123,7 +129,10 @@ def test_ddim_family_marginals_monte_carlo(eta):
 
 # ---------------------------------------------------------------------------- the reverse step
 def test_ddim_step_is_euler_step_of_su_ode():
-    """DDIM (eta = 0): x_m/alpha_m - x_n/alpha_n = (sigma_m/alpha_m - sigma_n/alpha_n) eps (Su, post 9181)."""
+    """DDIM (eta = 0), Su post 9181.
+
+    x_m/alpha_m - x_n/alpha_n = (sigma_m/alpha_m - sigma_n/alpha_n) eps.
+    """
     x_n = jnp.array([0.3, -1.1, 2.0])
     eps = jnp.array([-0.5, 0.9, 0.2])
     for n, m in [(20, 19), (20, 3), (7, 1)]:
@@ -143,12 +152,17 @@ def test_ddpm_mean_is_ho_eq11():
     for n, m in [(20, 19), (12, 2), (3, 1)]:
         mean = sd.reverse_step(None, SCHED, n, m, x_n, eps, lam2=None, var=0.0)
         b = 1 - ab[n] / ab[m]
-        np.testing.assert_allclose(mean, (x_n - b / np.sqrt(1 - ab[n]) * eps) / np.sqrt(1 - b), rtol=1e-12)
+        np.testing.assert_allclose(
+            mean, (x_n - b / np.sqrt(1 - ab[n]) * eps) / np.sqrt(1 - b), rtol=1e-12
+        )
 
 
 @given(n=st.integers(2, 20), gap=st.integers(1, 19), frac=st.floats(0.0, 1.0))
 def test_generalised_mean_is_su_form(n, gap, frac):
-    """Su's DDIM-family mean (1/a)(x_n - (sigma_n - a sqrt(sigma_m^2 - lam^2)) eps), a = sqrt(abar_n/abar_m)."""
+    """Su's DDIM-family mean.
+
+    (1/a)(x_n - (sigma_n - a sqrt(sigma_m^2 - lam^2)) eps), with a = sqrt(abar_n/abar_m).
+    """
     m = max(n - gap, 1)
     ab = np.asarray(SCHED.alpha_bar)
     lam2 = frac * (1 - ab[m])
@@ -200,7 +214,9 @@ def test_step_jit_vmap_grad():
     batch = jax.vmap(lambda n: f(n, n - 1, x_n))(jnp.arange(1, 21))
     assert batch.shape == (20, 2)
     # d x_m / d x_n (eps fixed) = alpha_m / alpha_n for every member of the family
-    g = jax.grad(lambda x: sd.reverse_step(jax.random.key(0), SCHED, 10, 3, x, eps, lam2=None).sum())(x_n)
+    g = jax.grad(
+        lambda x: sd.reverse_step(jax.random.key(0), SCHED, 10, 3, x, eps, lam2=None).sum()
+    )(x_n)
     np.testing.assert_allclose(g, SCHED.marginal(3)[0] / SCHED.marginal(10)[0], rtol=1e-12)
 
 
@@ -213,9 +229,13 @@ def test_float32_steps_finite_at_both_ends(kind):
     for n, m in [(1, 0), (2, 1), (1000, 999), (1000, 0), (1000, 500)]:
         for lam2 in (None, 0.0):
             y32 = sd.reverse_step(None, s32, n, m, x, e, lam2=lam2, var=0.0)
-            y64 = sd.reverse_step(None, s64, n, m, x.astype(jnp.float64), e.astype(jnp.float64), lam2=lam2, var=0.0)
+            y64 = sd.reverse_step(
+                None, s64, n, m, x.astype(jnp.float64), e.astype(jnp.float64), lam2=lam2, var=0.0
+            )
             assert y32.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(y32)))
-            np.testing.assert_allclose(y32, y64, rtol=2e-5, atol=1e-5 * float(jnp.max(jnp.abs(y64))))
+            np.testing.assert_allclose(
+                y32, y64, rtol=2e-5, atol=1e-5 * float(jnp.max(jnp.abs(y64)))
+            )
         for field in sd.forward_posterior(s32, n, m):
             assert bool(jnp.all(jnp.isfinite(field)))
 
@@ -261,6 +281,8 @@ def test_reverse_variances_named_choices():
     bt = (1 - ab[:-1]) / (1 - ab[1:]) * b
     np.testing.assert_allclose(sd.reverse_variances(SCHED, tau, "ddpm"), bt, rtol=1e-12)
     np.testing.assert_allclose(sd.reverse_variances(SCHED, tau, "ddpm_beta"), b, rtol=1e-12)
-    np.testing.assert_allclose(sd.reverse_variances(SCHED, tau, "eta", eta=0.5), 0.25 * bt, rtol=1e-12)
+    np.testing.assert_allclose(
+        sd.reverse_variances(SCHED, tau, "eta", eta=0.5), 0.25 * bt, rtol=1e-12
+    )
     np.testing.assert_array_equal(sd.reverse_variances(SCHED, tau, "ddim"), np.zeros(4))
     assert float(sd.reverse_variances(SCHED, tau, "ddpm")[0]) == 0.0  # step into n = 0

@@ -1,4 +1,4 @@
-"""The variational bound: Gaussian KL, discretised decoder, closed forms, and bounds on the exact NLL."""
+"""The variational bound: Gaussian KL, discretised decoder, closed forms, bounds on the NLL."""
 
 import equinox as eqx
 import jax
@@ -16,14 +16,18 @@ SCHED = sd.DiscreteSchedule.linear(1000)
 
 
 # ---------------------------------------------------------------------------- helpers
-@pytest.mark.parametrize("mq,vq,mp,vp", [(0.0, 1.0, 0.0, 1.0), (0.3, 0.5, -0.2, 2.0), (1.0, 0.01, 0.0, 0.3)])
+@pytest.mark.parametrize(
+    "mq,vq,mp,vp", [(0.0, 1.0, 0.0, 1.0), (0.3, 0.5, -0.2, 2.0), (1.0, 0.01, 0.0, 0.3)]
+)
 def test_gaussian_kl_matches_quadrature(mq, vq, mp, vp):
     """KL(N(mq, vq) || N(mp, vp)) vs numerical integration of q log(q/p) (scipy.quad)."""
     q, p = stats.norm(mq, np.sqrt(vq)), stats.norm(mp, np.sqrt(vp))
     ref, _ = integrate.quad(lambda x: q.pdf(x) * (q.logpdf(x) - p.logpdf(x)), -np.inf, np.inf)
     np.testing.assert_allclose(sd.gaussian_kl(mq, vq, mp, vp), ref, rtol=1e-7, atol=1e-12)
     # a scalar variance is isotropic: the sum runs over the broadcast shape
-    np.testing.assert_allclose(sd.gaussian_kl(jnp.full(3, mq), vq, mp, vp), 3 * ref, rtol=1e-7, atol=1e-12)
+    np.testing.assert_allclose(
+        sd.gaussian_kl(jnp.full(3, mq), vq, mp, vp), 3 * ref, rtol=1e-7, atol=1e-12
+    )
     assert float(sd.gaussian_kl(0.0, 0.0, 0.0, 1.0)) == np.inf
 
 
@@ -33,7 +37,9 @@ def test_discretized_decoder_is_a_distribution(levels):
     grid = -1 + 2 * np.arange(levels) / (levels - 1)
     h = 1 / (levels - 1)
     for mean, var in [(0.1, 0.3), (-0.97, 1e-3), (0.5, 4.0)]:
-        lp = jax.vmap(lambda x: sd.discretized_gaussian_log_likelihood(x, mean, var, levels))(jnp.asarray(grid))
+        lp = jax.vmap(lambda x: sd.discretized_gaussian_log_likelihood(x, mean, var, levels))(
+            jnp.asarray(grid)
+        )
         s = np.sqrt(var)
         hi = np.where(grid > 1 - h / 2, np.inf, (grid + h - mean) / s)
         lo = np.where(grid < -1 + h / 2, -np.inf, (grid - h - mean) / s)
@@ -46,8 +52,15 @@ def test_discretized_decoder_tails_are_exact():
     """Far in the tails log P stays finite and exact (reference: mpmath at 50 digits)."""
     mpmath.mp.dps = 50
     levels, h = 256, 1 / 255
-    for x, mean, var in [(0.2, -0.6, 1e-4), (-0.2, 0.6, 1e-4), (0.2, 0.2, 1e-12), (1.0, -1.0, 1e-3)]:
-        got = float(sd.discretized_gaussian_log_likelihood(jnp.array([x]), jnp.array([mean]), var, levels))
+    for x, mean, var in [
+        (0.2, -0.6, 1e-4),
+        (-0.2, 0.6, 1e-4),
+        (0.2, 0.2, 1e-12),
+        (1.0, -1.0, 1e-3),
+    ]:
+        got = float(
+            sd.discretized_gaussian_log_likelihood(jnp.array([x]), jnp.array([mean]), var, levels)
+        )
         s = mpmath.sqrt(var)
         Phi = lambda z: mpmath.ncdf(z)
         hi = mpmath.inf if x > 1 - h / 2 else (mpmath.mpf(x) + h - mean) / s
@@ -72,11 +85,22 @@ class _ConstantX0(eqx.Module):
 
 
 def test_ddpm_kl_terms_are_snr_differences():
-    """With lam2 = v = beta-tilde, KL term = 1/2 (SNR_m - SNR_n) ||x0 - x0_hat||^2 (Kingma et al. 2021)."""
+    """lam2 = v = beta-tilde: KL term = 1/2 (SNR_m - SNR_n) ||x0 - x0_hat||^2 (Kingma et al.)."""
     x0, c = jnp.array([0.4, -0.3, 0.9]), jnp.array([0.1, 0.2, 0.5])
     tau = sd.respace(1000, 8, "quadratic")
-    vb = sd.variational_bound(jax.random.key(0), SCHED, _ConstantX0(SCHED, c), x0, tau, decoder="gaussian", variances="ddpm_beta", lam2="ddpm")
-    vb2 = sd.variational_bound(jax.random.key(0), SCHED, _ConstantX0(SCHED, c), x0, tau, decoder="gaussian")
+    vb = sd.variational_bound(
+        jax.random.key(0),
+        SCHED,
+        _ConstantX0(SCHED, c),
+        x0,
+        tau,
+        decoder="gaussian",
+        variances="ddpm_beta",
+        lam2="ddpm",
+    )
+    vb2 = sd.variational_bound(
+        jax.random.key(0), SCHED, _ConstantX0(SCHED, c), x0, tau, decoder="gaussian"
+    )
     ab = np.asarray(SCHED.alpha_bar)[np.asarray(tau)]
     snr = ab[1:] / (1 - ab[1:])  # SNR at tau_1 .. tau_K
     d2 = float(jnp.sum((x0 - c) ** 2))
@@ -86,24 +110,30 @@ def test_ddpm_kl_terms_are_snr_differences():
     np.testing.assert_allclose(vb.decoder, 0.5 * (3 * np.log(2 * np.pi * v1) + d2 / v1), rtol=1e-10)
     # prior: KL(N(sqrt(abar_N) x0, 1 - abar_N) || N(0, 1)) via the general Gaussian KL
     aN = ab[-1]
-    np.testing.assert_allclose(vb.prior, sd.gaussian_kl(np.sqrt(aN) * x0, 1 - aN, 0.0, 1.0), rtol=1e-8)
+    np.testing.assert_allclose(
+        vb.prior, sd.gaussian_kl(np.sqrt(aN) * x0, 1 - aN, 0.0, 1.0), rtol=1e-8
+    )
     np.testing.assert_allclose(vb.total, vb.prior + vb.kl + vb.decoder, rtol=1e-12)
     np.testing.assert_allclose(vb.bits_per_dim, vb.total / (3 * np.log(2)), rtol=1e-12)
 
 
 def _expected_bound_gaussian(sched, tau, m, s2, x0):
-    """Closed-form E_q[bound] for data N(m, s2 I) with the exact eps, lam2 = beta-tilde, v = beta."""
+    """Closed-form E_q[bound] for data N(m, s2 I), exact eps, lam2 = beta-tilde, v = beta."""
     ab = np.asarray(sched.alpha_bar, np.float64)[np.asarray(tau)]
-    d = x0.size
     a, sg2 = np.sqrt(ab), 1 - ab
     Dn = a**2 * s2 + sg2
     # eps_hat - eps = sigma a (x0 - m) / D - (a^2 s2 / D) eps  =>  E (eps_hat - eps)^2, per entry
-    e2 = (np.sqrt(sg2)[:, None] * a[:, None] * (x0 - m)[None] / Dn[:, None]) ** 2 + (a**2 * s2 / Dn)[:, None] ** 2
+    e2 = (np.sqrt(sg2)[:, None] * a[:, None] * (x0 - m)[None] / Dn[:, None]) ** 2 + (
+        a**2 * s2 / Dn
+    )[:, None] ** 2
     diff2 = (sg2 / ab)[:, None] * e2  # E (x0_hat - x0)^2 = (sigma/alpha)^2 E (eps_hat - eps)^2
     b = 1 - ab[1:] / ab[:-1]  # beta_{n|m}, index k-1 for step tau_k -> tau_{k-1}
     bt = (1 - ab[:-1]) / (1 - ab[1:]) * b
     c0 = np.sqrt(ab[:-1]) * b / (1 - ab[1:])
-    kl = [0.5 * np.sum(np.log(b[k] / bt[k]) + (bt[k] + c0[k] ** 2 * diff2[k + 1]) / b[k] - 1) for k in range(1, len(b))]
+    kl = [
+        0.5 * np.sum(np.log(b[k] / bt[k]) + (bt[k] + c0[k] ** 2 * diff2[k + 1]) / b[k] - 1)
+        for k in range(1, len(b))
+    ]
     dec = 0.5 * np.sum(np.log(2 * np.pi * b[0]) + diff2[1] / b[0])
     prior = 0.5 * np.sum(ab[-1] * x0**2 - ab[-1] - np.log(1 - ab[-1]))
     return prior + np.sum(kl) + dec
@@ -111,7 +141,7 @@ def _expected_bound_gaussian(sched, tau, m, s2, x0):
 
 @pytest.mark.slow
 def test_bound_matches_closed_form_for_gaussian_data():
-    """Monte Carlo mean of the bound = its closed form for Gaussian data (exact eps is linear in x_n)."""
+    """Monte Carlo mean of the bound = its closed form for Gaussian data (eps* linear in x_n)."""
     d, m, s2 = 3, 0.3, 0.25
     g = gaussian_1comp(d, m, s2)
     sched = sd.DiscreteSchedule.linear(1000)
@@ -119,7 +149,15 @@ def test_bound_matches_closed_form_for_gaussian_data():
     tau = sd.respace(1000, 10)
     x0 = jnp.array([0.9, -0.1, 0.3])
     M = 4000
-    f = jax.jit(jax.vmap(lambda k: sd.variational_bound(k, sched, eps_fn, x0, tau, decoder="gaussian", variances="ddpm_beta").total))
+    f = jax.jit(
+        jax.vmap(
+            lambda k: (
+                sd.variational_bound(
+                    k, sched, eps_fn, x0, tau, decoder="gaussian", variances="ddpm_beta"
+                ).total
+            )
+        )
+    )
     tot = f(jax.random.split(jax.random.key(0), M))
     ref = _expected_bound_gaussian(sched, tau, m, s2, np.asarray(x0))
     se = float(jnp.std(tot)) / np.sqrt(M)
@@ -130,18 +168,28 @@ def test_bound_matches_closed_form_for_gaussian_data():
 
 @pytest.fixture(scope="module")
 def mixture_bounds():
-    """Bound (continuous decoder, exact eps) on M mixture samples, for several K and two variances."""
+    """Bound (continuous decoder, exact eps) on M mixture samples, several K, two variances."""
     eps_fn = sd.toy.discrete_eps_fn(GM, SCHED)
     M = 2000
     x0 = GM.sample(jax.random.key(4), M)
     keys = jax.random.split(jax.random.key(0), M)
     nll = -jax.vmap(GM.log_prob)(x0)
     out = {}
-    for var, K in [("ddpm_beta", 4), ("ddpm_beta", 16), ("ddpm_beta", 64), ("ddpm_beta", 1000), ("ddpm", 1000)]:
+    for var, K in [
+        ("ddpm_beta", 4),
+        ("ddpm_beta", 16),
+        ("ddpm_beta", 64),
+        ("ddpm_beta", 1000),
+        ("ddpm", 1000),
+    ]:
         tau = sd.respace(1000, K)
         run = jax.jit(
             jax.vmap(
-                lambda k, x: sd.variational_bound(k, SCHED, eps_fn, x, tau, decoder="gaussian", variances=var).total
+                lambda k, x: (
+                    sd.variational_bound(
+                        k, SCHED, eps_fn, x, tau, decoder="gaussian", variances=var
+                    ).total
+                )
             )
         )
         gap = run(keys, x0) - nll
@@ -151,7 +199,7 @@ def mixture_bounds():
 
 @pytest.mark.slow
 def test_bound_is_above_the_exact_nll_and_tightens(mixture_bounds):
-    """E[bound - (-log p(x0))] >= 0 for every K and variance choice; it shrinks with K for v = beta."""
+    """E[bound - (-log p(x0))] >= 0 for every K and variance; it shrinks with K for v = beta."""
     print("\n[vlb] mixture, continuous decoder: (mean gap, s.e.) in nats =", mixture_bounds)
     for (var, K), (gap, se) in mixture_bounds.items():
         assert gap > -3 * se, (var, K, gap, se)  # never below the exact NLL (within MC error)
@@ -165,7 +213,7 @@ def test_bound_is_above_the_exact_nll_and_tightens(mixture_bounds):
 
 @pytest.mark.slow
 def test_discretized_bound_on_grid_data():
-    """Data on a grid of L = 4 levels: E[bound] >= H(w) (the exact discrete NLL) and ~= it at K = N."""
+    """Grid data, L = 4 levels: E[bound] >= H(w) (the exact discrete NLL), ~= it at K = N."""
     w = jnp.array([0.2, 0.5, 0.3])
     means = jnp.array([[-1.0, 1 / 3], [1 / 3, 1 / 3], [1.0, -1.0]])
     gm = sd.toy.GaussianMixture(w, means, jnp.stack([jnp.eye(2) * 1e-6] * 3))  # ~ point masses
@@ -177,7 +225,9 @@ def test_discretized_bound_on_grid_data():
     res = {}
     for K in (64, 1000):
         tau = sd.respace(1000, K)
-        vb = jax.jit(jax.vmap(lambda k, x: sd.variational_bound(k, SCHED, eps_fn, x, tau, levels=4)))(keys, x0)
+        vb = jax.jit(
+            jax.vmap(lambda k, x: sd.variational_bound(k, SCHED, eps_fn, x, tau, levels=4))
+        )(keys, x0)
         gap = vb.total - nll
         res[K] = (float(gap.mean()), float(gap.std()) / np.sqrt(M))
         np.testing.assert_allclose(vb.bits_per_dim, vb.total / (2 * np.log(2)), rtol=1e-12)
@@ -202,18 +252,34 @@ def test_callable_variances_and_transforms():
 
     @jax.jit
     def run(key, scale):
-        f = lambda v: sd.variational_bound(key, SCHED, Scaled(scale), x0, tau, decoder="gaussian", variances=v)
-        return f(var), f(lookup), jax.grad(lambda s: sd.variational_bound(key, SCHED, Scaled(s), x0, tau, decoder="gaussian", variances=var).total)(scale)
+        f = lambda v: sd.variational_bound(
+            key, SCHED, Scaled(scale), x0, tau, decoder="gaussian", variances=v
+        )
+        return (
+            f(var),
+            f(lookup),
+            jax.grad(
+                lambda s: (
+                    sd.variational_bound(
+                        key, SCHED, Scaled(s), x0, tau, decoder="gaussian", variances=var
+                    ).total
+                )
+            )(scale),
+        )
 
     a, b, g = run(jax.random.key(3), 1.0)
     np.testing.assert_allclose(a.terms, b.terms, rtol=1e-12)
     assert a.terms.shape == (6,)
     h = 1e-5
-    fd = (run(jax.random.key(3), 1.0 + h)[0].total - run(jax.random.key(3), 1.0 - h)[0].total) / (2 * h)
-    np.testing.assert_allclose(g, fd, rtol=1e-4)
-    batch = jax.jit(jax.vmap(lambda k: sd.variational_bound(k, SCHED, eps_fn, x0, tau, decoder="gaussian").total))(
-        jax.random.split(jax.random.key(0), 3)
+    fd = (run(jax.random.key(3), 1.0 + h)[0].total - run(jax.random.key(3), 1.0 - h)[0].total) / (
+        2 * h
     )
+    np.testing.assert_allclose(g, fd, rtol=1e-4)
+    batch = jax.jit(
+        jax.vmap(
+            lambda k: sd.variational_bound(k, SCHED, eps_fn, x0, tau, decoder="gaussian").total
+        )
+    )(jax.random.split(jax.random.key(0), 3))
     assert batch.shape == (3,) and bool(jnp.all(jnp.isfinite(batch)))
 
 
@@ -223,7 +289,9 @@ def test_float32_bound_finite():
     eps_fn = sd.toy.discrete_eps_fn(gm32, s32)
     x0 = jnp.array([0.25, -0.5], jnp.float32)
     tau = sd.respace(1000, 1000)
-    vb = jax.jit(lambda k: sd.variational_bound(k, s32, eps_fn, x0, tau, levels=256))(jax.random.key(0))
+    vb = jax.jit(lambda k: sd.variational_bound(k, s32, eps_fn, x0, tau, levels=256))(
+        jax.random.key(0)
+    )
     assert vb.total.dtype == jnp.float32
     assert all(bool(jnp.all(jnp.isfinite(v))) for v in vb)
 

@@ -86,7 +86,8 @@ def test_log_likelihood_float64(sde, points64):
     Compared with log p_{t_eps}(x) = gm.marginal(sde, t_eps).log_prob(x) at t_eps = 1e-5 (the
     integral starts at t_eps, so this is the right target; it differs from log p_0 by ~1e-5).
     With the exact p_T in place of the Gaussian prior the error must be below 1e-4 nats; with the
-    default Gaussian prior the error is the prior mismatch, below 2e-2 nats.
+    default Gaussian prior the error is the prior mismatch log N(x_T; 0, sigma_T^2) - log p_T(x_T),
+    below 5e-2 nats here (largest for VE, where it is about x_T . m / sigma_max^2).
     """
     gm = mixture_2d()
     score = gm.score_fn(sde)
@@ -103,7 +104,7 @@ def test_log_likelihood_float64(sde, points64):
           f"nfe {np.asarray(stats['nfe']).tolist()}")
     assert lp.dtype == jnp.float64
     assert err < 1e-4
-    assert err_default < 2e-2
+    assert err_default < 5e-2
 
 
 def test_log_likelihood_float32():
@@ -237,3 +238,18 @@ def test_bits_per_dim_bad_input():
         sd.bits_per_dim(VP, score, jnp.array([0.01, 1.0]), key=jax.random.key(0))
     with pytest.raises(ValueError, match="x"):  # beyond the last level
         sd.bits_per_dim(VP, score, jnp.array([1.0 + 2 / 255, 1.0]), key=jax.random.key(0))
+
+
+def test_divergence_jit_vmap_grad():
+    """divergence and the probes work under jit and vmap; grad of div(Ax * |x|^2) is known."""
+    xs = jax.random.normal(jax.random.key(3), (5, 3))
+    f = lambda y: y * jnp.sum(y**2)
+    got = jax.jit(jax.vmap(lambda x: sd.divergence(f, x)))(xs)
+    np.testing.assert_allclose(got, 5 * jnp.sum(xs**2, -1), rtol=1e-12)
+    # grad of (d + 2)|x|^2 is 2 (d + 2) x
+    np.testing.assert_allclose(jax.grad(lambda x: sd.divergence(f, x))(xs[0]), 10 * xs[0],
+                               rtol=1e-12)
+    keys = jax.random.split(jax.random.key(4), 3)
+    probes = jax.jit(jax.vmap(lambda k: sd.hutchinson_probes(k, (3,), num_probes=2)))(keys)
+    assert probes.shape == (3, 2, 3)
+    assert set(np.unique(np.asarray(probes)).tolist()) <= {-1.0, 1.0}

@@ -298,30 +298,34 @@ def test_dpm_solver_log_snr_grid_is_uniform():
 
 
 def test_dpm_solver_convergence_order(gm):
-    """Error against a Tsit5 PF-ODE reference (rtol = atol = 1e-11) from the same x_T decays like
-    N^-k for DPM-Solver-k (VP, 32 starting points, N = 16, 32, 64).
+    """Error against a Tsit5 PF-ODE reference (rtol = atol = 1e-10) from the same x_T decays like
+    N^-k for DPM-Solver-k (VP, 24 starting points, N = 16 and 32).
 
     The median error over points is used: the few trajectories that start near the boundary
-    between two basins are sensitive and, for order 1, stay pre-asymptotic. The fitted slope of
-    log(median error) against log N must lie within [k - 0.25, k + 0.8].
+    between two basins are sensitive and, for order 1, stay pre-asymptotic. The observed order
+    log2(err(16) / err(32)) must lie within [k - 0.25, k + 0.8] (order 3 is still slightly
+    super-convergent at these N: ~3.7).
     """
     sde = VP
     eps, score = gm.eps_fn(sde), gm.score_fn(sde)
-    x_T = jax.vmap(lambda k: sde.prior_sample(k, (2,)))(jax.random.split(jax.random.key(9), 32))
-    ctrl = diffrax.PIDController(rtol=1e-11, atol=1e-11)
+    x_T = jax.vmap(lambda k: sde.prior_sample(k, (2,)))(jax.random.split(jax.random.key(9), 24))
+    ctrl = diffrax.PIDController(rtol=1e-10, atol=1e-10)
     ref = jax.jit(jax.vmap(lambda z: sd.decode(sde, score, z, t_eps=1e-3, stepsize_controller=ctrl,
                                                max_steps=100_000)))(x_T)
-    ns = np.array([16, 32, 64])
+    configs = [(order, n) for order in (1, 2, 3) for n in (16, 32)]
+    solve_all = jax.jit(
+        lambda z: [
+            jax.vmap(lambda x: sd.dpm_solver(sde, eps, x, num_steps=n, order=o, t_eps=1e-3))(z)
+            for o, n in configs
+        ]
+    )
+    errs = dict(zip(configs, solve_all(x_T)))
     for order in (1, 2, 3):
-        med = []
-        for n in ns:
-            f = jax.jit(jax.vmap(lambda z: sd.dpm_solver(sde, eps, z, num_steps=int(n), order=order,
-                                                         t_eps=1e-3)))
-            med.append(float(jnp.median(jnp.linalg.norm(f(x_T) - ref, axis=-1))))
-        slope = -np.polyfit(np.log(ns), np.log(med), 1)[0]
-        print(f"\n[DPM-Solver-{order}] median errors {['%.2e' % m for m in med]} at N = "
-              f"{ns.tolist()}; fitted order {slope:.2f}")
-        assert order - 0.25 < slope < order + 0.8
+        med = [float(jnp.median(jnp.linalg.norm(errs[order, n] - ref, axis=-1))) for n in (16, 32)]
+        rate = np.log2(med[0] / med[1])
+        print(f"\n[DPM-Solver-{order}] median errors {med[0]:.2e} (N=16), {med[1]:.2e} (N=32); "
+              f"observed order {rate:.2f}")
+        assert order - 0.25 < rate < order + 0.8
 
 
 def test_sample_dpm_solver_reproduces_mixture(gm, keys):

@@ -9,8 +9,8 @@ from .sampler import sample_discrete as sample_discrete
 from .schedule import DiscreteSchedule as DiscreteSchedule
 from .step import ddim_step as ddim_step, reverse_step as reverse_step
 from .vlb import (
+    VariationalBound as VariationalBound,
     discretized_gaussian_log_likelihood as discretized_gaussian_log_likelihood,
     gaussian_kl as gaussian_kl,
     variational_bound as variational_bound,
-    VariationalBound as VariationalBound,
 )

@@ -5,7 +5,8 @@ $v = \alpha\varepsilon - \sigma x_0$ and $\nabla\log q(x_t\mid x_0) = -\varepsil
 the four squared errors are one error up to a factor:
 
 $$\|\hat x_0 - x_0\|^2 = e^{-\lambda}\|\hat\varepsilon - \varepsilon\|^2,\quad
-  \|\hat v - v\|^2 = \frac{(\alpha^2 + \sigma^2)^2}{\alpha^2}\|\hat\varepsilon - \varepsilon\|^2,\quad
+  \|\hat v - v\|^2 = \frac{(\alpha^2 + \sigma^2)^2}{\alpha^2}
+  \|\hat\varepsilon - \varepsilon\|^2,\quad
   \|\hat s - s\|^2 = \frac{1}{\sigma^2}\|\hat\varepsilon - \varepsilon\|^2.$$
 
 See [the variational bound](../derivations/variational-bound.md#training-losses).
@@ -22,7 +23,7 @@ from jaxtyping import ArrayLike, Float
 from .._custom_types import Key, Scalar, VectorField
 from .._misc import as_float, check_vector_field
 from .._sde import AbstractLinearSDE
-from .schedule import concrete_value, DiscreteSchedule
+from .schedule import DiscreteSchedule, concrete_value
 from .step import check_prediction
 
 Weighting = Literal["uniform", "snr", "snr_trunc", "snr_plus_one", "min_snr", "likelihood"]
@@ -31,7 +32,7 @@ _SAMPLING = ("uniform", "importance")
 
 
 def _log_x0_to_native(prediction: str, lam, alpha, sigma):
-    r"""$\log$ of $\|\cdot\|^2_{x_0}/\|\cdot\|^2_{\text{native}}$, the factor turning an x0-space weight into a native one."""
+    r"""$\log(\|\cdot\|^2_{x_0}/\|\cdot\|^2_{\text{native}})$: turns an x0-space weight native."""
     if prediction == "eps":
         return -lam
     if prediction == "x0":
@@ -94,7 +95,7 @@ def diffusion_loss(
     t_eps: float = 1e-5,
     snr_gamma: float = 5.0,
 ) -> Scalar:
-    r"""Denoising loss for one example: $w(t)\,\|\hat f(t, x_t) - f\|^2 / (T'p(t))$, summed over entries.
+    r"""Denoising loss of one example: $w(t)\,\|\hat f(t, x_t) - f\|^2 / (T'p(t))$, summed.
 
     Draws a time and $x_t = \alpha x_0 + \sigma\varepsilon$, calls `model_fn(t, x_t)` and
     compares it with the target $f$ of its `prediction` kind ($\varepsilon$, $x_0$,
@@ -117,12 +118,13 @@ def diffusion_loss(
     | `"snr"` | $e^{\lambda}\|\hat x_0 - x_0\|^2$ | $= \|\hat\varepsilon - \varepsilon\|^2$ |
     | `"snr_trunc"` | $\max(e^{\lambda}, 1)\|\hat x_0 - x_0\|^2$ | Salimans & Ho (2022) |
     | `"snr_plus_one"` | $(e^{\lambda} + 1)\|\hat x_0 - x_0\|^2$ | $= \|\hat v - v\|^2$ (VP) |
-    | `"min_snr"` | $\min(e^{\lambda}, \gamma)\|\hat x_0 - x_0\|^2$ | Hang et al. (2023), $\gamma$ = `snr_gamma` |
-    | `"likelihood"` | $g(t)^2\|\hat s - \nabla\log q(x_t\mid x_0)\|^2$ | Song et al. (2021b), SDEs only |
+    | `"min_snr"` | $\min(e^{\lambda}, \gamma)\|\hat x_0 - x_0\|^2$ | Hang et al. (2023) |
+    | `"likelihood"` | $g(t)^2\|\hat s - \nabla\log q(x_t\mid x_0)\|^2$ | Song et al. (2021b) |
     | callable `w(t)` | $w(t)\|\hat f - f\|^2$ | |
 
     The SNR-based rows are defined in $x_0$ space, as in the papers that introduced them, and
-    converted exactly to the prediction's space (e.g. `"min_snr"` with `prediction="eps"`
+    converted exactly to the prediction's space ($\gamma$ = `snr_gamma`; `"likelihood"` is for
+    SDEs only) (e.g. `"min_snr"` with `prediction="eps"`
     weighs $\|\hat\varepsilon - \varepsilon\|^2$ by $\min(1, \gamma e^{-\lambda})$).
     With `"likelihood"`, $\tfrac12 T'\,\mathbb E[\text{loss}]$ is the score-matching term
     $\tfrac12\int_{t_\epsilon}^{T}g^2\,\mathbb E\|\hat s - \nabla\log q\|^2\,\mathrm dt$ of the
@@ -149,7 +151,9 @@ def diffusion_loss(
     """
     prediction = check_prediction(prediction)
     if not (callable(weighting) or weighting in _WEIGHTINGS):
-        raise ValueError(f"`weighting` must be one of {_WEIGHTINGS} or a callable t -> w, got {weighting!r}.")
+        raise ValueError(
+            f"`weighting` must be one of {_WEIGHTINGS} or a callable t -> w, got {weighting!r}."
+        )
     if time_sampling not in _SAMPLING:
         raise ValueError(f"`time_sampling` must be one of {_SAMPLING}, got {time_sampling!r}.")
     if (gv := concrete_value(snr_gamma)) is not None and not float(gv) > 0:

@@ -1,13 +1,13 @@
 r"""The forward posterior $q(x_m \mid x_n, x_0)$ of the DDIM family, for any pair $m < n$.
 
-For a schedule $\bar\alpha$ and any extra variance $0 \le \lambda^2 \le 1 - \bar\alpha_m$,
+For a schedule $\bar a$ and any extra variance $0 \le \lambda^2 \le 1 - \bar a_m$,
 
 $$q_\lambda(x_m\mid x_n, x_0) = \mathcal N\Big(\alpha_m x_0 + \sqrt{\sigma_m^2 - \lambda^2}\,
   \frac{x_n - \alpha_n x_0}{\sigma_n},\ \lambda^2 I\Big)$$
 
 keeps every marginal $q(x_n\mid x_0) = \mathcal N(\alpha_n x_0, \sigma_n^2 I)$. DDPM is
 $\lambda^2 = \tilde\beta_{m|n} = \sigma_m^2\beta_{n|m}/\sigma_n^2$ with
-$\beta_{n|m} = 1 - \bar\alpha_n/\bar\alpha_m$; DDIM is $\lambda^2 = 0$.
+$\beta_{n|m} = 1 - \bar a_n/\bar a_m$; DDIM is $\lambda^2 = 0$.
 See [the DDIM family](../derivations/ddim.md#the-ddim-family).
 """
 
@@ -20,7 +20,7 @@ from jaxtyping import Array, ArrayLike, Float, Int
 
 from .._misc import as_float
 from .respace import check_tau
-from .schedule import check_index, concrete_value, DiscreteSchedule
+from .schedule import DiscreteSchedule, check_index, concrete_value
 
 VarianceKind = Literal["ddim", "ddpm", "ddpm_beta", "eta"]
 _VAR_KINDS = ("ddim", "ddpm", "ddpm_beta", "eta")
@@ -94,7 +94,8 @@ def check_lam2(lam2, sigma2_m, name: str = "lam2"):
         if np.any(np.isnan(lv) | (lv < 0) | (lv > sv * (1 + 1e-6) + 1e-300)):
             raise ValueError(
                 f"`{name}` must lie in [0, 1 - alpha_bar[m]] (the DDIM family keeps the marginals "
-                f"only then), got {lam2} with 1 - alpha_bar[m] = {sigma2_m}. Reverse variances larger "
+                f"only then), got {lam2} with 1 - alpha_bar[m] = {sigma2_m}. Reverse variances "
+                "larger "
                 "than that go in `variances`/`var`; the mean then uses `lam2`."
             )
         return lam2
@@ -104,7 +105,7 @@ def check_lam2(lam2, sigma2_m, name: str = "lam2"):
 
 
 class PosteriorCoeffs(NamedTuple):
-    r"""Coefficients of $q_\lambda(x_m\mid x_n, x_0) = \mathcal N(c_0 x_0 + c_n x_n, \lambda^2 I)$."""
+    r"""$(c_0, c_n, \lambda^2)$ in $q_\lambda = \mathcal N(c_0 x_0 + c_n x_n, \lambda^2)$."""
 
     coef_x0: Array
     coef_xn: Array
@@ -112,10 +113,11 @@ class PosteriorCoeffs(NamedTuple):
 
 
 def posterior_coefficients(t: PairTerms, lam2) -> PosteriorCoeffs:
-    r"""Stable $c_0, c_n$ from $r = \lambda^2/\sigma_m^2$ and $\Delta\lambda = \lambda_m - \lambda_n$.
+    r"""Stable $c_0, c_n$ from $r = \lambda^2/\sigma_m^2$, $\Delta\lambda = \lambda_m - \lambda_n$.
 
     $c_n = \sqrt{1 - r}\,\sigma_m/\sigma_n$ and
-    $c_0 = \alpha_m - c_n\alpha_n = -\alpha_m\operatorname{expm1}(\tfrac12\log(1 - r) - \tfrac12\Delta\lambda)$.
+    $c_0 = \alpha_m - c_n\alpha_n
+    = -\alpha_m\operatorname{expm1}(\tfrac12\log(1 - r) - \tfrac12\Delta\lambda)$.
     """
     r = jnp.clip(_safe_div(lam2, t.sigma2_m), 0.0, 1.0)
     half_log1mr = 0.5 * jnp.log1p(-r)
@@ -130,11 +132,13 @@ def forward_posterior(
     m: Int[ArrayLike, "..."],
     lam2: Float[ArrayLike, "..."] | None = None,
 ) -> PosteriorCoeffs:
-    r"""The forward posterior $q_\lambda(x_m\mid x_n, x_0) = \mathcal N(c_0 x_0 + c_n x_n,\ \lambda^2 I)$, any $m < n$.
+    r"""The forward posterior $q_\lambda(x_m\mid x_n, x_0)$ of the DDIM family, for any $m < n$.
+
+    $$q_\lambda(x_m\mid x_n, x_0) = \mathcal N(c_0 x_0 + c_n x_n,\ \lambda^2 I),$$
 
     $$c_n = \frac{\sqrt{\sigma_m^2 - \lambda^2}}{\sigma_n},\qquad c_0 = \alpha_m - c_n\alpha_n,$$
 
-    with $\alpha_k = \sqrt{\bar\alpha_k}$, $\sigma_k = \sqrt{1 - \bar\alpha_k}$. `lam2=None` is
+    with $\alpha_k = \sqrt{\bar a_k}$, $\sigma_k = \sqrt{1 - \bar a_k}$. `lam2=None` is
     DDPM's posterior, $\lambda^2 = \tilde\beta_{m|n} = \sigma_m^2\beta_{n|m}/\sigma_n^2$, for
     which $c_0 = \alpha_m\beta_{n|m}/\sigma_n^2$ and
     $c_n = \sqrt{1 - \beta_{n|m}}\,\sigma_m^2/\sigma_n^2$ (Ho et al. eq. 7 for $m = n - 1$).
@@ -146,15 +150,16 @@ def forward_posterior(
 
     Args:
         sched: the schedule.
-        n, m: integer step indices, $0 \le m < n \le N$.
-        lam2: $\lambda^2 \in [0, 1 - \bar\alpha_m]$, or `None` for $\tilde\beta_{m|n}$.
+        n: integer step index of the noisier state, $1 \le n \le N$.
+        m: integer step index of the target, $0 \le m < n$.
+        lam2: $\lambda^2 \in [0, 1 - \bar a_m]$, or `None` for $\tilde\beta_{m|n}$.
 
     Returns:
         `(coef_x0, coef_xn, var)` = $(c_0, c_n, \lambda^2)$.
 
     Raises:
         ValueError: for indices outside $0..N$, $m \ge n$, or $\lambda^2$ outside
-            $[0, 1 - \bar\alpha_m]$.
+            $[0, 1 - \bar a_m]$.
     """
     sched = check_schedule(sched)
     n, m = _check_pair(sched, n, m)
@@ -164,7 +169,11 @@ def forward_posterior(
 
 
 def posterior_variance(sched: DiscreteSchedule, n, m) -> Array:
-    r"""DDPM's posterior variance $\tilde\beta_{m|n} = \frac{1 - \bar\alpha_m}{1 - \bar\alpha_n}\big(1 - \frac{\bar\alpha_n}{\bar\alpha_m}\big)$."""
+    r"""DDPM's posterior variance.
+
+    $$\tilde\beta_{m|n} = \frac{1 - \bar a_m}{1 - \bar a_n}
+      \Big(1 - \frac{\bar a_n}{\bar a_m}\Big).$$
+    """
     sched = check_schedule(sched)
     n, m = _check_pair(sched, n, m)
     return pair_terms(sched, n, m).beta_tilde
@@ -176,15 +185,15 @@ def reverse_variances(
     kind: VarianceKind = "ddpm",
     eta: float = 0.0,
 ) -> Float[Array, " K"]:
-    r"""Per-step variances along a trajectory, shape `(K,)`; entry $k - 1$ is for step $\tau_k \to \tau_{k-1}$.
+    r"""Per-step variances, shape `(K,)`; entry $k - 1$ is for step $\tau_k \to \tau_{k-1}$.
 
     With $n = \tau_k$, $m = \tau_{k-1}$:
 
     - `"ddim"`: $0$.
-    - `"ddpm"`: $\tilde\beta_{m|n} = \frac{1 - \bar\alpha_m}{1 - \bar\alpha_n}\beta_{n|m}$ (the
+    - `"ddpm"`: $\tilde\beta_{m|n} = \frac{1 - \bar a_m}{1 - \bar a_n}\beta_{n|m}$ (the
       posterior variance; optimal for data concentrated on one point).
-    - `"ddpm_beta"`: $\beta_{n|m} = 1 - \bar\alpha_n/\bar\alpha_m$ (optimal for
-      $x_0 \sim \mathcal N(0, I)$). It exceeds $1 - \bar\alpha_m$ on long steps, so use it as a
+    - `"ddpm_beta"`: $\beta_{n|m} = 1 - \bar a_n/\bar a_m$ (optimal for
+      $x_0 \sim \mathcal N(0, I)$). It exceeds $1 - \bar a_m$ on long steps, so use it as a
       reverse variance, not as `lam2`.
     - `"eta"`: $\eta^2\tilde\beta_{m|n}$ (the DDIM paper's $\sigma_\tau(\eta)^2$).
 

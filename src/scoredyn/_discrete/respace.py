@@ -22,7 +22,7 @@ _KINDS = ("uniform", "quadratic")
 def respace(
     num_steps: int, K: int, kind: Literal["uniform", "quadratic"] = "uniform"
 ) -> Int[Array, " K+1"]:
-    r"""A trajectory of $K$ steps through $\{0, \dots, N\}$, shape `(K + 1,)`, increasing, from 0 to $N$.
+    r"""A trajectory of $K$ steps through $\{0, \dots, N\}$: shape `(K + 1,)`, from 0 up to $N$.
 
     - `"uniform"`: $\tau_k = \lfloor kN/K + \tfrac12\rfloor$ (evenly spaced, rounded half up, so
       strictly increasing whenever $K \le N$).
@@ -54,7 +54,9 @@ def respace(
     num_steps = _check_num_steps(num_steps)
     K = _check_num_steps(K, "K")
     if K > num_steps:
-        raise ValueError(f"`K` must be <= num_steps = {num_steps} (at most one step per index), got {K}.")
+        raise ValueError(
+            f"`K` must be <= num_steps = {num_steps} (at most one step per index), got {K}."
+        )
     if kind not in _KINDS:
         raise ValueError(f"`kind` must be one of {_KINDS}, got {kind!r}.")
     k = np.arange(K + 1, dtype=np.int64)
@@ -97,13 +99,16 @@ def check_tau(tau, num_steps: int, name: str = "tau", *, allow_reverse: bool = F
         tau = np.asarray(tau, dtype=np.int64)
     arr = tau if isinstance(tau, jax.Array) else np.asarray(tau)
     if not jnp.issubdtype(arr.dtype, jnp.integer):
-        raise TypeError(f"`{name}` must be an integer array of step indices, got dtype {arr.dtype}.")
+        raise TypeError(
+            f"`{name}` must be an integer array of step indices, got dtype {arr.dtype}."
+        )
     if arr.ndim != 1 or arr.shape[0] < 2:
         raise ValueError(f"`{name}` must have shape (K + 1,) with K >= 1, got shape {arr.shape}.")
     K = arr.shape[0] - 1
     if K > num_steps:
         raise ValueError(
-            f"`{name}` has K = {K} steps but N = {num_steps}: at most N steps (K <= N) are possible."
+            f"`{name}` has K = {K} steps but N = {num_steps}: at most N steps (K <= N) are "
+            "possible."
         )
     if is_concrete(arr):
         v = np.asarray(jax.device_get(arr)).astype(np.int64)
@@ -118,7 +123,9 @@ def check_tau(tau, num_steps: int, name: str = "tau", *, allow_reverse: bool = F
                 f"{what} at positions {j}, {j + 1}: {v[j]}, {v[j + 1]}."
             )
         if v[0] < 0 or v[-1] > num_steps:
-            raise ValueError(f"`{name}` must lie inside 0..N = 0..{num_steps}, got range {v[0]}..{v[-1]}.")
+            raise ValueError(
+                f"`{name}` must lie inside 0..N = 0..{num_steps}, got range {v[0]}..{v[-1]}."
+            )
         if v[0] != 0:
             raise ValueError(
                 f"`{name}` must start at 0 (the last step tau[1] -> 0 is the decoder step), "
@@ -128,11 +135,5 @@ def check_tau(tau, num_steps: int, name: str = "tau", *, allow_reverse: bool = F
             raise ValueError(f"`{name}` must end at N = {num_steps} (the prior), got {v[-1]}.")
         return jnp.asarray(v.astype(np.int32))
     arr = jnp.asarray(arr).astype(jnp.int32)
-    bad = (
-        (arr[0] != 0)
-        | (arr[-1] != num_steps)
-        | jnp.any(jnp.diff(arr) <= 0)
-    )
-    return eqx.error_if(
-        arr, bad, f"`{name}` must be strictly increasing from 0 to N={num_steps}."
-    )
+    bad = (arr[0] != 0) | (arr[-1] != num_steps) | jnp.any(jnp.diff(arr) <= 0)
+    return eqx.error_if(arr, bad, f"`{name}` must be strictly increasing from 0 to N={num_steps}.")

@@ -15,9 +15,9 @@ from jaxtyping import Array, ArrayLike, Float, Int
 
 from .._custom_types import Key, VectorField
 from .._misc import as_float, check_vector_field
-from .posterior import check_eta, check_lam2, check_schedule, pair_terms, PairTerms
+from .posterior import PairTerms, check_eta, check_lam2, check_schedule, pair_terms
 from .respace import check_tau
-from .schedule import concrete_value, DiscreteSchedule
+from .schedule import DiscreteSchedule, concrete_value
 from .step import apply_step, check_clip, check_prediction, check_var, step_coefficients, to_eps
 
 _LAM2 = ("ddim", "ddpm")
@@ -30,7 +30,9 @@ def resolve_lam2(t: PairTerms, lam2, eta, K: int) -> Array:
     """The (K,) array of forward variances lambda^2 from a name, an eta or an array."""
     if eta is not None:
         if lam2 is not None:
-            raise ValueError("pass either `lam2` or `eta`, not both (`eta` sets lam2 = eta^2 beta_tilde).")
+            raise ValueError(
+                "pass either `lam2` or `eta`, not both (`eta` sets lam2 = eta^2 beta_tilde)."
+            )
         eta = check_eta(eta)
         return jnp.asarray(eta, t.beta_tilde.dtype) ** 2 * t.beta_tilde
     if lam2 is None or (isinstance(lam2, str) and lam2 == "ddpm"):
@@ -38,7 +40,9 @@ def resolve_lam2(t: PairTerms, lam2, eta, K: int) -> Array:
     if isinstance(lam2, str):
         if lam2 == "ddim":
             return jnp.zeros_like(t.beta_tilde)
-        raise ValueError(f"`lam2` must be one of {_LAM2}, an array of shape (K,) or None, got {lam2!r}.")
+        raise ValueError(
+            f"`lam2` must be one of {_LAM2}, an array of shape (K,) or None, got {lam2!r}."
+        )
     lam2 = as_float(lam2, "lam2")
     if lam2.shape != (K,):
         raise ValueError(f"`lam2` must have shape (K,) = ({K},) (one per step), got {lam2.shape}.")
@@ -105,7 +109,7 @@ def sample_discrete(
     prediction: str = "eps",
     return_trajectory: bool = False,
     final_noise: bool = False,
-) -> Float[Array, "*shape"] | tuple[Float[Array, "*shape"], Float[Array, "K+1 *shape"]]:
+) -> Float[Array, "*shape"] | tuple[Float[Array, "*shape"], Float[Array, " K+1 *shape"]]:
     r"""Sample by the generalised DDIM/DDPM reverse chain along a trajectory, with `lax.scan`.
 
     For $k = K, \dots, 1$, with $n = \tau_k$, $m = \tau_{k-1}$ and $\hat\varepsilon =$
@@ -154,7 +158,7 @@ def sample_discrete(
 
     Raises:
         ValueError, TypeError: for an invalid trajectory, variances of the wrong length or
-            sign, `lam2` outside $[0, 1 - \bar\alpha_m]$, or an `eps_fn` whose output is not
+            sign, `lam2` outside $[0, 1 - \bar a_m]$, or an `eps_fn` whose output is not
             shaped and typed like `x_T`.
 
     Example:
@@ -214,7 +218,11 @@ def sample_discrete(
 
     def body(x, s):
         pred = eps_fn(s["t"], x)
-        eps = pred if prediction == "eps" else to_eps(prediction, s["c"].alpha_n, s["c"].sigma_n, x, pred)
+        eps = (
+            pred
+            if prediction == "eps"
+            else to_eps(prediction, s["c"].alpha_n, s["c"].sigma_n, x, pred)
+        )
         x_new = apply_step(s["c"], x, eps, clip)
         if stochastic:
             z = jax.random.normal(s["key"], shape, dtype)

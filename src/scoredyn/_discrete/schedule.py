@@ -1,12 +1,12 @@
 r"""Discrete noise schedules: a linear diffusion sampled at $N + 1$ integer times.
 
-A schedule is the array $\bar\alpha_n$, $n = 0, \dots, N$, with $\bar\alpha_0 = 1$, strictly
+A schedule is the array $\bar a_n$, $n = 0, \dots, N$, with $\bar a_0 = 1$, strictly
 decreasing. In the code's notation the discrete marginal is
 
-$$x_n = \alpha_n x_0 + \sigma_n\varepsilon,\qquad \alpha_n = \sqrt{\bar\alpha_n},\quad
-  \sigma_n = \sqrt{1 - \bar\alpha_n},$$
+$$x_n = \alpha_n x_0 + \sigma_n\varepsilon,\qquad \alpha_n = \sqrt{\bar a_n},\quad
+  \sigma_n = \sqrt{1 - \bar a_n},$$
 
-and the one-step DDPM noise rate is $\beta_n = 1 - \bar\alpha_n/\bar\alpha_{n-1}$.
+and the one-step DDPM noise rate is $\beta_n = 1 - \bar a_n/\bar a_{n-1}$.
 See [DDPM as an autoregressive VAE](../derivations/ddpm-vae.md#the-forward-chain).
 """
 
@@ -64,21 +64,22 @@ def _dtype(dtype):
 
 
 class DiscreteSchedule(eqx.Module):
-    r"""A discrete diffusion schedule $\bar\alpha_0 = 1 > \bar\alpha_1 > \dots > \bar\alpha_N > 0$.
+    r"""A discrete diffusion schedule $\bar a_0 = 1 > \bar a_1 > \dots > \bar a_N > 0$.
 
-    The schedule is stored through $\log\bar\alpha_n$, built as a cumulative sum of
-    $\log(1 - \beta_n)$ (`log1p`), so that $1 - \bar\alpha_n = -\operatorname{expm1}(\log\bar\alpha_n)$
+    The schedule is stored through $\log\bar a_n$, built as a cumulative sum of
+    $\log(1 - \beta_n)$ (`log1p`), so that $1 - \bar a_n = -\operatorname{expm1}(\log\bar a_n)$
     stays accurate near $n = 0$ even in float32. Build one with
     [`linear`][scoredyn.DiscreteSchedule.linear], [`cosine`][scoredyn.DiscreteSchedule.cosine] or
-    [`from_sde`][scoredyn.DiscreteSchedule.from_sde], or pass $\bar\alpha$ (or $\log\bar\alpha$)
+    [`from_sde`][scoredyn.DiscreteSchedule.from_sde], or pass $\bar a$ (or $\log\bar a$)
     directly.
 
-    A network of continuous time is called at $t_n = n T / N$ ([`time`][scoredyn.DiscreteSchedule.time]);
+    A network of continuous time is called at $t_n = n T / N$
+    ([`time`][scoredyn.DiscreteSchedule.time]);
     $T = 1$ unless the schedule was sampled from an SDE with another end time.
 
     Args:
-        alpha_bar: $\bar\alpha$, shape `(N + 1,)`, with `alpha_bar[0] == 1`.
-        log_alpha_bar: alternatively $\log\bar\alpha$, with `log_alpha_bar[0] == 0`.
+        alpha_bar: $\bar a$, shape `(N + 1,)`, with `alpha_bar[0] == 1`.
+        log_alpha_bar: alternatively $\log\bar a$, with `log_alpha_bar[0] == 0`.
         T: the continuous time of index $N$ (used only to call networks at $t_n = nT/N$).
 
     Raises:
@@ -132,7 +133,8 @@ class DiscreteSchedule(eqx.Module):
             if la[0] != 0.0:
                 raise ValueError(
                     f"`{name}[0]` must be exactly {1 if name == 'alpha_bar' else 0} "
-                    f"(alpha_bar[0] = 1: no noise at n = 0), got alpha_bar[0] = {float(jnp.exp(la[0]))}."
+                    f"(alpha_bar[0] = 1: no noise at n = 0), got alpha_bar[0] = "
+                    f"{float(jnp.exp(la[0]))}."
                 )
             if not bool((la[1:] > -jnp.inf).all() and jnp.isfinite(la).all()):
                 raise ValueError(f"`{name}` must give 0 < alpha_bar <= 1 and be finite.")
@@ -153,10 +155,11 @@ class DiscreteSchedule(eqx.Module):
         *,
         dtype=None,
     ) -> "DiscreteSchedule":
-        r"""The linear schedule of Ho et al. (2020): $\beta_n$ evenly spaced from `beta_start` to `beta_end`.
+        r"""Ho et al.'s linear schedule: $\beta_n$ evenly spaced from `beta_start` to `beta_end`.
 
-        $$\beta_n = \beta_{\text{start}} + \frac{n - 1}{N - 1}(\beta_{\text{end}} - \beta_{\text{start}}),
-          \qquad \log\bar\alpha_n = \sum_{i=1}^{n}\log(1 - \beta_i).$$
+        $$\beta_n = \beta_{\text{start}}
+          + \frac{n - 1}{N - 1}(\beta_{\text{end}} - \beta_{\text{start}}),
+          \qquad \log\bar a_n = \sum_{i=1}^{n}\log(1 - \beta_i).$$
 
         With `beta_start = beta_min / N`, `beta_end = beta_max / N` it converges to the
         [`VPSDE`][scoredyn.VPSDE]'s $\alpha(t)^2$ at $t = n/N$ as $N \to \infty$, at first
@@ -199,8 +202,8 @@ class DiscreteSchedule(eqx.Module):
         With $f(t) = \cos^2\!\big(\tfrac{\pi}{2}\tfrac{t + s}{1 + s}\big)$ and $t_n = n/N$,
         $\beta_n = \min\big(1 - f(t_n)/f(t_{n-1}),\ \beta_{\max}\big)$. The ratio is computed as
         $1 - \cos^2 a/\cos^2 b = \sin(a + b)\sin(a - b)/\cos^2 b$, which has no cancellation
-        for small steps. Without the clip, $\bar\alpha_n = f(t_n)/f(0)$ exactly; the clip only
-        changes the last few steps (where $\bar\alpha_N$ would reach 0).
+        for small steps. Without the clip, $\bar a_n = f(t_n)/f(0)$ exactly; the clip only
+        changes the last few steps (where $\bar a_N$ would reach 0).
 
         Args:
             num_steps: $N \ge 1$.
@@ -209,7 +212,8 @@ class DiscreteSchedule(eqx.Module):
             dtype: float dtype (default: float64 under x64, else float32).
 
         References:
-            Nichol & Dhariwal, *Improved Denoising Diffusion Probabilistic Models*, arXiv:2102.09672.
+            Nichol & Dhariwal, *Improved Denoising Diffusion Probabilistic Models*,
+            arXiv:2102.09672.
         """
         num_steps = _check_num_steps(num_steps)
         if (s_val := concrete_value(s)) is not None:
@@ -232,7 +236,7 @@ class DiscreteSchedule(eqx.Module):
     def from_betas(cls, betas: Float[ArrayLike, " N"], *, T: float = 1.0) -> "DiscreteSchedule":
         r"""A schedule from its one-step rates $\beta_1, \dots, \beta_N \in (0, 1)$ (shape `(N,)`).
 
-        $\log\bar\alpha_n = \sum_{i \le n}\operatorname{log1p}(-\beta_i)$ (a cumulative sum, no
+        $\log\bar a_n = \sum_{i \le n}\operatorname{log1p}(-\beta_i)$ (a cumulative sum, no
         cumulative product).
         """
         b = concrete_value(betas)
@@ -252,15 +256,17 @@ class DiscreteSchedule(eqx.Module):
 
     @classmethod
     def from_sde(cls, sde: AbstractLinearSDE, num_steps: int, *, dtype=None) -> "DiscreteSchedule":
-        r"""Sample a linear SDE at $t_n = nT/N$, keeping its log-SNR: $\bar\alpha_n = \operatorname{sigmoid}(\lambda(t_n))$.
+        r"""Sample a linear SDE at $t_n = nT/N$, keeping its log-SNR $\lambda(t_n)$.
+
+        $\bar a_n = \operatorname{sigmoid}(\lambda(t_n))$.
 
         For a variance-preserving SDE ($\alpha^2 + \sigma^2 = 1$: [`VPSDE`][scoredyn.VPSDE],
-        [`CosineVPSDE`][scoredyn.CosineVPSDE]) this is exactly $\bar\alpha_n = \alpha(t_n)^2$.
+        [`CosineVPSDE`][scoredyn.CosineVPSDE]) this is exactly $\bar a_n = \alpha(t_n)^2$.
         For any other linear SDE (VE, sub-VP) the schedule is that of the VP process with the
         same log-SNR, $x^{\mathrm{VP}}_t = x_t/\sqrt{\alpha(t)^2 + \sigma(t)^2}$; networks and
         samples must be rescaled by that factor (the data $x_0$ are unchanged).
-        $\log\bar\alpha_n = -\operatorname{softplus}(-\lambda(t_n))$ is evaluated stably and
-        $\bar\alpha_0 = 1$ is set exactly. The schedule's `T` is the SDE's, so
+        $\log\bar a_n = -\operatorname{softplus}(-\lambda(t_n))$ is evaluated stably and
+        $\bar a_0 = 1$ is set exactly. The schedule's `T` is the SDE's, so
         [`time`][scoredyn.DiscreteSchedule.time] returns $t_n$.
 
         Args:
@@ -269,7 +275,9 @@ class DiscreteSchedule(eqx.Module):
             dtype: float dtype (default: float64 under x64, else float32).
         """
         if not isinstance(sde, AbstractLinearSDE):
-            raise TypeError(f"`sde` must be a linear SDE (AbstractLinearSDE), got {type(sde).__name__}.")
+            raise TypeError(
+                f"`sde` must be a linear SDE (AbstractLinearSDE), got {type(sde).__name__}."
+            )
         num_steps = _check_num_steps(num_steps)
         dtype = _dtype(dtype)
         t = jnp.arange(1, num_steps + 1, dtype=dtype) * (sde.T / num_steps)
@@ -290,13 +298,16 @@ class DiscreteSchedule(eqx.Module):
 
     @property
     def betas(self) -> Float[Array, " N+1"]:
-        r"""$\beta_n = 1 - \bar\alpha_n/\bar\alpha_{n-1}$, shape `(N + 1,)`, with `betas[0] = 0`."""
+        r"""$\beta_n = 1 - \bar a_n/\bar a_{n-1}$, shape `(N + 1,)`, with `betas[0] = 0`."""
         step = -jnp.expm1(jnp.diff(self.log_alpha_bar))
         return jnp.concatenate([jnp.zeros((1,), step.dtype), step])
 
     @property
     def log_snr(self) -> Float[Array, " N+1"]:
-        r"""$\lambda_n = \log\bar\alpha_n - \log(1 - \bar\alpha_n)$, shape `(N + 1,)` ($\lambda_0 = +\infty$)."""
+        r"""Log-SNR $\lambda_n = \log\bar a_n - \log(1 - \bar a_n)$, shape `(N + 1,)`.
+
+        $\lambda_0 = +\infty$.
+        """
         la = self.log_alpha_bar
         return la - log1mexp(la)
 
@@ -310,7 +321,9 @@ class DiscreteSchedule(eqx.Module):
         return jnp.asarray(n).astype(self.dtype) * (self.T / self.num_steps)
 
     def marginal(self, n: Int[ArrayLike, "..."]) -> tuple[Scalar, Scalar]:
-        r"""$(\alpha_n, \sigma_n) = (\sqrt{\bar\alpha_n}, \sqrt{1 - \bar\alpha_n})$ for integer `n` (may be traced).
+        r"""$(\alpha_n, \sigma_n) = (\sqrt{\bar a_n}, \sqrt{1 - \bar a_n})$ for an integer `n`.
+
+        `n` may be traced.
 
         Raises:
             ValueError: if a concrete `n` lies outside $\{0, \dots, N\}$ or is not an integer.
@@ -320,7 +333,7 @@ class DiscreteSchedule(eqx.Module):
 
 
 def check_index(n, num_steps: int, name: str = "n") -> Array:
-    """An integer index in {0..N}: checked at trace time when concrete, with `eqx.error_if` otherwise."""
+    """An integer index in {0..N}: checked at trace time if concrete, else with `eqx.error_if`."""
     val = concrete_value(n)
     if val is not None:
         if isinstance(n, bool) or not np.issubdtype(val.dtype, np.integer):
@@ -331,4 +344,6 @@ def check_index(n, num_steps: int, name: str = "n") -> Array:
     arr = jnp.asarray(n)
     if not jnp.issubdtype(arr.dtype, jnp.integer):
         raise TypeError(f"`{name}` must be an integer step index, got dtype {arr.dtype}.")
-    return eqx.error_if(arr, (arr < 0) | (arr > num_steps), f"`{name}` must lie in 0..N={num_steps}.")
+    return eqx.error_if(
+        arr, (arr < 0) | (arr > num_steps), f"`{name}` must lie in 0..N={num_steps}."
+    )

@@ -19,14 +19,14 @@ from jaxtyping import Array, ArrayLike, Float, Int
 from .._custom_types import Key
 from .._misc import as_float
 from .posterior import (
+    PairTerms,
     _check_pair,
     check_lam2,
     check_schedule,
     pair_terms,
-    PairTerms,
     posterior_coefficients,
 )
-from .schedule import concrete_value, DiscreteSchedule
+from .schedule import DiscreteSchedule, concrete_value
 
 Prediction = Literal["eps", "score", "x0", "v"]
 _PREDICTIONS = ("eps", "score", "x0", "v")
@@ -70,7 +70,7 @@ def check_prediction(prediction) -> str:
 
 
 def to_eps(prediction: str, alpha, sigma, x, pred):
-    r"""Convert a prediction at $x_n = \alpha x_0 + \sigma\varepsilon$ ($\alpha^2 + \sigma^2 = 1$) to $\hat\varepsilon$."""
+    r"""Convert a prediction at $x_n = \alpha x_0 + \sigma\varepsilon$ (VP) to $\hat\varepsilon$."""
     if prediction == "eps":
         return pred
     if prediction == "score":
@@ -86,7 +86,9 @@ def check_clip(clip_x0):
         return None
     if isinstance(clip_x0, (tuple, list)):
         if len(clip_x0) != 2:
-            raise ValueError(f"`clip_x0` must be None, a number c > 0 or a pair (lo, hi), got {clip_x0!r}.")
+            raise ValueError(
+                f"`clip_x0` must be None, a number c > 0 or a pair (lo, hi), got {clip_x0!r}."
+            )
         lo, hi = clip_x0
     else:
         lo, hi = -clip_x0, clip_x0
@@ -131,28 +133,30 @@ def reverse_step(
     var: Float[ArrayLike, "..."] | None = None,
     clip_x0: float | tuple[float, float] | None = None,
 ) -> Float[Array, "*shape"]:
-    r"""One reverse step $x_n \to x_m$ ($m < n$): mean from the forward choice $\lambda^2$, noise variance $v$.
+    r"""One reverse step $x_n \to x_m$, $m < n$: mean from the forward $\lambda^2$, noise $v$.
 
     $$\hat x_0 = \frac{x_n - \sigma_n\hat\varepsilon}{\alpha_n},\qquad
       x_m = c_0\,\hat x_0 + c_n\,x_n + \sqrt{v}\,z,\quad z \sim \mathcal N(0, I),$$
 
     where $(c_0, c_n)$ are the coefficients of $q_\lambda(x_m\mid x_n, x_0)$
     ([`forward_posterior`][scoredyn.forward_posterior]). Without clipping this is evaluated
-    as $x_m = \frac{\alpha_m}{\alpha_n}x_n - c_0\frac{\sigma_n}{\alpha_n}\hat\varepsilon + \sqrt v z$.
+    as $x_m = \frac{\alpha_m}{\alpha_n}x_n - c_0\frac{\sigma_n}{\alpha_n}\hat\varepsilon
+    + \sqrt v z$.
 
     - DDIM ($\eta = 0$): `lam2=0, var=0`.
     - DDPM: `lam2=None` ($\tilde\beta_{m|n}$), `var` $= \tilde\beta_{m|n}$ or $\beta_{n|m}$.
     - Analytic-DPM, SN-/NPR-DPM: `lam2` the forward choice, `var` their optimal variance
       (a scalar, or an array broadcastable to `x_n` for a diagonal covariance). A `var`
-      larger than $1 - \bar\alpha_m$ is fine: only $\lambda^2$ must lie in $[0, 1 - \bar\alpha_m]$.
+      larger than $1 - \bar a_m$ is fine: only $\lambda^2$ must lie in $[0, 1 - \bar a_m]$.
 
     Args:
         key: PRNG key; may be `None` only when `var` is zero.
         sched: the schedule.
-        n, m: integer indices, $0 \le m < n \le N$.
+        n: integer index of the current state, $1 \le n \le N$.
+        m: integer index of the next state, $0 \le m < n$.
         x_n: the current state (one example).
         eps_hat: the noise prediction $\hat\varepsilon(t_n, x_n)$, shaped like `x_n`.
-        lam2: $\lambda^2 \in [0, 1 - \bar\alpha_m]$; `None` means $\tilde\beta_{m|n}$ (DDPM).
+        lam2: $\lambda^2 \in [0, 1 - \bar a_m]$; `None` means $\tilde\beta_{m|n}$ (DDPM).
         var: reverse variance $v \ge 0$; `None` means $v = \lambda^2$.
         clip_x0: clip $\hat x_0$ to $[-c, c]$ (a number) or $[lo, hi]$ (a pair) before the mean.
 
@@ -195,10 +199,13 @@ def ddim_step(
     *,
     clip_x0: float | tuple[float, float] | None = None,
 ) -> Float[Array, "*shape"]:
-    r"""The DDIM-family step with $\lambda^2 = v$: $x_m = \alpha_m\hat x_0 + \sqrt{\sigma_m^2 - v}\,\hat\varepsilon + \sqrt{v}\,z$.
+    r"""The DDIM-family step with $\lambda^2 = v$.
+
+    $$x_m = \alpha_m\hat x_0 + \sqrt{\sigma_m^2 - v}\,\hat\varepsilon + \sqrt{v}\,z.$$
+
 
     `var = 0` is DDIM; `var` $= \eta^2\tilde\beta_{m|n}$ interpolates to DDPM ($\eta = 1$). A thin
     wrapper of [`reverse_step`][scoredyn.reverse_step] with `lam2 = var`; `var` must lie in
-    $[0, 1 - \bar\alpha_m]$.
+    $[0, 1 - \bar a_m]$.
     """
     return reverse_step(key, sched, n, m, x_n, eps_hat, lam2=var, var=var, clip_x0=clip_x0)

@@ -3,8 +3,10 @@ r"""The variational bound (negative ELBO) of a discrete diffusion along any traj
 For a forward process $q_\lambda$ of the DDIM family and reverse Gaussians
 $p(x_m\mid x_n) = \mathcal N(c_0\hat x_0 + c_n x_n, v)$, with $n = \tau_k$, $m = \tau_{k-1}$,
 
-$$-\log p(x_0) \le \underbrace{\mathrm{KL}\big(q(x_N\mid x_0)\,\|\,\mathcal N(0, I)\big)}_{\text{prior}}
-  + \sum_{k=2}^{K}\mathbb E_q\,\underbrace{\mathrm{KL}\big(q_\lambda(x_m\mid x_n, x_0)\,\|\,p(x_m\mid x_n)\big)}_{\text{Gaussian KL}}
+$$-\log p(x_0) \le
+  \underbrace{\mathrm{KL}\big(q(x_N\mid x_0)\,\|\,\mathcal N(0, I)\big)}_{\text{prior}}
+  + \sum_{k=2}^{K}\mathbb E_q\,
+  \underbrace{\mathrm{KL}\big(q_\lambda(x_m\mid x_n, x_0)\,\|\,p(x_m\mid x_n)\big)}_{\text{KL}_k}
   - \underbrace{\mathbb E_q\log p(x_0\mid x_{\tau_1})}_{\text{decoder}}.$$
 
 See [the variational bound](../derivations/variational-bound.md).
@@ -26,7 +28,7 @@ from .._misc import as_float, check_vector_field, log1mexp
 from .posterior import check_schedule, pair_terms, posterior_coefficients
 from .respace import check_tau
 from .sampler import resolve_lam2, resolve_variances
-from .schedule import concrete_value, DiscreteSchedule
+from .schedule import DiscreteSchedule, concrete_value
 from .step import check_clip, check_prediction, check_var, to_eps
 
 _DECODERS = ("discretized", "gaussian")
@@ -65,9 +67,11 @@ def gaussian_kl(
     mean_p: Float[ArrayLike, "*shape"],
     var_p: Float[ArrayLike, "*shape"],
 ) -> Scalar:
-    r"""$\mathrm{KL}\big(\mathcal N(\mu_q, \operatorname{diag} v_q)\,\|\,\mathcal N(\mu_p, \operatorname{diag} v_p)\big)$, summed over entries.
+    r"""KL divergence of two diagonal Gaussians, summed over entries.
 
-    $$\mathrm{KL} = \frac12\sum_i\Big(\log\frac{v_{p,i}}{v_{q,i}} + \frac{v_{q,i} + (\mu_{q,i} - \mu_{p,i})^2}{v_{p,i}} - 1\Big).$$
+    $$\mathrm{KL}\big(\mathcal N(\mu_q, v_q)\,\|\,\mathcal N(\mu_p, v_p)\big)
+      = \frac12\sum_i\Big(\log\frac{v_{p,i}}{v_{q,i}}
+      + \frac{v_{q,i} + (\mu_{q,i} - \mu_{p,i})^2}{v_{p,i}} - 1\Big).$$
 
     The arguments broadcast against each other (a scalar variance is isotropic); the sum
     runs over the broadcast shape. $v_q = 0$ gives $+\infty$.
@@ -95,7 +99,9 @@ def _log_diff_ndtr(hi, lo):
 
 def _check_levels(levels) -> int:
     if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
-        raise ValueError(f"`levels` must be a Python int >= 2 (256 for 8-bit data), got {levels!r}.")
+        raise ValueError(
+            f"`levels` must be a Python int >= 2 (256 for 8-bit data), got {levels!r}."
+        )
     return levels
 
 
@@ -105,13 +111,14 @@ def discretized_gaussian_log_likelihood(
     var: Float[ArrayLike, "..."],
     levels: int = 256,
 ) -> Scalar:
-    r"""$\log P(x)$ of data on a grid of `levels` points in $[-1, 1]$ under a discretised Gaussian, summed over entries.
+    r"""$\log P(x)$ of data on a grid in $[-1, 1]$ under a discretised Gaussian, summed.
 
     The grid is $x \in \{-1 + 2j/(L - 1)\}_{j=0}^{L-1}$ and each point owns the bin
     $[x - h, x + h]$, $h = 1/(L - 1)$, except the edge bins, which extend to $\mp\infty$
     (Ho et al. 2020, eq. 13):
 
-    $$P(x_i) = \Phi\Big(\frac{x_i + h - \mu_i}{s_i}\Big) - \Phi\Big(\frac{x_i - h - \mu_i}{s_i}\Big),
+    $$P(x_i) = \Phi\Big(\frac{x_i + h - \mu_i}{s_i}\Big)
+      - \Phi\Big(\frac{x_i - h - \mu_i}{s_i}\Big),
       \qquad s_i = \sqrt{v_i},$$
 
     with $\Phi(+\infty) = 1$ at $x_i = 1$ and $\Phi(-\infty) = 0$ at $x_i = -1$. The difference
@@ -161,17 +168,20 @@ def variational_bound(
     prediction: str = "eps",
     clip_x0: float | tuple[float, float] | None = None,
 ) -> VariationalBound:
-    r"""A one-sample Monte Carlo estimate of the negative ELBO of one example $x_0$, in nats and bits/dim.
+    r"""One-sample Monte Carlo estimate of the negative ELBO of one example, in nats and bits/dim.
 
-    With $n = \tau_k$, $m = \tau_{k-1}$ and independent draws $x_n = \alpha_n x_0 + \sigma_n\varepsilon_k$:
+    With $n = \tau_k$, $m = \tau_{k-1}$ and independent draws
+    $x_n = \alpha_n x_0 + \sigma_n\varepsilon_k$:
 
-    - prior: $\frac12\sum_i\big(\bar\alpha_N x_{0,i}^2 - \bar\alpha_N - \log(1 - \bar\alpha_N)\big)$, exactly;
+    - prior: $\frac12\sum_i\big(\bar a_N x_{0,i}^2 - \bar a_N - \log(1 - \bar a_N)\big)$, exactly;
     - step $k \ge 2$: $\mathrm{KL}\big(\mathcal N(c_0 x_0 + c_n x_n, \lambda_k^2)\,\|\,
       \mathcal N(c_0\hat x_0 + c_n x_n, v_k)\big)
-      = \frac12\sum_i\Big(\log\frac{v_k}{\lambda_k^2} + \frac{\lambda_k^2 + c_0^2(x_{0,i} - \hat x_{0,i})^2}{v_k} - 1\Big)$,
+      = \frac12\sum_i\Big(\log\frac{v_k}{\lambda_k^2}
+      + \frac{\lambda_k^2 + c_0^2(x_{0,i} - \hat x_{0,i})^2}{v_k} - 1\Big)$,
       with $x_0 - \hat x_0 = \frac{\sigma_n}{\alpha_n}(\hat\varepsilon - \varepsilon_k)$;
     - decoder ($k = 1$): $-\log p(x_0\mid x_{\tau_1})$ with mean $\hat x_0$ and variance
-      $v_1$: the discretised Gaussian of [`discretized_gaussian_log_likelihood`][scoredyn.discretized_gaussian_log_likelihood]
+      $v_1$: the discretised Gaussian of
+      [`discretized_gaussian_log_likelihood`][scoredyn.discretized_gaussian_log_likelihood]
       (data on `levels` grid points in $[-1, 1]$), or a continuous Gaussian density.
 
     Each term's expectation depends on one marginal $q(x_n\mid x_0)$ only, so independent
@@ -180,7 +190,7 @@ def variational_bound(
 
     The decoder variance is `decoder_var` if given, else $v_1$. The DDPM choice
     $v_1 = \tilde\beta_{0|\tau_1} = 0$ is degenerate, so a zero $v_1$ is replaced by $v_2$
-    ($\beta_{\tau_1|0} = 1 - \bar\alpha_{\tau_1}$ when $K = 1$), the clipped log-variance of
+    ($\beta_{\tau_1|0} = 1 - \bar a_{\tau_1}$ when $K = 1$), the clipped log-variance of
     Ho et al.'s code. The bound is finite only if every $\lambda_k^2 > 0$ for $k \ge 2$
     (DDIM's $\lambda = 0$ gives $+\infty$).
 
@@ -215,7 +225,9 @@ def variational_bound(
     if decoder == "discretized":
         levels = _check_levels(levels)
         if x0v is not None and bool(np.any(np.abs(x0v) > 1.0 + 0.5 / (levels - 1))):
-            raise ValueError("`x0` must lie in [-1, 1] (a grid of `levels` points) for decoder='discretized'.")
+            raise ValueError(
+                "`x0` must lie in [-1, 1] (a grid of `levels` points) for decoder='discretized'."
+            )
     tau = check_tau(tau, sched.num_steps)
     K = tau.shape[0] - 1
     check_vector_field(eps_fn, "eps_fn", jnp.asarray(sched.T, x0.dtype), x0)
@@ -288,4 +300,6 @@ def variational_bound(
     total = prior + kl + dec
     bpd = total / (x0.size * math.log(2.0))
     terms = jnp.concatenate([dec[None], kls])
-    return VariationalBound(total=total, bits_per_dim=bpd, prior=prior, kl=kl, decoder=dec, terms=terms)
+    return VariationalBound(
+        total=total, bits_per_dim=bpd, prior=prior, kl=kl, decoder=dec, terms=terms
+    )

@@ -66,10 +66,21 @@ def sample_pc(
         num_corrector_steps: Langevin steps per predictor step ($\ge 0$; 0 gives plain
             Euler–Maruyama).
         t_eps: end time $0 < t_\epsilon < T$.
+        axis_name: name of a `jax.vmap` axis over which to average $\lVert z\rVert$ and
+            $\lVert s\rVert$ before forming $\epsilon_i$, as Song et al.'s code does over a batch.
+            Recommended in low dimension: per example, $\lVert z\rVert^2/\lVert s\rVert^2$ is
+            heavy-tailed when $d$ is small (for $d = 2$ the inverse of a $\chi^2_2$ variable has
+            infinite mean), and occasional huge Langevin steps bias the samples.
         dtype: floating dtype (default float).
 
     Returns:
         A sample of shape `shape`.
+
+    Example:
+        ```python
+        pc = lambda k: sd.sample_pc(k, sde, score, (2,), num_steps=100, axis_name="batch")
+        xs = jax.vmap(pc, axis_name="batch")(jax.random.split(key, 2000))
+        ```
 
     Raises:
         TypeError: for a bad `shape`, a non-linear `sde` or a wrong-shaped `score`.

@@ -59,19 +59,19 @@ class Config:
 
 def _quick_defaults(data: str) -> dict:
     base = dict(
-        width=128, depth=2, train_steps=800, batch_size=256, lr=3e-3, ema_decay=0.99,
+        net="grid", width=128, depth=2, train_steps=800, batch_size=256, lr=3e-3, ema_decay=0.99,
         num_eval=48, num_gamma=64, num_ode=6, num_samples=36,
     )
     if data != "digits":
-        base.update(train_steps=1000, num_eval=256, num_ode=64, num_samples=256)
+        base.update(net="mlp", train_steps=1000, num_eval=256, num_ode=64, num_samples=256)
     return base
 
 
 def _full_defaults(data: str) -> dict:
     if data == "digits":
-        return {}
-    return dict(width=128, depth=3, train_steps=4000, num_eval=1000, num_gamma=1000, num_ode=256,
-                num_samples=1000, ema_decay=0.995)
+        return dict(net="grid")
+    return dict(net="mlp", width=128, depth=3, train_steps=4000, num_eval=1000, num_gamma=1000,
+                num_ode=256, num_samples=1000, ema_decay=0.995)
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -101,7 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "minute on a laptop (a smoke test; the numbers are rougher)")
     p.add_argument("--seed", type=int, default=0, help="PRNG seed; the run is deterministic given it")
     p.add_argument("--net", choices=("grid", "mlp", "conv"), default=None,
-                   help="eps-network: residual MLP, or a small conv net (digits only; slower on CPU)")
+                   help="eps-network: 'grid' (digits default) = residual MLP giving level logits "
+                   "for each pixel, turned into eps by sd.nn.GridEps; 'mlp' (toy default) = "
+                   "residual MLP predicting eps; 'conv' = small conv net (digits; slower on CPU)")
     p.add_argument("--steps", dest="train_steps", type=int, default=None,
                    help="training steps (default: 6000 digits, 4000 toy; 800 with --quick)")
     p.add_argument("--batch-size", type=int, default=None, help="training batch size (default 256)")
@@ -134,8 +136,8 @@ def parse_config(argv=None) -> Config:
     for k, v in vars(args).items():
         if v is not None:
             values[k] = v
-    if values.get("net") == "conv" and args.data != "digits":
-        raise SystemExit("--net conv needs image data (--data digits)")
+    if values.get("net") in ("conv", "grid") and args.data != "digits":
+        raise SystemExit(f"--net {values['net']} needs the digits (--data digits)")
     if values.get("net") == "conv":
         values.setdefault("width", 128)
     cfg = Config(**values)

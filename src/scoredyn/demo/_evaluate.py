@@ -1,15 +1,24 @@
 r"""Evaluation: Gamma, variational bounds of every sampler at every K, the PF-ODE likelihood, samples.
 
 Everything here is a composition of public library calls (`sd.analytic.estimate_gamma`,
-`sd.respace`, `sd.reverse_variances`, `sd.analytic.optimal_variances`,
+`sd.trajectory`, `sd.reverse_variances`, `sd.analytic.optimal_variances`,
 `sd.analytic.optimal_trajectory`, `sd.variational_bound`, `sd.sample_discrete`,
-`sd.bits_per_dim`, `sd.log_likelihood`). Two devices keep it fast on a CPU:
+`sd.eps_to_score`, `sd.bits_per_dim`, `sd.log_likelihood`). Two devices keep it fast on a CPU:
 
 - All samplers that share a trajectory are evaluated in ONE `jax.vmap` over their variance
   arrays. The draws $x_n \sim q(x_n\mid x_0)$ depend only on the key and $x_0$, so JAX evaluates
   the network once per step and batches only the Gaussian KL terms over the samplers.
-- Every sampler passes its forward variances `lam2` and reverse variances as arrays, so there is
-  one compilation per trajectory length $K$, not one per sampler.
+- Every sampler passes its variances as arrays, so there is one compilation per trajectory
+  length $K$, not one per sampler.
+
+The bounds use the DDPM forward process. DDIM's forward process ($\lambda = 0$) has a
+deterministic posterior $q(x_m\mid x_n, x_0)$, so its bound is $+\infty$ whatever the reverse
+variance: DDIM and Analytic-DDIM appear in the samples, not in the bound table (as in Bao et al.,
+who report likelihoods for the DDPM forward process only).
+
+`optimal_trajectory` caps `ms_eps` at $1 - 10^{-5}$ before the dynamic programme: where a Monte
+Carlo estimate reaches 1 at large $n$, the cost $\log(1 - \beta_{t|s}\Gamma_t)$ of a long jump
+can round to $\log 0$ in float32.
 """
 
 import dataclasses
@@ -34,64 +43,27 @@ ANALYTIC_DPM = "Analytic-DPM"
 ANALYTIC_DDIM = "Analytic-DDIM"
 ANALYTIC_DPM_OT = "Analytic-DPM, optimal traj."
 PF_ODE = "PF-ODE"
-BOUND_METHODS = (DDPM_TILDE, DDPM_BETA, ANALYTIC_DPM, ANALYTIC_DDIM, ANALYTIC_DPM_OT)
+BOUND_METHODS = (DDPM_TILDE, DDPM_BETA, ANALYTIC_DPM, ANALYTIC_DPM_OT)
+INFINITE_BOUND = (DDIM, ANALYTIC_DDIM)  # deterministic forward posterior: +inf
 SAMPLERS = (DDPM_TILDE, DDPM_BETA, DDIM, ANALYTIC_DPM, ANALYTIC_DDIM, ANALYTIC_DPM_OT)
 
 
-class DDIMMeanAsDDPM(eqx.Module):
-    r"""Rewrite a DDIM-mean reverse step in the DDPM parameterisation, so its bound is finite.
-
-    The DDIM forward process ($\lambda = 0$) has a deterministic posterior
-    $q_0(x_m\mid x_n, x_0)$, so the variational bound built on it is $+\infty$ for every reverse
-    variance. A reverse chain $p(x_m\mid x_n) = \mathcal N(\mu_0(x_n), v)$ with the DDIM mean
-    $\mu_0 = c_0(0)\hat x_0 + c_n(0)x_n$ (Analytic-DDIM: $v > 0$) is still a proper model, and the
-    DDPM forward chain ($\lambda^2 = \tilde\beta$) bounds its likelihood. The bound evaluates the
-    mean as $c_0(\tilde\beta)\hat x_0' + c_n(\tilde\beta)x_n$, so this wrapper returns the noise
-    prediction $\hat\varepsilon' = (x_n - \alpha_n\hat x_0')/\sigma_n$ of
-
-    $$\hat x_0' = \frac{c_0(0)\,\hat x_0 + \big(c_n(0) - c_n(\tilde\beta)\big)\,x_n}{c_0(\tilde\beta)},$$
-
-    for which the DDPM-parameterised mean equals $\mu_0$ exactly. `weight` blends
-    $\hat\varepsilon + w(\hat\varepsilon' - \hat\varepsilon)$, so one `vmap` over $w\in\{0, 1\}$
-    evaluates DDPM-mean and DDIM-mean chains with a single network call. The step $n\to m$ is
-    looked up from $n = \mathrm{round}(tN/T)$ along the trajectory `tau`. On the decoder step
-    ($m = 0$) both parameterisations coincide and $\hat\varepsilon' = \hat\varepsilon$.
-    """
-
-    net: eqx.Module
-    alpha: jax.Array  # (N+1,)
-    sigma: jax.Array
-    coef_a: jax.Array  # (N+1,): c0(0)/c0(bt) at the n of each step, 1 elsewhere
-    coef_b: jax.Array  # (N+1,): (cn(0) - cn(bt))/c0(bt), 0 elsewhere
-    weight: jax.Array
-    num_steps: int = eqx.field(static=True)
-    T: float = eqx.field(static=True)
-
-    def __call__(self, t, x):
-        eps = self.net(t, x)
-        n = jnp.clip(jnp.round(t * (self.num_steps / self.T)).astype(jnp.int32), 0, self.num_steps)
-        a, s = self.alpha[n].astype(x.dtype), self.sigma[n].astype(x.dtype)
-        x0_hat = (x - s * eps) / a
-        x0_new = self.coef_a[n].astype(x.dtype) * x0_hat + self.coef_b[n].astype(x.dtype) * x
-        eps_new = (x - a * x0_new) / s
-        return eps + self.weight.astype(x.dtype) * (eps_new - eps)
+def even_trajectory(num_steps: int, K: int):
+    r"""Analytic-DPM's (and DDIM's) even trajectory: $\tau_k = \mathrm{round}(1 + (k - 1)\frac{N - 1}{K - 1})$,
+    $k = 1..K$, with $\tau_0 = 0$: the last step always starts from $x_1$, so the optimal
+    trajectory (which fixes $\tau_1 = 1$) improves on it with the same decoder step."""
+    if K == 1:
+        idx = [0, num_steps]
+    else:
+        a = (num_steps - 1) / (K - 1)
+        idx = [0] + [int(math.floor(1 + a * (k - 1) + 0.5)) for k in range(1, K + 1)]
+    return sd.trajectory(np.asarray(idx, np.int32), num_steps)
 
 
-def ddim_mean_as_ddpm(net, sched, tau, weight=1.0) -> DDIMMeanAsDDPM:
-    """Build [`DDIMMeanAsDDPM`][] for trajectory `tau` (see its docstring)."""
-    N = sched.num_steps
-    n, m = tau[1:], tau[:-1]
-    ddim = sd.forward_posterior(sched, n, m, jnp.zeros(n.shape, sched.dtype))
-    ddpm = sd.forward_posterior(sched, n, m, None)
-    c0p = jnp.where(m > 0, ddpm.coef_x0, 1.0)
-    a_steps = jnp.where(m > 0, ddim.coef_x0 / c0p, 1.0)
-    b_steps = jnp.where(m > 0, (ddim.coef_xn - ddpm.coef_xn) / c0p, 0.0)
-    coef_a = jnp.ones((N + 1,), sched.dtype).at[n].set(a_steps)
-    coef_b = jnp.zeros((N + 1,), sched.dtype).at[n].set(b_steps)
-    alpha, sigma = jnp.sqrt(sched.alpha_bar), jnp.sqrt(sched.one_minus_alpha_bar)
-    sigma = sigma.at[0].set(1.0)  # n = 0 is never called; avoid 0/0 in the unused slot
-    return DDIMMeanAsDDPM(net, alpha, sigma, coef_a, coef_b, jnp.asarray(weight, sched.dtype), N,
-                          float(sched.T))
+def optimal_trajectory(sched, est, K: int):
+    """`sd.analytic.optimal_trajectory` on `ms_eps` capped just below 1 (see the module notes)."""
+    ms = jnp.minimum(est.ms_eps, 1.0 - 1e-5)
+    return sd.analytic.optimal_trajectory(sched, ms, K)
 
 
 @dataclasses.dataclass
@@ -119,35 +91,32 @@ def _decoder(data: Dataset) -> dict:
 
 
 @eqx.filter_jit
-def _bounds_batch(net, sched, x0s, keys, tau, lam2s, variances, weights, decoder_kw):
-    """bits/dim of every (method, example): vmap over methods (outer) and examples (inner)."""
+def _bounds_batch(net, sched, x0s, keys, tau, variances, decoder_kw):
+    """bits/dim of every (method, example) under the DDPM forward process.
+
+    `vmap` over methods (outer: their reverse variances) and examples (inner). The draws
+    $x_n$ do not depend on the method, so the network runs once per (example, step).
+    """
     decoder_kw = dict(decoder_kw)
 
-    def one_method(lam2, var, w):
-        model = ddim_mean_as_ddpm(net, sched, tau, w)
-
+    def one_method(var):
         def one_example(key, x0):
-            vb = sd.variational_bound(key, sched, model, x0, tau, lam2=lam2, variances=var,
+            vb = sd.variational_bound(key, sched, net, x0, tau, lam2="ddpm", variances=var,
                                       **decoder_kw)
             return vb.bits_per_dim
 
         return jax.vmap(one_example)(keys, x0s)
 
-    return jax.vmap(one_method)(lam2s, variances, weights)
+    return jax.vmap(one_method)(variances)
 
 
-def _method_arrays(sched, tau, est, data: Dataset):
-    """(lam2, variances, weight) per bound method that uses the even trajectory."""
+def _bound_variances(sched, tau, est, data: Dataset):
+    """Reverse variances of the bound methods on one trajectory, shape (3, K)."""
     bt = sd.reverse_variances(sched, tau, "ddpm")
     beta = sd.reverse_variances(sched, tau, "ddpm_beta")
-    rng = data.data_range
-    a_dpm = sd.analytic.optimal_variances(sched, tau, est, forward="ddpm", data_range=rng)
-    a_ddim = sd.analytic.optimal_variances(sched, tau, est, forward="ddim", data_range=rng)
-    names = (DDPM_TILDE, DDPM_BETA, ANALYTIC_DPM, ANALYTIC_DDIM)
-    lam2s = jnp.stack([bt, bt, bt, bt])  # the DDPM forward chain bounds every model
-    variances = jnp.stack([bt, beta, a_dpm, a_ddim])
-    weights = jnp.array([0.0, 0.0, 0.0, 1.0], sched.dtype)  # DDIM mean for Analytic-DDIM
-    return names, lam2s, variances, weights
+    a_dpm = sd.analytic.optimal_variances(sched, tau, est, forward="ddpm",
+                                          data_range=data.data_range)
+    return (DDPM_TILDE, DDPM_BETA, ANALYTIC_DPM), jnp.stack([bt, beta, a_dpm])
 
 
 def _sampler_arrays(sched, tau, est, data: Dataset, last_clip):
@@ -213,29 +182,23 @@ def evaluate(cfg: Config, data: Dataset, sched, sde, net, key, log=print, progre
         oracle_est = sd.analytic.estimate_gamma(k_gamma, sched, oracle, train)
     t0 = time.perf_counter()
     for K in ks:
-        tau = sd.respace(N, K)
-        tau_ot = tau if K == N else sd.analytic.optimal_trajectory(sched, est, K)
-        trajectories[K] = [int(v) for v in np.asarray(tau_ot)]
+        tau = even_trajectory(N, K)
         for model, e, store in ((net, est, None), (oracle, oracle_est, oracle_bounds)):
             if model is None:
                 continue
-            names, lam2s, variances, weights = _method_arrays(sched, tau, e, data)
-            bpd = np.asarray(_bounds_batch(model, sched, test, keys, tau, lam2s, variances,
-                                           weights, dec_kw))
-            if K == N:
-                bpd_ot = bpd[2:3]
-            else:
-                t_ot = tau_ot if store is None else sd.analytic.optimal_trajectory(sched, e, K)
-                a_ot = sd.analytic.optimal_variances(sched, t_ot, e, forward="ddpm",
-                                                     data_range=data.data_range)
-                bt_ot = sd.reverse_variances(sched, t_ot, "ddpm")
-                # same shapes as above: pad the batch of methods to reuse the compilation
-                lam2_ot = jnp.stack([bt_ot] * 4)
-                var_ot = jnp.stack([a_ot] * 4)
-                bpd_ot = np.asarray(_bounds_batch(model, sched, test, keys, t_ot, lam2_ot,
-                                                  var_ot, jnp.zeros(4, sched.dtype), dec_kw))[:1]
+            tau_ot = tau if K == N else optimal_trajectory(sched, e, K)
+            if store is None:
+                trajectories[K] = [int(v) for v in np.asarray(tau_ot)]
+            names, variances = _bound_variances(sched, tau, e, data)
+            bpd = np.asarray(_bounds_batch(model, sched, test, keys, tau, variances, dec_kw))
+            if K == N:  # the optimal trajectory of N steps is every step
+                bpd_ot = bpd[2]
+            else:  # same shapes as above, so the compilation is re-used
+                _, var_ot = _bound_variances(sched, tau_ot, e, data)
+                bpd_ot = np.asarray(_bounds_batch(model, sched, test, keys, tau_ot, var_ot,
+                                                  dec_kw))[2]
             rows = dict(zip(names, bpd))
-            rows[ANALYTIC_DPM_OT] = bpd_ot[0]
+            rows[ANALYTIC_DPM_OT] = bpd_ot
             for name, vals in rows.items():
                 mean, se = _mean_se(vals)
                 if store is None:
@@ -302,6 +265,30 @@ def _pf_batch(sde, score, xs, keys, levels, t_eps, rtol):
     return jax.vmap(one)(keys, xs)
 
 
+def pf_ode_start(sde, sched, data: Dataset) -> float:
+    r"""Start time $t_\epsilon$ of the PF-ODE likelihood.
+
+    For data on a grid of spacing $\Delta$ the ODE models the blurred density $p_{t_\epsilon}$,
+    and uniform dequantisation over a bin costs least when the blur matches the bin,
+    $\sigma(t_\epsilon) = \Delta/\sqrt{12}$ (the standard deviation of the uniform noise), found
+    here by bisection. For continuous data, $t_\epsilon = t_1 = T/N$, the first time the network
+    was trained at.
+    """
+    t1 = float(sched.T) / sched.num_steps
+    if data.levels is None:
+        return t1
+    lo_, hi_ = data.data_range
+    target = (hi_ - lo_) / (data.levels - 1) / math.sqrt(12.0)
+    lo, hi = 0.0, float(sched.T)
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        if float(sde.marginal(mid)[1]) < target:
+            lo = mid
+        else:
+            hi = mid
+    return max(hi, t1)
+
+
 def _pf_ode(cfg, data, sched, sde, net, key) -> dict:
     """Bits/dim of held-out data under the PF-ODE of `net` (or the exact score if `net` is None)."""
     xs = jnp.asarray(data.test[: cfg.num_ode], jnp.float32)
@@ -309,11 +296,12 @@ def _pf_ode(cfg, data, sched, sde, net, key) -> dict:
         score = data.oracle.score_fn(sde)
     else:
         score = sd.eps_to_score(sde, net)
-    t_eps = float(sched.time(1))  # the network was trained on t_n = n/N, n >= 1
+    t_eps = pf_ode_start(sde, sched, data)
     keys = jax.random.split(key, xs.shape[0])
     bpd, nfe = _pf_batch(sde, score, xs, keys, data.levels, t_eps, 1e-4)
     mean, se = _mean_se(np.asarray(bpd))
-    return {"mean": mean, "stderr": se, "nfe": float(np.mean(np.asarray(nfe))), "n": int(xs.shape[0])}
+    return {"mean": mean, "stderr": se, "nfe": float(np.mean(np.asarray(nfe))), "n": int(xs.shape[0]),
+            "t_eps": t_eps, "sigma_t_eps": float(sde.marginal(t_eps)[1])}
 
 
 def _eps_error(net, oracle, sched, data, key) -> dict:
@@ -346,16 +334,14 @@ def _samples(cfg, data, sched, net, est, key) -> dict:
     out = {name: {} for name in SAMPLERS}
     for K in cfg.sample_ks:
         K = min(K, N)
-        tau = sd.respace(N, K)
+        tau = even_trajectory(N, K)
         names, lam2s, variances = _sampler_arrays(sched, tau, est, data, last_clip)
         xs = np.asarray(_sample_batch(net, sched, keys, x_T, tau, lam2s, variances, clip))
         for name, x in zip(names, xs):
             out[name][K] = x
-        tau_ot = sd.analytic.optimal_trajectory(sched, est, K)
-        a_ot = sd.analytic.optimal_variances(sched, tau_ot, est, forward="ddpm",
-                                             data_range=data.data_range, last_step_clip=last_clip)
-        bt_ot = sd.reverse_variances(sched, tau_ot, "ddpm")
-        xs = np.asarray(_sample_batch(net, sched, keys, x_T, tau_ot, jnp.stack([bt_ot] * 5),
-                                      jnp.stack([a_ot] * 5), clip))
-        out[ANALYTIC_DPM_OT][K] = xs[0]
+        # Analytic-DPM on the optimal trajectory: same shapes, so the compilation is re-used
+        tau_ot = optimal_trajectory(sched, est, K)
+        _, lam2s, variances = _sampler_arrays(sched, tau_ot, est, data, last_clip)
+        xs = np.asarray(_sample_batch(net, sched, keys, x_T, tau_ot, lam2s, variances, clip))
+        out[ANALYTIC_DPM_OT][K] = xs[names.index(ANALYTIC_DPM)]
     return out

@@ -7,7 +7,17 @@ import platform
 
 from ._config import Config
 from ._data import Dataset
-from ._evaluate import BOUND_METHODS, DDIM, PF_ODE, Evaluation
+from ._evaluate import (
+    ANALYTIC_DDIM,
+    ANALYTIC_DPM,
+    ANALYTIC_DPM_OT,
+    DDIM,
+    DDPM_BETA,
+    DDPM_TILDE,
+    INFINITE_BOUND,
+    PF_ODE,
+    Evaluation,
+)
 
 
 def _fmt(v: float) -> str:
@@ -17,15 +27,15 @@ def _fmt(v: float) -> str:
 
 
 def table_rows(ev: Evaluation) -> list[list[str]]:
-    """Header and rows of the bound table (bits/dim), DDIM's infinite bound included."""
+    """Header and rows of the bound table (bits/dim); DDIM-forward rows are infinite."""
     header = ["sampler"] + [f"K={k}" for k in ev.ks]
     rows = [header]
-    for name in BOUND_METHODS[:2]:
-        rows.append([name] + [_fmt(ev.bounds[name][k]) for k in ev.ks])
-    rows.append([DDIM + " *"] + ["inf"] * len(ev.ks))
-    for name in BOUND_METHODS[2:]:
-        label = name + (" **" if name == "Analytic-DDIM" else "")
-        rows.append([label] + [_fmt(ev.bounds[name][k]) for k in ev.ks])
+    order = (DDPM_TILDE, DDPM_BETA, DDIM, ANALYTIC_DPM, ANALYTIC_DDIM, ANALYTIC_DPM_OT)
+    for name in order:
+        if name in INFINITE_BOUND:
+            rows.append([name + " *"] + ["inf"] * len(ev.ks))
+        else:
+            rows.append([name] + [_fmt(ev.bounds[name][k]) for k in ev.ks])
     return rows
 
 
@@ -50,11 +60,12 @@ def markdown_table(ev: Evaluation) -> str:
 
 def _footnotes(ev: Evaluation, data: Dataset) -> list[str]:
     notes = [
-        "* DDIM's steps are deterministic (zero variance), so its bound is +inf at every K; its "
-        "K -> infinity limit is the PF-ODE, whose likelihood is reported below.",
-        "** Analytic-DDIM's chain (DDIM mean, Analytic-DPM's optimal variance for lambda = 0) is "
-        "bounded with the DDPM forward process as inference chain (the DDIM forward process "
-        "would give +inf).",
+        "* DDIM's forward process (lambda = 0) has a deterministic posterior q(x_m | x_n, x_0), so "
+        "its bound is +inf at every K, whatever the reverse variance (Analytic-DDIM's too); "
+        "Bao et al. report likelihoods for the DDPM forward process only. DDIM's K -> infinity "
+        "limit is the PF-ODE below; both appear in samples.png.",
+        "All finite rows: DDPM forward process; even trajectory tau_k = round(1 + (k-1)(N-1)/(K-1)) "
+        "(the last step starts from x_1), or Analytic-DPM's optimal trajectory (same Gamma).",
     ]
     if data.levels is not None:
         notes.append(
@@ -69,9 +80,11 @@ def _footnotes(ev: Evaluation, data: Dataset) -> list[str]:
 
 def pf_line(ev: Evaluation, data: Dataset) -> str:
     pf = ev.pf_ode
-    kind = "dequantised, Hutchinson trace" if data.levels is not None else "exact trace"
+    kind = ("uniformly dequantised, Hutchinson trace" if data.levels is not None
+            else "exact trace")
     return (f"{PF_ODE} likelihood: {pf['mean']:.2f} +/- {pf['stderr']:.2f} bits/dim on {pf['n']} "
-            f"held-out examples ({kind}, adaptive Tsit5, {pf['nfe']:.0f} function evaluations)")
+            f"held-out examples ({kind}, adaptive Tsit5, {pf['nfe']:.0f} function evaluations, "
+            f"from t_eps = {pf['t_eps']:.4f} where sigma = {pf['sigma_t_eps']:.3f})")
 
 
 def console_summary(cfg: Config, data: Dataset, ev: Evaluation) -> str:
@@ -100,7 +113,8 @@ def write_results(folder: pathlib.Path, cfg: Config, data: Dataset, ev: Evaluati
         "ks": ev.ks,
         "bounds_bits_per_dim": {m: {str(k): v for k, v in d.items()} for m, d in ev.bounds.items()},
         "bounds_stderr": {m: {str(k): v for k, v in d.items()} for m, d in ev.stderr.items()},
-        "ddim_bound": "inf (deterministic steps; see the PF-ODE)",
+        "infinite_bounds": {m: "inf (DDIM forward process: deterministic posterior)"
+                            for m in INFINITE_BOUND},
         "pf_ode_bits_per_dim": ev.pf_ode,
         "reference": ev.reference,
         "gamma": {"num_samples": ev.gamma["num_samples"], "ms_eps": ev.gamma["ms_eps"]},
@@ -154,8 +168,8 @@ def write_report(folder: pathlib.Path, cfg: Config, data: Dataset, ev: Evaluatio
         "(the continuous twin of DDPM's linear schedule); the network is called at t = n/N.",
         f"- Analytic-DPM's Gamma (ms_eps) estimated once at every step from "
         f"{ev.gamma['num_samples']} training images, then re-used for every K and every sampler.",
-        "- Even trajectories tau_k = round(kN/K); the optimal trajectory solves Analytic-DPM's "
-        "dynamic programme on the same Gamma.",
+        "- Even trajectories tau_k = round(1 + (k-1)(N-1)/(K-1)) as in Analytic-DPM and DDIM; the "
+        "optimal trajectory solves Analytic-DPM's dynamic programme on the same Gamma.",
         "",
         "## Negative ELBO on held-out data (bits/dim, lower is better)",
         "",

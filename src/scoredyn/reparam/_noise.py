@@ -264,18 +264,14 @@ class Gumbel(_AbstractLocationScale):
 
     def log_pdf(self, x: ArrayLike) -> Array:
         z, s = self._z(x)
-        zmin = -math.log(float(jnp.finfo(z.dtype).max))
-        zc = jnp.maximum(z, zmin)
-        return jnp.where(z < zmin, -jnp.inf, -zc - jnp.exp(-zc) - jnp.log(s))
+        return -z - jnp.exp(-z) - jnp.log(s)
 
     def cdf(self, x: ArrayLike) -> Array:
         return jnp.exp(self.log_cdf(x))
 
     def log_cdf(self, x: ArrayLike) -> Array:
         z, _ = self._z(x)
-        zmin = -math.log(float(jnp.finfo(z.dtype).max))
-        zc = jnp.maximum(z, zmin)
-        return jnp.where(z < zmin, -jnp.inf, -jnp.exp(-zc))
+        return -jnp.exp(-z)
 
     def quantile(self, u: ArrayLike) -> Array:
         u = _float_array(u, "u")

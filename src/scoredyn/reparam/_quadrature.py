@@ -92,6 +92,7 @@ def sinh_gl_log_integrals(
     mu: Float[Array, " n"],
     num_nodes: int,
     tail: float,
+    num_split: int = 0,
 ) -> Float[Array, " n"]:
     r"""Unnormalised $\log p_i$ for every class $i$ by mode-centred sinh–Gauss–Legendre.
 
@@ -130,7 +131,10 @@ def sinh_gl_log_integrals(
     idx = jnp.arange(n)
 
     def log_integrand(e, d, mask):
-        return log_pdf(e) + jnp.sum(jnp.where(mask, log_cdf(e + d), 0.0))
+        # the excluded class j = i is evaluated at the median (finite, with a finite
+        # derivative) so that `where` cannot turn an infinite derivative into NaN
+        arg = jnp.where(mask, e + d, med)
+        return log_pdf(e) + jnp.sum(jnp.where(mask, log_cdf(arg), 0.0))
 
     def one(i):
         mask = idx != i
@@ -155,14 +159,26 @@ def sinh_gl_log_integrals(
         # panel edges: the ends and the images of the non-smooth points
         pts = (kinks[:, None] - d_c[None, :]).reshape(-1)
         t_k = jnp.clip(jnp.arcsinh((pts - e_star) / dbar), t_lo, t_hi)
+        # soft splits: the `num_split` transition points med - (mu_i - mu_j) nearest to the
+        # mode on each side (where a factor F(e + mu_i - mu_j) turns from its tail to ~1)
+        if num_split > 0:
+            k = min(num_split, n)
+            t_f = jnp.arcsinh((med - d_c - e_star) / dbar)
+            left = jax.lax.top_k(jnp.where(t_f < 0, t_f, t_lo), k)[0]
+            right = -jax.lax.top_k(-jnp.where(t_f > 0, t_f, t_hi), k)[0]
+            t_k = jnp.concatenate([t_k, jnp.clip(jnp.concatenate([left, right]), t_lo, t_hi)])
         edges = jnp.sort(jnp.concatenate([t_lo[None], t_k, t_hi[None]]))
         a, b = edges[:-1, None], edges[1:, None]
         t = 0.5 * (a + b) + 0.5 * (b - a) * x_gl
         log_wts = safe_log(0.5 * (b - a) * w_gl) + jnp.log(dbar * jnp.cosh(t))
-        e = e_star + dbar * jnp.sinh(t)
-        e, log_wts = jax.lax.stop_gradient((e, log_wts))
-        vals = jax.vmap(lambda ee: log_integrand(ee, d, mask))(e.reshape(-1))
-        return safe_logsumexp(vals + log_wts.reshape(-1))
+        e = (e_star + dbar * jnp.sinh(t)).reshape(-1)
+        log_wts = log_wts.reshape(-1)
+        # nodes where the integrand underflows to -inf are moved to the mode (and then
+        # dropped), so that their infinite derivatives cannot reach the gradient as NaN
+        keep = jnp.isfinite(jax.vmap(L)(e)) & (log_wts > -jnp.inf)
+        e, log_wts, keep = jax.lax.stop_gradient((jnp.where(keep, e, e_star), log_wts, keep))
+        vals = jax.vmap(lambda ee: log_integrand(ee, d, mask))(e)
+        return safe_logsumexp(jnp.where(keep, vals + log_wts, -jnp.inf))
 
     return jax.vmap(one)(idx)
 

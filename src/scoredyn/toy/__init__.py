@@ -1,4 +1,4 @@
 """Exact oracles: Gaussian mixtures whose diffused marginals stay Gaussian mixtures."""
 
-from ._mixture import GaussianMixture as GaussianMixture, MixtureScore as MixtureScore
 from ._discrete import DiscreteMixtureEps as DiscreteMixtureEps, discrete_eps_fn as discrete_eps_fn
+from ._mixture import GaussianMixture as GaussianMixture, MixtureScore as MixtureScore

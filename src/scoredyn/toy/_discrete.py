@@ -10,9 +10,10 @@ from ._mixture import GaussianMixture
 
 
 class DiscreteMixtureEps(eqx.Module):
-    r"""Exact $\mathbb E[\varepsilon\mid x_n = x]$ of a mixture under a discrete schedule, as a $(t, x)$ function.
+    r"""Exact $\mathbb E[\varepsilon\mid x_n = x]$ of a mixture on a discrete schedule, as $(t, x)$.
 
-    Called at $t = t_n = nT/N$ (the samplers' convention) it recovers $n = \operatorname{round}(tN/T)$
+    Called at $t = t_n = nT/N$ (the samplers' convention) it recovers
+    $n = \operatorname{round}(tN/T)$
     and returns `mixture.eps_at(sqrt(alpha_bar[n]), sqrt(1 - alpha_bar[n]), x)`.
     """
 
@@ -27,7 +28,7 @@ class DiscreteMixtureEps(eqx.Module):
 
 
 def discrete_eps_fn(mixture: GaussianMixture, sched: DiscreteSchedule) -> DiscreteMixtureEps:
-    r"""The exact eps-prediction $(t, x) \mapsto \mathbb E[\varepsilon \mid x_n = x]$ of `mixture` on `sched`.
+    r"""Exact eps-prediction $(t, x) \mapsto \mathbb E[\varepsilon \mid x_n = x]$ of a mixture.
 
     Example:
         ```python
