@@ -70,20 +70,38 @@ def time_once(fn: Callable, *args) -> float:
 
 
 def time_interleaved(
-    fns: dict[str, Callable], args: dict[str, tuple], *, repeats: int, warmup: int = 1
+    fns: dict[str, Callable],
+    args: dict[str, tuple],
+    *,
+    repeats: int,
+    warmup: int = 1,
+    budget_s: float | None = None,
+    max_repeats: int = 50,
 ) -> dict[str, list[float]]:
     """Wall times of already-jitted functions, run A, B, C, A, B, C, ... (compile excluded).
 
-    Interleaving makes the *ratios* robust to load from other processes drifting over time.
+    Interleaving exposes every variant to the same load from other processes. With `budget_s`,
+    the number of rounds grows from `repeats` up to `max_repeats` while one round's measured
+    time fits into the budget (short runs get many rounds, long runs `repeats`).
     """
+    t0 = time.perf_counter()
     for _ in range(warmup):
         for name, fn in fns.items():
             block(fn(*args[name]))
+    round_s = (time.perf_counter() - t0) / max(warmup, 1)
+    if budget_s is not None and round_s > 0:
+        repeats = int(min(max_repeats, max(repeats, budget_s // round_s)))
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
             times[name].append(time_once(fn, *args[name]))
     return times
+
+
+def min_ratio(num: Sequence[float], den: Sequence[float]) -> float:
+    """Ratio of the fastest runs. Load from other processes only ever adds time, so the minimum
+    over interleaved rounds is the least contaminated estimate of each variant's own cost."""
+    return float(min(num) / min(den))
 
 
 def median(xs: Sequence[float]) -> float:

@@ -36,14 +36,17 @@ def _dpm_solver_flow(sde, eps_fn):
     if not hasattr(sd, "dpm_solver"):
         return {}
     out = {}
-    for order in (2, 3):
+    for order, skip in ((2, "logSNR"), (3, "logSNR"), (3, "time_quadratic")):
 
-        def make(nfe, order=order):
+        def make(nfe, order=order, skip=skip):
             steps = max(1, nfe // order)
-            g = lambda z: sd.dpm_solver(sde, eps_fn, z, num_steps=steps, order=order, t_eps=T_EPS)
+            g = lambda z: sd.dpm_solver(
+                sde, eps_fn, z, num_steps=steps, order=order, t_eps=T_EPS, skip=skip
+            )
             return jax.jit(jax.vmap(g)), steps * order
 
-        out[f"DPM-Solver-{order} (log-SNR steps)"] = make
+        label = "log-SNR" if skip == "logSNR" else "time-quadratic"
+        out[f"DPM-Solver-{order} ({label} steps)"] = make
     return out
 
 

@@ -7,7 +7,7 @@ from jax import lax
 
 import scoredyn as sd
 
-from ._common import BenchMLP, md_table, median, paired_ratio, time_interleaved
+from ._common import BenchMLP, md_table, median, min_ratio, paired_ratio, time_interleaved
 
 N = 1000
 DIM = 64
@@ -91,7 +91,7 @@ def analytic_variances(sched, tau):
     return None, False
 
 
-def run(*, batches=(16, 512), steps=(50, 1000), repeats=7, quick=False, log=print) -> dict:
+def run(*, batches=(16, 512), steps=(50, 1000), repeats=3, budget_s=20.0, log=print) -> dict:
     key = jax.random.key(0)
     net = BenchMLP(DIM, key=jax.random.key(1))
     sched = sd.DiscreteSchedule.linear(N, dtype=jnp.float32)
@@ -115,23 +115,26 @@ def run(*, batches=(16, 512), steps=(50, 1000), repeats=7, quick=False, log=prin
                 )
             args = {name: (key, x_T) for name in fns}
             # correctness: scoredyn DDIM equals the hand loop (same maths, same net)
-            err = float(jnp.max(jnp.abs(fns["DDIM"](key, x_T) - fns["hand_ddim"](key, x_T))))
-            reps = repeats if B * K < 512 * 1000 else max(3, repeats // 2)
-            times = time_interleaved(fns, args, repeats=reps)
+            ref = fns["hand_ddim"](key, x_T)
+            err = float(jnp.max(jnp.abs(fns["DDIM"](key, x_T) - ref)) / jnp.max(jnp.abs(ref)))
+            times = time_interleaved(fns, args, repeats=repeats, budget_s=budget_s)
             fl = times["floor"]
             row = {
                 "B": B,
                 "K": K,
-                "floor_ms": 1e3 * median(fl),
+                "floor_ms": 1e3 * min(fl),
+                "rounds": len(fl),
                 "ddim_err": err,
                 "times": {k: 1e3 * median(v) for k, v in times.items()},
             }
             pairs = [("DDIM", "hand_ddim"), ("DDPM", "hand_ddpm")]
             if have_analytic:
                 pairs.append(("Analytic-DPM", "hand_analytic"))
-            row["vs_hand"] = {s: paired_ratio(times[s], times[h]) for s, h in pairs}
-            row["vs_floor"] = {s: paired_ratio(times[s], fl) for s, _ in pairs}
-            row["hand_vs_floor"] = {h: paired_ratio(times[h], fl) for _, h in pairs}
+            row["vs_hand"] = {s: min_ratio(times[s], times[h]) for s, h in pairs}
+            row["vs_floor"] = {s: min_ratio(times[s], fl) for s, _ in pairs}
+            row["hand_vs_floor"] = {h: min_ratio(times[h], fl) for _, h in pairs}
+            # the median of per-round ratios, as a check on the minima
+            row["vs_hand_median"] = {s: paired_ratio(times[s], times[h]) for s, h in pairs}
             rows.append(row)
             log(
                 f"  [1] B={B:4d} K={K:5d} floor {row['floor_ms']:8.2f} ms | "
@@ -146,12 +149,12 @@ def run(*, batches=(16, 512), steps=(50, 1000), repeats=7, quick=False, log=prin
 def report(res: dict) -> str:
     rows = res["rows"]
     samplers = list(rows[0]["vs_hand"])
-    headers = ["batch", "K", "floor (ms)"]
+    headers = ["batch", "K", "rounds", "floor (ms)"]
     for s in samplers:
         headers += [f"{s} / hand loop", f"{s} / floor"]
     body = []
     for r in rows:
-        line = [r["B"], r["K"], f"{r['floor_ms']:.2f}"]
+        line = [r["B"], r["K"], r["rounds"], f"{r['floor_ms']:.2f}"]
         for s in samplers:
             line += [f"{r['vs_hand'][s]:.3f}", f"{r['vs_floor'][s]:.3f}"]
         body.append(line)
@@ -172,8 +175,9 @@ def report(res: dict) -> str:
         "Wall time of `jax.vmap(sd.sample_discrete)` over a batch (jitted, compile excluded) for the "
         "64-D MLP eps-network (3 hidden SiLU layers of 256), as a ratio to (a) a hand-written "
         "`lax.scan` loop with the same network and the same update, and (b) the floor: `K` chained "
-        "network evaluations and nothing else. Ratios are medians of per-round ratios with the "
-        "variants interleaved (A, B, C, A, B, C, ...). Targets: <= 1.05 against the hand loop; "
+        "network evaluations and nothing else. The variants run interleaved (A, B, C, A, B, C, ...) "
+        "for the given number of rounds after a warm-up; each ratio is fastest run over fastest "
+        "run (load from other processes only adds time). Targets: <= 1.05 against the hand loop; "
         "<= 1.10 against the floor at batch 512.",
         "",
         md_table(headers, body),
@@ -182,8 +186,16 @@ def report(res: dict) -> str:
         "",
         md_table(hand_hdr, hand_rows),
         "",
-        f"Max |scoredyn DDIM - hand DDIM| over all configurations: "
-        f"{max(r['ddim_err'] for r in rows):.2e} (float32).",
+        f"Max |scoredyn DDIM - hand DDIM| / max |hand DDIM| over all configurations: "
+        f"{max(r['ddim_err'] for r in rows):.1e} (float32; the same maths, coefficients computed "
+        "independently). As a check on the minima, the medians of per-round ratios against the hand "
+        "loop: "
+        + "; ".join(
+            f"B={r['B']}, K={r['K']}: "
+            + ", ".join(f"{s} {v:.3f}" for s, v in r["vs_hand_median"].items())
+            for r in rows
+        )
+        + ".",
         "",
     ]
     text.append("Targets missed: " + ("; ".join(miss) + "." if miss else "none."))

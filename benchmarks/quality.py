@@ -72,19 +72,22 @@ def _dpm_solver_caller(sde, eps_fn):
     if not hasattr(sd, "dpm_solver"):
         return {}
     out = {}
-    for order in (2, 3):
-        cache = {}
+    for skip, label in (("logSNR", "log-SNR steps"), ("time_quadratic", "time-quadratic steps")):
+        for order in (2, 3):
+            cache = {}
 
-        def call(x_T, nfe, order=order, cache=cache):
-            steps = nfe // order
-            if steps < 1:
-                return None
-            if steps not in cache:
-                g = lambda z: sd.dpm_solver(sde, eps_fn, z, num_steps=steps, order=order, t_eps=T_EPS)
-                cache[steps] = jax.jit(jax.vmap(g))
-            return cache[steps](x_T), steps * order
+            def call(x_T, nfe, order=order, cache=cache, skip=skip):
+                steps = nfe // order
+                if steps < 1:
+                    return None
+                if steps not in cache:
+                    g = lambda z: sd.dpm_solver(
+                        sde, eps_fn, z, num_steps=steps, order=order, t_eps=T_EPS, skip=skip
+                    )
+                    cache[steps] = jax.jit(jax.vmap(g))
+                return cache[steps](x_T), steps * order
 
-        out[f"DPM-Solver-{order} (log-SNR steps)"] = call
+            out[f"DPM-Solver-{order} ({label})"] = call
     return out
 
 

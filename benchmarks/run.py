@@ -39,7 +39,7 @@ def _run_section(i: int, quick: bool, repeats, log):
     if i == 1:
         from . import overhead as m
 
-        kw = dict(batches=(16,), steps=(50,), repeats=3) if quick else {}
+        kw = dict(batches=(16,), steps=(50,), budget_s=3.0) if quick else {}
         if repeats:
             kw["repeats"] = repeats
         return m, m.run(log=log, **kw)

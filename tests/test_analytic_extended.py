@@ -108,7 +108,9 @@ def test_npr_corrects_an_imperfect_mean(sched, gm, n, m):
     x_ms = _x_m_draws(sched, n, m, x_n, x0s, k4, sd.posterior_variance(sched, n, m))
     np.testing.assert_allclose(v_npr, jnp.mean((x_ms - mu_p[None, :]) ** 2, 0), rtol=0.03)
     # the exact conditional variance (SN with the exact mean) is smaller: the mean error adds
-    v_exact = sd.analytic.sn_variance_fn(sched, lambda t, x: m2)(jnp.asarray(n), jnp.asarray(m), x_n, m1)
+    v_exact = sd.analytic.sn_variance_fn(sched, lambda t, x: m2)(
+        jnp.asarray(n), jnp.asarray(m), x_n, m1
+    )
     assert bool(jnp.all(v_npr > v_exact))
     # NPR = Var + (E[eps|x] - eps_hat)^2 >= Var: with the exact mean both agree
     cov_sn_exact = sd.analytic.sn_covariance(sched, n, m1, m2)
@@ -153,7 +155,9 @@ def test_sampling_with_diagonal_covariance_is_exact_for_gaussian_data(sched):
     sn = sd.analytic.sn_variance_fn(sched, MixtureSecondMoment(g, sched))
     sample = jax.jit(
         jax.vmap(
-            lambda k, x: sd.sample_discrete(k, sched, eps_fn, x, tau, lam2="ddpm", variances=sn, final_noise=True)
+            lambda k, x: sd.sample_discrete(
+                k, sched, eps_fn, x, tau, lam2="ddpm", variances=sn, final_noise=True
+            )
         )
     )
     xs = sample(keys, x_T)
@@ -164,7 +168,9 @@ def test_sampling_with_diagonal_covariance_is_exact_for_gaussian_data(sched):
     ms = (1 - ab) * jnp.mean(1 / (ab[:, None] * jnp.diag(cov)[None] + 1 - ab[:, None]), -1)
     v_iso = sd.analytic.optimal_variances(sched, tau, ms)
     xs_iso = jax.vmap(
-        lambda k, x: sd.sample_discrete(k, sched, eps_fn, x, tau, lam2="ddpm", variances=v_iso, final_noise=True)
+        lambda k, x: sd.sample_discrete(
+            k, sched, eps_fn, x, tau, lam2="ddpm", variances=v_iso, final_noise=True
+        )
     )(keys, x_T)
     assert abs(float(jnp.var(xs_iso[:, 0])) / 0.02 - 1) > 0.2
 
@@ -240,42 +246,38 @@ def test_npr_loss_stops_gradient_into_the_mean(sched):
 
 # ------------------------------------------------------------------------ the bound with it
 def test_bound_with_diagonal_variance_plugs_into_variational_bound(sched, gm):
-    """sd.variational_bound accepts SN-DPM's callable and Analytic-DPM's array; SN-DPM's bound
-    (exact head) is below Analytic-DPM's on the mixture at K = 10 (paired over 300 points), and
-    the report's vectorised evaluator agrees with sd.variational_bound (independent draws,
-    difference within 4 standard errors)."""
+    """sd.variational_bound accepts SN-DPM's callable (diagonal, state-dependent variance), and
+    the report's vectorised evaluator (used for the headline table) agrees with it on the
+    mixture at K = 10: 300 points, independent draws, difference within 4 standard errors.
+    (SN-DPM below Analytic-DPM is asserted in test_analytic_report.py.)"""
     from scoredyn.analytic import _report as R
 
     eps_fn = sd.toy.discrete_eps_fn(gm, sched)
     num = 300
     x0 = gm.sample(jax.random.key(60), num)
-    ab = sched.alpha_bar
-    ms = (1 - ab) / (ab * 0.3 + 1 - ab)  # any valid ms_eps (here that of N(0, 0.3 I) data)
     tau = R.even_trajectory(N, 10)
-    v_an = sd.analytic.optimal_variances(sched, tau, ms)
     sn = sd.analytic.sn_variance_fn(sched, MixtureSecondMoment(gm, sched))
     keys = jax.random.split(jax.random.key(63), num)
-
-    def vb(variances):
-        f = lambda k, x: sd.variational_bound(
-            k, sched, eps_fn, x, tau, lam2="ddpm", variances=variances, decoder="gaussian"
+    f = lambda k, x: (
+        sd.variational_bound(
+            k, sched, eps_fn, x, tau, lam2="ddpm", variances=sn, decoder="gaussian"
         ).total
-        return eqx.filter_jit(jax.vmap(f))(keys, x0)
-
-    b_an, b_sn = vb(v_an), vb(sn)
-    d = b_sn - b_an
-    assert float(jnp.mean(d)) < -4 * float(jnp.std(d)) / math.sqrt(num)
-    steps = R._stack([R._row_steps(sched, tau, 0, v_an)])
-    mine = R._row_bounds(jax.random.key(64), sched, eps_fn, x0, steps, 1)[:, 0]
-    se = math.sqrt(float(jnp.var(mine) + jnp.var(b_an)) / num)
-    assert abs(float(jnp.mean(mine) - jnp.mean(b_an))) < 4 * se
+    )
+    b_sn = eqx.filter_jit(jax.vmap(f))(keys, x0)
+    chex.assert_tree_all_finite(b_sn)
+    steps = R._stack([R._row_steps(sched, tau, 0, np.zeros(10), decoder_fallback=False)])
+    mine = R._row_bounds(jax.random.key(64), sched, eps_fn, x0, steps, 1, var_fn=sn)[:, 0]
+    se = math.sqrt(float(jnp.var(mine) + jnp.var(b_sn)) / num)
+    assert abs(float(jnp.mean(mine) - jnp.mean(b_sn))) < 4 * se
 
 
 def test_errors(sched):
     with pytest.raises(ValueError, match="second_moment"):
         sd.analytic.sn_covariance(sched, 3, jnp.zeros(2), jnp.zeros(3))
     with pytest.raises(ValueError, match="ratio"):
-        sd.analytic.sn_dpm_loss(jax.random.key(0), sched, lambda t, x: (x, x), jnp.zeros(2), ratio=-1.0)
+        sd.analytic.sn_dpm_loss(
+            jax.random.key(0), sched, lambda t, x: (x, x), jnp.zeros(2), ratio=-1.0
+        )
     with pytest.raises(ValueError, match="forward"):
         sd.analytic.sn_variance_fn(sched, lambda t, x: x, forward="sde")
     with pytest.raises(ValueError, match="n"):

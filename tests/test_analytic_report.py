@@ -1,4 +1,4 @@
-"""The headline of Analytic-DPM on an exact oracle (printed table; see docs/derivations/analytic-dpm.md).
+"""The headline of Analytic-DPM on an exact oracle (table in docs/derivations/analytic-dpm.md).
 
 2-D three-component Gaussian mixture, linear schedule N = 1000, exact eps, Gaussian decoder,
 DDPM forward process as variational posterior; nats per dimension at K = 10, 25, 50, 100.

@@ -73,7 +73,7 @@ def test_from_sde_keeps_log_snr(sde_name):
 def test_linear_converges_to_vp_sde_first_order():
     """DDPM's alpha_bar with beta = linspace(beta_min/N, beta_max/N) -> VP alpha(t)^2: rate 1/N."""
     sde = sd.VPSDE(0.1, 20.0)
-    Ns = [100, 200, 400, 800, 1600, 3200]
+    Ns = [100, 200, 400, 800, 1600]
     errs = []
     for N in Ns:
         sched = sd.DiscreteSchedule.linear(N, sde.beta_min / N, sde.beta_max / N)
@@ -85,7 +85,7 @@ def test_linear_converges_to_vp_sde_first_order():
         f"\n[rate] linear schedule -> VP alpha^2: max error {errs}, slope {slope:.3f} (expected -1)"
     )
     assert -1.1 < slope < -0.9
-    assert errs[-1] < 3e-4
+    assert errs[-1] < 6e-4
 
 
 @pytest.mark.parametrize("kind", ["linear", "cosine"])

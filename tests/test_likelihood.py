@@ -8,16 +8,15 @@ the measured errors.
 
 import math
 
-import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import ALL_LINEAR_SDES, gaussian_1comp, mixture_2d, SDE_IDS
 from jax.scipy.stats import norm
 
 import scoredyn as sd
-from scoredyn._likelihood.likelihood import _resolve_estimator, EXACT_MAX_DIM
+from helpers import ALL_LINEAR_SDES, SDE_IDS, gaussian_1comp, mixture_2d
+from scoredyn._likelihood.likelihood import EXACT_MAX_DIM, _resolve_estimator
 
 VP = ALL_LINEAR_SDES[0]
 T_EPS = 1e-5
@@ -48,12 +47,16 @@ def test_hutchinson_unbiased_with_known_variance(probe):
     k = 20000
     probes = sd.hutchinson_probes(jax.random.key(1), (5,), num_probes=k, probe=probe)
     assert probes.shape == (k, 5) and probes.dtype == jnp.float64
-    terms = jax.vmap(lambda v: sd.hutchinson_divergence(lambda y: a @ y, x, v[None]))(probes)
+    terms = jax.jit(jax.vmap(lambda v: sd.hutchinson_divergence(lambda y: a @ y, x, v[None])))(
+        probes
+    )
     frob = jnp.sum(a**2)
     var = 2 * (frob - jnp.sum(jnp.diag(a) ** 2)) if probe == "rademacher" else 2 * frob
     se = jnp.sqrt(var / k)
-    print(f"\n[hutchinson {probe}] mean err {float(terms.mean() - jnp.trace(a)):.4f} "
-          f"(SE {float(se):.4f}); var {float(terms.var()):.3f} vs {float(var):.3f}")
+    print(
+        f"\n[hutchinson {probe}] mean err {float(terms.mean() - jnp.trace(a)):.4f} "
+        f"(SE {float(se):.4f}); var {float(terms.var()):.3f} vs {float(var):.3f}"
+    )
     assert abs(float(terms.mean() - jnp.trace(a))) < 4 * float(se)
     np.testing.assert_allclose(terms.var(), var, rtol=0.05)
     # averaging K probes in one call is the mean of the single-probe terms
@@ -91,17 +94,24 @@ def test_log_likelihood_float64(sde, points64):
     """
     gm = mixture_2d()
     score = gm.score_fn(sde)
-    f = jax.jit(jax.vmap(lambda x: sd.log_likelihood(sde, score, x, rtol=1e-8, atol=1e-8,
-                                                     t_eps=T_EPS, return_stats=True)))
+    f = jax.jit(
+        jax.vmap(
+            lambda x: sd.log_likelihood(
+                sde, score, x, rtol=1e-8, atol=1e-8, t_eps=T_EPS, return_stats=True
+            )
+        )
+    )
     lp, stats = f(points64)
     target = jax.vmap(gm.marginal(sde, T_EPS).log_prob)(points64)
     exact_prior = jax.vmap(gm.marginal(sde, sde.T).log_prob)(stats["latent"])
     err = float(jnp.max(jnp.abs(exact_prior + stats["delta_log_prob"] - target)))
     err_default = float(jnp.max(jnp.abs(lp - target)))
     err_p0 = float(jnp.max(jnp.abs(target - jax.vmap(gm.log_prob)(points64))))
-    print(f"\n[log_likelihood f64 {type(sde).__name__}] max err {err:.2e} nats (exact prior), "
-          f"{err_default:.2e} (default prior); |log p_t_eps - log p_0| = {err_p0:.1e}; "
-          f"nfe {np.asarray(stats['nfe']).tolist()}")
+    print(
+        f"\n[log_likelihood f64 {type(sde).__name__}] max err {err:.2e} nats (exact prior), "
+        f"{err_default:.2e} (default prior); |log p_t_eps - log p_0| = {err_p0:.1e}; "
+        f"nfe {np.asarray(stats['nfe']).tolist()}"
+    )
     assert lp.dtype == jnp.float64
     assert err < 1e-4
     assert err_default < 5e-2
@@ -114,8 +124,13 @@ def test_log_likelihood_float32():
     xs = gm.sample(jax.random.key(7), 6)
     assert xs.dtype == jnp.float32
     exact_prior = gm.marginal(sde, sde.T).log_prob
-    f = jax.jit(jax.vmap(lambda x: sd.log_likelihood(sde, gm.score_fn(sde), x, t_eps=T_EPS,
-                                                     prior_log_prob=exact_prior)))
+    f = jax.jit(
+        jax.vmap(
+            lambda x: sd.log_likelihood(
+                sde, gm.score_fn(sde), x, t_eps=T_EPS, prior_log_prob=exact_prior
+            )
+        )
+    )
     lp = f(xs)
     assert lp.dtype == jnp.float32
     target = jax.vmap(gm.marginal(sde, T_EPS).log_prob)(xs)
@@ -133,15 +148,29 @@ def test_log_likelihood_hutchinson_unbiased(points64):
     x = points64[0]
     prior = gm.marginal(sde, sde.T).log_prob
     keys = jax.random.split(jax.random.key(11), 64)
-    f = jax.jit(jax.vmap(lambda k: sd.log_likelihood(sde, score, x, key=k, estimator="hutchinson",
-                                                     prior_log_prob=prior, rtol=1e-6, atol=1e-6,
-                                                     t_eps=T_EPS)))
+    f = jax.jit(
+        jax.vmap(
+            lambda k: sd.log_likelihood(
+                sde,
+                score,
+                x,
+                key=k,
+                estimator="hutchinson",
+                prior_log_prob=prior,
+                rtol=1e-6,
+                atol=1e-6,
+                t_eps=T_EPS,
+            )
+        )
+    )
     est = f(keys)
     exact = gm.marginal(sde, T_EPS).log_prob(x)
     se = float(est.std() / math.sqrt(est.shape[0]))
     diff = float(est.mean() - exact)
-    print(f"\n[hutchinson log_likelihood] mean - exact = {diff:.4f}, SE = {se:.4f}, "
-          f"per-key std = {float(est.std()):.3f}")
+    print(
+        f"\n[hutchinson log_likelihood] mean - exact = {diff:.4f}, SE = {se:.4f}, "
+        f"per-key std = {float(est.std()):.3f}"
+    )
     assert se > 0  # the estimator is genuinely random here (non-diagonal Jacobian)
     assert abs(diff) < 4 * se
 
@@ -153,9 +182,13 @@ def test_log_likelihood_grad_is_score():
     gm = gaussian_1comp(2)
     x = jnp.array([0.1, 0.7])
     prior = gm.marginal(sde, sde.T).log_prob
-    g = jax.jit(jax.grad(lambda y: sd.log_likelihood(sde, gm.score_fn(sde), y, rtol=1e-8,
-                                                     atol=1e-8, t_eps=T_EPS,
-                                                     prior_log_prob=prior)))(x)
+    g = jax.jit(
+        jax.grad(
+            lambda y: sd.log_likelihood(
+                sde, gm.score_fn(sde), y, rtol=1e-8, atol=1e-8, t_eps=T_EPS, prior_log_prob=prior
+            )
+        )
+    )(x)
     want = gm.marginal(sde, T_EPS).score(x)
     print(f"\n[grad log_likelihood] max err {float(jnp.max(jnp.abs(g - want))):.2e}")
     np.testing.assert_allclose(g, want, rtol=1e-5, atol=1e-5)
@@ -177,11 +210,11 @@ def test_log_likelihood_bad_input():
     with pytest.raises(ValueError, match="estimator"):
         sd.log_likelihood(VP, score, x, estimator="trace")
     with pytest.raises(ValueError, match="probe"):
-        sd.log_likelihood(VP, score, x, key=jax.random.key(0), estimator="hutchinson",
-                          probe="sphere")
+        sd.log_likelihood(
+            VP, score, x, key=jax.random.key(0), estimator="hutchinson", probe="sphere"
+        )
     with pytest.raises(ValueError, match="num_probes"):
-        sd.log_likelihood(VP, score, x, key=jax.random.key(0), estimator="hutchinson",
-                          num_probes=0)
+        sd.log_likelihood(VP, score, x, key=jax.random.key(0), estimator="hutchinson", num_probes=0)
     for t_eps in (0.0, 1.0, 3.0):
         with pytest.raises(ValueError, match="t_eps"):
             sd.log_likelihood(VP, score, x, t_eps=t_eps)
@@ -213,16 +246,21 @@ def test_bits_per_dim_dequantised_gaussian():
     sde = VP
     x = jnp.array([2, 10]) * width - 1.0  # grid points k * 2/(L - 1) - 1
     keys = jax.random.split(jax.random.key(5), 64)
-    f = jax.jit(jax.vmap(lambda k: sd.bits_per_dim(sde, gm.score_fn(sde), x, key=k,
-                                                   levels=levels, t_eps=T_EPS)))
+    f = jax.jit(
+        jax.vmap(
+            lambda k: sd.bits_per_dim(sde, gm.score_fn(sde), x, key=k, levels=levels, t_eps=T_EPS)
+        )
+    )
     bpd = f(keys)
     se = float(bpd.std() / math.sqrt(bpd.shape[0]))
     closed = -(gm.log_prob(x) - d * width**2 / (24 * s2) + d * math.log(width)) / (d * math.log(2))
     sd_ = math.sqrt(s2)
     mass = jnp.prod(norm.cdf((x + width / 2 - m) / sd_) - norm.cdf((x - width / 2 - m) / sd_))
     discrete = -jnp.log2(mass) / d
-    print(f"\n[bits_per_dim L=16] MC mean {float(bpd.mean()):.4f} (SE {se:.4f}); closed-form "
-          f"bound {float(closed):.4f}; discretised -log2 P/d {float(discrete):.4f}")
+    print(
+        f"\n[bits_per_dim L=16] MC mean {float(bpd.mean()):.4f} (SE {se:.4f}); closed-form "
+        f"bound {float(closed):.4f}; discretised -log2 P/d {float(discrete):.4f}"
+    )
     assert abs(float(bpd.mean() - closed)) < 4 * se
     assert abs(float(bpd.mean() - discrete)) < 4 * se + 0.01
 
@@ -247,8 +285,9 @@ def test_divergence_jit_vmap_grad():
     got = jax.jit(jax.vmap(lambda x: sd.divergence(f, x)))(xs)
     np.testing.assert_allclose(got, 5 * jnp.sum(xs**2, -1), rtol=1e-12)
     # grad of (d + 2)|x|^2 is 2 (d + 2) x
-    np.testing.assert_allclose(jax.grad(lambda x: sd.divergence(f, x))(xs[0]), 10 * xs[0],
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        jax.grad(lambda x: sd.divergence(f, x))(xs[0]), 10 * xs[0], rtol=1e-12
+    )
     keys = jax.random.split(jax.random.key(4), 3)
     probes = jax.jit(jax.vmap(lambda k: sd.hutchinson_probes(k, (3,), num_probes=2)))(keys)
     assert probes.shape == (3, 2, 3)

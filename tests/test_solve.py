@@ -11,9 +11,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import ALL_LINEAR_SDES, mixture_2d, SDE_IDS
 
 import scoredyn as sd
+from helpers import ALL_LINEAR_SDES, SDE_IDS, mixture_2d
 
 VP, SUBVP, VE, COSINE = ALL_LINEAR_SDES
 SAMPLING_SDES = [VP, SUBVP, VE]
@@ -37,7 +37,7 @@ def mixture_moments(gm):
 
 
 def classify(gm, xs):
-    """Estimated weights and per-component means, assigning each sample to its likeliest component."""
+    """Weights and per-component means, assigning each sample to its likeliest component."""
     logits = jax.vmap(lambda x: gm._component_terms(x, 1.0, 0.0)[0])(xs)
     lab = np.asarray(jnp.argmax(logits, -1))
     xs = np.asarray(xs)
@@ -51,8 +51,10 @@ def check_mixture(gm, xs, label):
     w, means = classify(gm, xs)
     dw = float(np.max(np.abs(w - np.asarray(gm.weights))))
     dm = float(np.max(np.abs(means - np.asarray(gm.means))))
-    print(f"\n[{label}] n={xs.shape[0]}: max |w - w*| = {dw:.4f} (tol {TOL_WEIGHTS}), "
-          f"max |m - m*| = {dm:.4f} (tol {TOL_MEANS})")
+    print(
+        f"\n[{label}] n={xs.shape[0]}: max |w - w*| = {dw:.4f} (tol {TOL_WEIGHTS}), "
+        f"max |m - m*| = {dm:.4f} (tol {TOL_MEANS})"
+    )
     assert dw < TOL_WEIGHTS
     assert dm < TOL_MEANS
 
@@ -61,8 +63,10 @@ def check_moments(ref_gm, xs, label, tol_mean, tol_cov):
     mean, cov = mixture_moments(ref_gm)
     dmean = float(jnp.max(jnp.abs(xs.mean(0) - mean)))
     dcov = float(jnp.max(jnp.abs(jnp.cov(xs.T) - cov)))
-    print(f"\n[{label}] max |mean err| = {dmean:.4f} (tol {tol_mean}), "
-          f"max |cov err| = {dcov:.4f} (tol {tol_cov})")
+    print(
+        f"\n[{label}] max |mean err| = {dmean:.4f} (tol {tol_mean}), "
+        f"max |cov err| = {dcov:.4f} (tol {tol_cov})"
+    )
     assert dmean < tol_mean
     assert dcov < tol_cov
 
@@ -79,7 +83,7 @@ def keys():
 
 # ----------------------------------------------------------------------------- forward SDE
 def test_forward_euler_maruyama_matches_marginal(gm):
-    """EM (diffrax Euler, 50 steps) from x0 ~ mixture reproduces the moments of gm.marginal(sde, 0.5).
+    """EM (diffrax Euler, 50 steps) from x0 ~ mixture matches the moments of gm.marginal(sde, 0.5).
 
     n = 2000: mean SE <= sqrt(1.05 / 2000) = 0.023 (tol 0.09); covariance SE ~ 0.035 (tol 0.14).
     """
@@ -96,17 +100,23 @@ def test_forward_euler_maruyama_matches_marginal(gm):
 # ----------------------------------------------------------------------------- samplers
 @pytest.mark.parametrize("sde", SAMPLING_SDES, ids=SAMPLING_IDS)
 def test_sample_ode_reproduces_mixture(sde, gm, keys):
-    """PF-ODE (Tsit5, rtol = atol = 1e-4) from the prior, exact score; also the marginal at t = 0.5."""
+    """PF-ODE (Tsit5, rtol = atol = 1e-4) from the prior, exact score; also the marginal at 0.5."""
     score = gm.score_fn(sde)
     ts = jnp.array([T_MID, 1e-3])
     ctrl = diffrax.PIDController(rtol=1e-4, atol=1e-4)
-    f = jax.jit(jax.vmap(lambda k: sd.sample_ode(k, sde, score, (2,), stepsize_controller=ctrl,
-                                                 t_eps=1e-3, ts=ts)))
+    f = jax.jit(
+        jax.vmap(
+            lambda k: sd.sample_ode(
+                k, sde, score, (2,), stepsize_controller=ctrl, t_eps=1e-3, ts=ts
+            )
+        )
+    )
     path = f(keys)
     assert path.shape == (N_SAMPLES, 2, 2)
     check_mixture(gm, path[:, 1], f"sample_ode {type(sde).__name__}")
-    check_moments(gm.marginal(sde, T_MID), path[:, 0], f"sample_ode at t=0.5 {type(sde).__name__}",
-                  0.08, 0.15)
+    check_moments(
+        gm.marginal(sde, T_MID), path[:, 0], f"sample_ode at t=0.5 {type(sde).__name__}", 0.08, 0.15
+    )
 
 
 @pytest.mark.parametrize(
@@ -121,8 +131,9 @@ def test_sample_sde_reproduces_mixture(sde, solver, gm, keys):
     coincide, so it samples the same reverse SDE.
     """
     score = gm.score_fn(sde)
-    f = jax.jit(jax.vmap(lambda k: sd.sample_sde(k, sde, score, (2,), solver=solver,
-                                                 num_steps=100)))
+    f = jax.jit(
+        jax.vmap(lambda k: sd.sample_sde(k, sde, score, (2,), solver=solver, num_steps=100))
+    )
     xs = f(keys)
     assert xs.shape == (N_SAMPLES, 2)
     check_mixture(gm, xs, f"sample_sde {type(sde).__name__} {type(solver).__name__}")
@@ -130,7 +141,7 @@ def test_sample_sde_reproduces_mixture(sde, solver, gm, keys):
 
 @pytest.mark.parametrize("sde", SAMPLING_SDES, ids=SAMPLING_IDS)
 def test_sample_pc_reproduces_mixture(sde, gm, keys):
-    """Predictor-corrector, 100 steps, snr 0.16, norms averaged over the vmapped batch (as Song et al.)."""
+    """Predictor-corrector, 100 steps, snr 0.16, norms averaged over the vmapped batch (as Song)."""
     score = gm.score_fn(sde)
     f = jax.jit(
         jax.vmap(
@@ -145,7 +156,7 @@ def test_sample_pc_reproduces_mixture(sde, gm, keys):
 
 # ----------------------------------------------------------------------------- flow map
 def test_encode_decode_roundtrip(gm):
-    """decode(encode(x)) = x (rtol = atol = 1e-8), batched and jitted; latents look like the prior."""
+    """decode(encode(x)) = x (rtol = atol = 1e-8), batched and jitted."""
     sde = VP
     score = gm.score_fn(sde)
     ctrl = diffrax.PIDController(rtol=1e-8, atol=1e-8)
@@ -173,8 +184,10 @@ def test_flow_map_stats_and_ts(gm):
     ts = jnp.array([1e-3, 0.5, 1.0])
     traj, stats = sd.encode(sde, counted, x0, ts=ts, return_stats=True)
     jax.effects_barrier()
-    print(f"\n[encode stats] {count[0]} score calls counted, stats = "
-          f"{ {k: int(v) for k, v in stats.items()} }")
+    print(
+        f"\n[encode stats] {count[0]} score calls counted, stats = "
+        f"{ {k: int(v) for k, v in stats.items()} }"
+    )
     assert int(stats["nfe"]) == count[0]
     assert int(stats["num_steps"]) == int(stats["num_accepted_steps"] + stats["num_rejected_steps"])
     assert traj.shape == (3, 2)
@@ -310,8 +323,13 @@ def test_dpm_solver_convergence_order(gm):
     eps, score = gm.eps_fn(sde), gm.score_fn(sde)
     x_T = jax.vmap(lambda k: sde.prior_sample(k, (2,)))(jax.random.split(jax.random.key(9), 24))
     ctrl = diffrax.PIDController(rtol=1e-10, atol=1e-10)
-    ref = jax.jit(jax.vmap(lambda z: sd.decode(sde, score, z, t_eps=1e-3, stepsize_controller=ctrl,
-                                               max_steps=100_000)))(x_T)
+    ref = jax.jit(
+        jax.vmap(
+            lambda z: sd.decode(
+                sde, score, z, t_eps=1e-3, stepsize_controller=ctrl, max_steps=100_000
+            )
+        )
+    )(x_T)
     configs = [(order, n) for order in (1, 2, 3) for n in (16, 32)]
     solve_all = jax.jit(
         lambda z: [
@@ -323,16 +341,21 @@ def test_dpm_solver_convergence_order(gm):
     for order in (1, 2, 3):
         med = [float(jnp.median(jnp.linalg.norm(errs[order, n] - ref, axis=-1))) for n in (16, 32)]
         rate = np.log2(med[0] / med[1])
-        print(f"\n[DPM-Solver-{order}] median errors {med[0]:.2e} (N=16), {med[1]:.2e} (N=32); "
-              f"observed order {rate:.2f}")
+        print(
+            f"\n[DPM-Solver-{order}] median errors {med[0]:.2e} (N=16), {med[1]:.2e} (N=32); "
+            f"observed order {rate:.2f}"
+        )
         assert order - 0.25 < rate < order + 0.8
 
 
 def test_sample_dpm_solver_reproduces_mixture(gm, keys):
     """DPM-Solver-3 with 10 steps (30 evaluations) from the prior reproduces the mixture."""
     sde = VP
-    f = jax.jit(jax.vmap(lambda k: sd.sample_dpm_solver(k, sde, gm.eps_fn(sde), (2,),
-                                                        num_steps=10, order=3)))
+    f = jax.jit(
+        jax.vmap(
+            lambda k: sd.sample_dpm_solver(k, sde, gm.eps_fn(sde), (2,), num_steps=10, order=3)
+        )
+    )
     xs = f(keys)
     assert xs.shape == (N_SAMPLES, 2)
     check_mixture(gm, xs, "sample_dpm_solver VP order 3, 10 steps")

@@ -60,7 +60,7 @@ def hutchinson_probes(
     num_probes: int = 1,
     probe: str = "rademacher",
     dtype=None,
-) -> Float[Array, "num_probes *shape"]:
+) -> Float[Array, " num_probes *shape"]:
     r"""Draw `num_probes` probe vectors $v$ with $\mathbb E[v v^\top] = I$.
 
     `"rademacher"`: independent $\pm 1$ entries; `"gaussian"`: standard normal entries.
@@ -87,7 +87,7 @@ def hutchinson_probes(
 
 
 def hutchinson_divergence(
-    fn: Callable, x: Float[ArrayLike, "*shape"], probes: Float[ArrayLike, "num_probes *shape"]
+    fn: Callable, x: Float[ArrayLike, "*shape"], probes: Float[ArrayLike, " num_probes *shape"]
 ) -> Scalar:
     r"""Hutchinson's unbiased estimate $\frac1K\sum_k v_k^\top J_F(x)\,v_k$ of $\nabla\cdot F(x)$.
 

@@ -84,7 +84,8 @@ def log_likelihood(
     integrating the augmented system $(\dot x, \dot\ell) = (v, \nabla\cdot v)$ from
     $(x, 0)$ at $t_\epsilon$ to $T$ gives
 
-    $$\log p_{t_\epsilon}(x) = \log p_T(x(T)) + \int_{t_\epsilon}^T \nabla\cdot v(t, x(t))\,\mathrm{d}t,$$
+    $$\log p_{t_\epsilon}(x) = \log p_T(x(T))
+      + \int_{t_\epsilon}^T \nabla\cdot v(t, x(t))\,\mathrm{d}t,$$
 
     with $\log p_T$ taken as `sde.prior_log_prob` unless `prior_log_prob` is given. The
     divergence is exact (a trace of the Jacobian, $d$ JVPs per evaluation) or Hutchinson's
@@ -107,8 +108,9 @@ def log_likelihood(
         probe: `"rademacher"` or `"gaussian"` probes for Hutchinson.
         num_probes: probes averaged per divergence evaluation.
         solver: a diffrax ODE solver.
-        rtol, atol: tolerances of the default `diffrax.PIDController`; they also control the
-            error of the log-determinant component.
+        rtol: relative tolerance of the default `diffrax.PIDController`; it also controls
+            the error of the log-determinant component.
+        atol: absolute tolerance of the default controller.
         stepsize_controller: overrides the PID controller built from `rtol`, `atol`.
         dt0: initial step; `None` lets an adaptive controller choose.
         t_eps: start time $0 < t_\epsilon < T$; default $10^{-5}$.
@@ -248,4 +250,3 @@ def bits_per_dim(
     d = x.size
     bpd = -(lp + d * math.log(width)) / (d * math.log(2.0))
     return bpd if stats is None else (bpd, stats)
-

@@ -8,7 +8,7 @@ import numpy as np
 from jaxtyping import Array
 
 from .._misc import as_float, check_vector_field, default_float, is_concrete
-from .._sde import AbstractLinearSDE, AbstractSDE, VESDE
+from .._sde import VESDE, AbstractLinearSDE, AbstractSDE
 
 
 def check_sde(sde, name: str = "sde", *, linear: bool = False) -> None:

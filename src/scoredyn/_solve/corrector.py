@@ -37,7 +37,7 @@ def sample_pc(
     axis_name=None,
     dtype=None,
 ):
-    r"""Predictor–corrector sampling (Song et al. 2021): Langevin corrector, Euler–Maruyama predictor.
+    r"""Predictor–corrector sampling: Langevin corrector, Euler–Maruyama predictor (Song et al.).
 
     On the uniform grid $T = t_0 > t_1 > \dots > t_N = t_\epsilon$ each iteration $i$ first runs
     `num_corrector_steps` Langevin steps that target $p_{t_i}$,

@@ -1,9 +1,11 @@
 r"""DPM-Solver: exponential integrators of the probability-flow ODE in log-SNR time.
 
 Notation: $\ell = \lambda/2 = \log(\alpha/\sigma)$ is half the code's log-SNR (the paper's
-$\lambda$), $\hat\varepsilon$ the noise prediction. From $\ell_s$ to $\ell_t$, $h = \ell_t - \ell_s$,
+$\lambda$), $\hat\varepsilon$ the noise prediction. From $\ell_s$ to $\ell_t$,
+$h = \ell_t - \ell_s$,
 
-$$x_t = \frac{\alpha_t}{\alpha_s}x_s - \alpha_t\int_{\ell_s}^{\ell_t} e^{-\ell}\,\hat\varepsilon(x_\ell, \ell)\,\mathrm d\ell$$
+$$x_t = \frac{\alpha_t}{\alpha_s}x_s
+  - \alpha_t\int_{\ell_s}^{\ell_t} e^{-\ell}\,\hat\varepsilon(x_\ell, \ell)\,\mathrm d\ell$$
 
 exactly; DPM-Solver-$k$ approximates $\hat\varepsilon$ along the step by a Taylor polynomial of
 degree $k - 1$ in $\ell$ built from intermediate evaluations.
@@ -28,9 +30,10 @@ def _half_log_snr(sde, t):
 
 
 def time_of_half_log_snr(sde: AbstractLinearSDE, ell, t_lo, t_hi, iters: int = 64):
-    r"""Invert $\ell(t) = \lambda(t)/2$ on $[t_{lo}, t_{hi}]$ by bisection ($\ell$ decreases in $t$).
+    r"""Invert $\ell(t) = \lambda(t)/2$ on $[t_{lo}, t_{hi}]$ by bisection.
 
-    Works for any linear SDE; `iters` halvings give a bracket of width $(t_{hi} - t_{lo})2^{-\text{iters}}$.
+    $\ell$ decreases in $t$. Works for any linear SDE; `iters` halvings leave a bracket of width
+    $(t_{hi} - t_{lo})\,2^{-\text{iters}}$.
     """
     ell = jnp.asarray(ell)
     lo = jnp.full(ell.shape, t_lo, ell.dtype)
@@ -51,7 +54,7 @@ def _stage_fractions(order: int):
 
 
 def time_grid(sde: AbstractLinearSDE, num_steps: int, t_eps, skip: str, dtype):
-    r"""Times $T = t_0 > \dots > t_N = t_\epsilon$ for `skip` in `("logSNR", "time_uniform", "time_quadratic")`."""
+    r"""Times $T = t_0 > \dots > t_N = t_\epsilon$ on the grid named by `skip`."""
     T = jnp.asarray(sde.T, dtype)
     t_eps = jnp.asarray(t_eps, dtype)
     u = jnp.linspace(0.0, 1.0, num_steps + 1, dtype=dtype)
@@ -126,9 +129,11 @@ def dpm_solver(
     With $\ell = \log(\alpha/\sigma)$ (half the log-SNR), $h_i = \ell_{t_{i+1}} - \ell_{t_i}$ and
     $\hat\varepsilon_i = \hat\varepsilon(t_i, x_i)$, one step reads
 
-    - order 1 (exactly DDIM): $x_{i+1} = \frac{\alpha_{i+1}}{\alpha_i}x_i - \sigma_{i+1}(e^{h_i} - 1)\hat\varepsilon_i$;
+    - order 1 (exactly DDIM):
+      $x_{i+1} = \frac{\alpha_{i+1}}{\alpha_i}x_i - \sigma_{i+1}(e^{h_i} - 1)\hat\varepsilon_i$;
     - order 2: $u = \frac{\alpha_{s}}{\alpha_i}x_i - \sigma_{s}(e^{h_i/2} - 1)\hat\varepsilon_i$ at
-      $\ell_s = \ell_i + h_i/2$, then $x_{i+1} = \frac{\alpha_{i+1}}{\alpha_i}x_i - \sigma_{i+1}(e^{h_i} - 1)\hat\varepsilon(s, u)$;
+      $\ell_s = \ell_i + h_i/2$, then
+      $x_{i+1} = \frac{\alpha_{i+1}}{\alpha_i}x_i - \sigma_{i+1}(e^{h_i} - 1)\hat\varepsilon(s, u)$;
     - order 3: two stages at $\ell_i + h_i/3$ and $\ell_i + 2h_i/3$ (Lu et al., Algorithm 2).
 
     The local error is $O(h^{k+1})$, so the global error decays like $N^{-k}$ for $k$ = `order`.
@@ -188,7 +193,7 @@ def sample_dpm_solver(
     skip: str = "logSNR",
     dtype=None,
 ) -> Float[Array, "*shape"]:
-    r"""Draw one sample: $x_T \sim \mathcal N(0, \sigma(T)^2 I)$, then [`dpm_solver`][scoredyn.dpm_solver].
+    r"""Draw $x_T \sim \mathcal N(0, \sigma(T)^2 I)$, then run [`dpm_solver`][scoredyn.dpm_solver].
 
     Args:
         key: PRNG key for the prior draw.
@@ -208,14 +213,12 @@ def sample_dpm_solver(
         ```python
         eps = gm.eps_fn(sde)
         keys = jax.random.split(key, 1000)
-        xs = jax.vmap(lambda k: sd.sample_dpm_solver(k, sde, eps, (2,), num_steps=10, order=3))(keys)
+        draw = lambda k: sd.sample_dpm_solver(k, sde, eps, (2,), num_steps=10, order=3)
+        xs = jax.vmap(draw)(keys)   # (1000, 2)
         ```
     """
     _check_common(sde, order, skip, num_steps)
     shape = check_shape(shape)
     dtype = check_dtype(dtype)
     x_T = sde.prior_sample(key, shape, dtype)
-    return dpm_solver(
-        sde, eps_fn, x_T, num_steps=num_steps, order=order, t_eps=t_eps, skip=skip
-    )
-
+    return dpm_solver(sde, eps_fn, x_T, num_steps=num_steps, order=order, t_eps=t_eps, skip=skip)

@@ -164,4 +164,3 @@ def sample_ode(
         return_stats=return_stats,
         name="decode",
     )
-

@@ -37,7 +37,7 @@ def _levy_area(solver):
 
 
 class _Drift(eqx.Module):
-    """$b$ in running time $s$: $\\tau(s) = t_0 + \\mathrm{sign}\\, s$, drift $\\mathrm{sign}\\, b(\\tau, y)$."""
+    """Drift in running time $s$: $\\varsigma\\, b(\\tau, y)$ with $\\tau = t_0 + \\varsigma s$."""
 
     sde: AbstractSDE
     t0: Array
@@ -72,7 +72,7 @@ def simulate_sde(
     num_steps: int | None = 1000,
     stepsize_controller: diffrax.AbstractStepSizeController | None = None,
     brownian_tol: float | None = None,
-    max_steps: int | None = 16**4,
+    max_steps: int | None = 65_536,
     throw: bool = True,
     ts: Float[ArrayLike, " n"] | None = None,
     return_stats: bool = False,
@@ -96,7 +96,8 @@ def simulate_sde(
         key: PRNG key for the Brownian motion.
         sde: the SDE.
         x: initial state at `t0` (one example, any shape).
-        t0, t1: start and end times (Python floats or scalars).
+        t0: start time (a Python float or concrete scalar).
+        t1: end time; `t1 < t0` integrates in reverse time.
         solver: a diffrax SDE solver; the Lévy area it needs is provided.
         num_steps: number of equal steps (the constant step is $|t_1 - t_0|/N$). With an
             adaptive `stepsize_controller` it only sets the initial step.
@@ -225,7 +226,7 @@ def sample_sde(
     stepsize_controller: diffrax.AbstractStepSizeController | None = None,
     t_eps: float | None = None,
     brownian_tol: float | None = None,
-    max_steps: int | None = 16**4,
+    max_steps: int | None = 65_536,
     throw: bool = True,
     dtype=None,
     ts: Float[ArrayLike, " n"] | None = None,

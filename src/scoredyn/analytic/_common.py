@@ -1,14 +1,15 @@
 r"""Shared pieces of the analytic layer: schedule checks and step coefficients.
 
-For a step $n \to m$ ($n > m$) of a discrete schedule with cumulative $\bar\alpha$ (the code's
+For a step $n \to m$ ($n > m$) of a discrete schedule with cumulative $\bar a$ (the code's
 `alpha_bar`), the DDIM-family forward posterior with extra variance $\lambda^2$ is
 
 $$q(x_m\mid x_n, x_0) = \mathcal N\big(\gamma\,x_0 + c_n x_n,\ \lambda^2 I\big),\qquad
-  c_n = \frac{\sqrt{1 - \bar\alpha_m - \lambda^2}}{\sqrt{1 - \bar\alpha_n}},\qquad
-  \gamma = \sqrt{\bar\alpha_m} - c_n\sqrt{\bar\alpha_n}.$$
+  c_n = \frac{\sqrt{1 - \bar a_m - \lambda^2}}{\sqrt{1 - \bar a_n}},\qquad
+  \gamma = \sqrt{\bar a_m} - c_n\sqrt{\bar a_n}.$$
 
 $\gamma$ carries the uncertainty about $x_0$ into $x_m$; it is the Analytic-DPM paper's
-$\sqrt{\bar\alpha_{n-1}} - \sqrt{\bar\beta_{n-1} - \lambda_n^2}\sqrt{\bar\alpha_n/\bar\beta_n}$ and
+$\sqrt{\bar\alpha^{\mathrm{H}}_{n-1}} - \sqrt{\bar\beta_{n-1} - \lambda_n^2}
+\sqrt{\bar\alpha^{\mathrm{H}}_n/\bar\beta_n}$ and
 Su's $\gamma_t$. Both $\lambda^2$ and $\gamma$ come from the discrete layer
 ([`forward_posterior`][scoredyn.forward_posterior]), which evaluates them without cancellation.
 """
@@ -35,7 +36,7 @@ def check_schedule(sched) -> DiscreteSchedule:
 
 
 def snr_inv(sched: DiscreteSchedule, n) -> Array:
-    r"""$(1 - \bar\alpha_n)/\bar\alpha_n = e^{-\lambda_n}$ (no cancellation near $n = 0$)."""
+    r"""$(1 - \bar a_n)/\bar a_n = e^{-\lambda_n}$ (no cancellation near $n = 0$)."""
     return sched.one_minus_alpha_bar[n] / sched.alpha_bar[n]
 
 
@@ -80,7 +81,7 @@ def range_sq(data_range, dtype) -> Array:
 
 
 def x0_cov_cap(ratio: Float[Array, "..."], data_range) -> Array:
-    r"""$\min\big(\frac{1 - \bar\alpha_n}{\bar\alpha_n},\ ((b - a)/2)^2\big)$, given the first term.
+    r"""$\min\big(\frac{1 - \bar a_n}{\bar a_n},\ ((b - a)/2)^2\big)$, given the first term.
 
     The largest admissible average variance of $x_0$ given $x_n$; the second term only when a
     data range $(a, b)$ is given.

@@ -52,12 +52,13 @@ def sn_covariance(
 ) -> Float[Array, "*shape"]:
     r"""SN-DPM's diagonal covariance of $x_0$ given $x_n$.
 
-    From $x_0 = (x_n - \sqrt{1 - \bar\alpha_n}\,\varepsilon)/\sqrt{\bar\alpha_n}$,
-    $\mathrm{Var}[x_0\mid x_n] = \frac{1 - \bar\alpha_n}{\bar\alpha_n}\mathrm{Var}[\varepsilon\mid x_n]$
+    From $x_0 = (x_n - \sqrt{1 - \bar a_n}\,\varepsilon)/\sqrt{\bar a_n}$,
+    $\mathrm{Var}[x_0\mid x_n] = \frac{1 - \bar a_n}{\bar a_n}\mathrm{Var}[\varepsilon\mid x_n]$
     elementwise, and with $h\approx\mathbb E[\varepsilon^2\mid x_n]$, $\hat\varepsilon\approx
     \mathbb E[\varepsilon\mid x_n]$:
 
-    $$\widehat{\mathrm{Var}}[x_0\mid x_n] = \frac{1 - \bar\alpha_n}{\bar\alpha_n}\big(h(x_n) - \hat\varepsilon(x_n)^2\big).$$
+    $$\widehat{\mathrm{Var}}[x_0\mid x_n]
+      = \frac{1 - \bar a_n}{\bar a_n}\big(h(x_n) - \hat\varepsilon(x_n)^2\big).$$
 
     This is exact when both heads are exact (it then assumes a perfect mean). With `clip`, it is
     clipped below at 0 (it can be negative for an imperfect $\hat\varepsilon$) and above at
@@ -97,13 +98,14 @@ def npr_covariance(
 ) -> Float[Array, "*shape"]:
     r"""NPR-DPM's diagonal covariance of $x_0$ around the *model's* mean, given $x_n$.
 
-    With $\hat x_0 = (x_n - \sqrt{1 - \bar\alpha_n}\hat\varepsilon)/\sqrt{\bar\alpha_n}$ fixed,
+    With $\hat x_0 = (x_n - \sqrt{1 - \bar a_n}\hat\varepsilon)/\sqrt{\bar a_n}$ fixed,
     the maximum-likelihood diagonal covariance of $x_0$ is
-    $\mathbb E[(x_0 - \hat x_0)^2\mid x_n] = \frac{1 - \bar\alpha_n}{\bar\alpha_n}\mathbb E[(\varepsilon -
-    \hat\varepsilon)^2\mid x_n]$, so with $g\approx\mathbb E[(\varepsilon - \hat\varepsilon)^2\mid x_n]$
+    $\mathbb E[(x_0 - \hat x_0)^2\mid x_n] = \frac{1 - \bar a_n}{\bar a_n}\mathbb E[(\varepsilon -
+    \hat\varepsilon)^2\mid x_n]$, so with
+    $g\approx\mathbb E[(\varepsilon - \hat\varepsilon)^2\mid x_n]$
 
-    $$\widehat{\mathrm{Cov}} = \frac{1 - \bar\alpha_n}{\bar\alpha_n}\,g(x_n)
-      = \frac{1 - \bar\alpha_n}{\bar\alpha_n}\Big(\mathrm{Var}[\varepsilon\mid x_n]
+    $$\widehat{\mathrm{Cov}} = \frac{1 - \bar a_n}{\bar a_n}\,g(x_n)
+      = \frac{1 - \bar a_n}{\bar a_n}\Big(\mathrm{Var}[\varepsilon\mid x_n]
         + \big(\mathbb E[\varepsilon\mid x_n] - \hat\varepsilon\big)^2\Big),$$
 
     which corrects for an imperfect mean. Clipped into $[0, ((b - a)/2)^2]$ with `clip` (the upper
@@ -135,11 +137,11 @@ def step_variance(
     Moment matching of $p(x_m\mid x_n)$ to $\int q(x_m\mid x_n, x_0)\,\mathcal N(x_0; \hat x_0,
     \mathrm{diag}(c))\,\mathrm{d}x_0$ gives, elementwise,
 
-    $$\sigma^2_{m|n} = \lambda^2 + \gamma^2\,c,\qquad
-      \gamma = \sqrt{\bar\alpha_m} - \sqrt{(1 - \bar\alpha_m - \lambda^2)\tfrac{\bar\alpha_n}{1 - \bar\alpha_n}},$$
+    $$v_{m|n} = \lambda^2 + \gamma^2\,c,\qquad
+      \gamma = \sqrt{\bar a_m} - \sqrt{(1 - \bar a_m - \lambda^2)\tfrac{\bar a_n}{1 - \bar a_n}},$$
 
     with $\lambda^2 = \tilde\beta_{m|n}$ (DDPM) or $\eta^2\tilde\beta_{m|n}$ (DDIM). For the DDPM
-    forward process $\gamma^2 = \bar\alpha_m\beta_{n|m}^2/(1 - \bar\alpha_n)^2$. `x0_cov` may be a
+    forward process $\gamma^2 = \bar a_m\beta_{n|m}^2/(1 - \bar a_n)^2$. `x0_cov` may be a
     scalar (Analytic-DPM) or an array (SN-DPM, NPR-DPM).
     """
     check_forward(forward, eta)
@@ -150,7 +152,7 @@ def step_variance(
 
 
 class DiagonalVariance(eqx.Module):
-    r"""A state-dependent diagonal reverse variance $(n, m, x_n, \hat\varepsilon)\mapsto\sigma^2_{m|n}(x_n)$.
+    r"""A state-dependent diagonal reverse variance $v_{m|n}(x_n)$, called `(n, m, x_n, eps_hat)`.
 
     Built by [`sn_variance_fn`][scoredyn.analytic.sn_variance_fn] or
     [`npr_variance_fn`][scoredyn.analytic.npr_variance_fn]; pass it as `variances=` to
@@ -186,7 +188,7 @@ def sn_variance_fn(
     eta: float = 0.0,
     data_range: tuple[float, float] | None = None,
 ) -> DiagonalVariance:
-    r"""SN-DPM reverse variance: $\lambda^2 + \gamma^2\,\frac{1 - \bar\alpha_n}{\bar\alpha_n}(h(x_n) - \hat\varepsilon^2)$.
+    r"""SN-DPM's variance $\lambda^2 + \gamma^2(1 - \bar a_n)(h - \hat\varepsilon^2)/\bar a_n$.
 
     Args:
         sched: discrete schedule.
@@ -210,11 +212,12 @@ def npr_variance_fn(
     eta: float = 0.0,
     data_range: tuple[float, float] | None = None,
 ) -> DiagonalVariance:
-    r"""NPR-DPM reverse variance: $\lambda^2 + \gamma^2\,\frac{1 - \bar\alpha_n}{\bar\alpha_n}g(x_n)$.
+    r"""NPR-DPM reverse variance: $\lambda^2 + \gamma^2\,\frac{1 - \bar a_n}{\bar a_n}g(x_n)$.
 
     Args:
         sched: discrete schedule.
-        head_fn: $(t, x)\mapsto g\approx\mathbb E[(\varepsilon - \hat\varepsilon)^2\mid x_n]$, at $t_n = nT/N$.
+        head_fn: $(t, x)\mapsto g\approx\mathbb E[(\varepsilon - \hat\varepsilon)^2\mid x_n]$,
+            called at $t_n = nT/N$.
         forward: `"ddpm"` or `"ddim"`; eta: DDIM $\eta$.
         data_range: `(a, b)` for bounded data, or `None`.
 
@@ -254,7 +257,7 @@ def sn_dpm_loss(
     r"""SN-DPM training loss for one example.
 
     With $n\sim\mathcal U\{1..N\}$, $\varepsilon\sim\mathcal N(0, I)$,
-    $x_n = \sqrt{\bar\alpha_n}x_0 + \sqrt{1 - \bar\alpha_n}\varepsilon$ and
+    $x_n = \sqrt{\bar a_n}x_0 + \sqrt{1 - \bar a_n}\varepsilon$ and
     `model_fn(t_n, x_n)` $= (\hat\varepsilon, h)$ ($t_n = nT/N$):
 
     $$\ell = w\,\|\varepsilon - \hat\varepsilon\|^2 + r\,\|\varepsilon^2 - h\|^2 .$$
@@ -295,7 +298,8 @@ def npr_dpm_loss(
     With the same draws as [`sn_dpm_loss`][scoredyn.analytic.sn_dpm_loss] and `model_fn(t_n,
     x_n)` $= (\hat\varepsilon, g)$:
 
-    $$\ell = w\,\|\varepsilon - \hat\varepsilon\|^2 + r\,\big\|\mathrm{sg}[\varepsilon - \hat\varepsilon]^2 - g\big\|^2,$$
+    $$\ell = w\,\|\varepsilon - \hat\varepsilon\|^2
+      + r\,\big\|\mathrm{sg}[\varepsilon - \hat\varepsilon]^2 - g\big\|^2,$$
 
     where $\mathrm{sg}$ stops the gradient, so the second term trains only $g$. For each $x_n$ it
     is minimised in expectation by $g = \mathbb E[(\varepsilon - \hat\varepsilon(x_n))^2\mid x_n]$.

@@ -1,9 +1,11 @@
 r"""Monte Carlo estimation of the score moment $\Gamma_n$ (equivalently `ms_eps[n]`), with a
 variance-reduced (control-variate) estimator.
 
-For every step $n$ of the schedule, with $x_n = \sqrt{\bar\alpha_n}\,x_0 + \sqrt{1 - \bar\alpha_n}\,\varepsilon$,
+For every step $n$ of the schedule, with
+$x_n = \sqrt{\bar a_n}\,x_0 + \sqrt{1 - \bar a_n}\,\varepsilon$,
 
-$$\texttt{ms\_eps}_n = \frac1d\,\mathbb E\,\|\hat\varepsilon(x_n, n)\|^2 = (1 - \bar\alpha_n)\,\Gamma_n.$$
+$$\texttt{ms\_eps}_n = \frac1d\,\mathbb E\,\|\hat\varepsilon(x_n, n)\|^2
+  = (1 - \bar a_n)\,\Gamma_n.$$
 """
 
 import math
@@ -37,7 +39,7 @@ class GammaEstimate(eqx.Module):
         stderr_cv: its standard error.
         cv_coef: shape `(N+1, 2)`, the control-variate coefficients $(c_n, c'_n)$ of $g$ and
             $g'$ (average of the two folds' values).
-        gamma: the paper's $\Gamma_n = \texttt{ms\_eps}_n/(1 - \bar\alpha_n)$ (0 at $n = 0$).
+        gamma: the paper's $\Gamma_n = \texttt{ms\_eps}_n/(1 - \bar a_n)$ (0 at $n = 0$).
         num_samples: $S$, the number of $(x_0, \varepsilon)$ pairs used per step.
     """
 
@@ -62,7 +64,7 @@ _NV = 3
 
 
 def _batch_moments(v, w):
-    """Per-fold (count (F,), mean (F, 3), comoment (F, 3, 3)) of rows of v (B, 3), weights w (F, B)."""
+    """Per-fold (count (F,), mean (F, 3), comoment (F, 3, 3)) of rows of v (B, 3); w (F, B)."""
     cnt = jnp.sum(w, 1)
     mean = (w @ v) / jnp.maximum(cnt, 1.0)[:, None]
     dev = (v[None, :, :] - mean[:, None, :]) * w[:, :, None]  # (F, B, 3)
@@ -123,7 +125,7 @@ def estimate_gamma(
     key: Key,
     sched: DiscreteSchedule,
     eps_fn: Callable,
-    data: Float[ArrayLike, "M *shape"],
+    data: Float[ArrayLike, " M *shape"],
     *,
     num_noise: int = 1,
     chunk_size: int = 8192,
@@ -131,12 +133,14 @@ def estimate_gamma(
 ) -> GammaEstimate:
     r"""Estimate $\texttt{ms\_eps}_n = \frac1d\mathbb E\|\hat\varepsilon(x_n, n)\|^2$ for every $n$.
 
-    For each $n = 1..N$ and each of the $S = M\cdot$`num_noise` pairs $(x_0^{(i)}, \varepsilon^{(i)})$
+    For each $n = 1..N$ and each of the $S = M\cdot$`num_noise` pairs
+    $(x_0^{(i)}, \varepsilon^{(i)})$
     ($x_0^{(i)}$ cycles through `data`, $\varepsilon^{(i)}\sim\mathcal N(0, I)$ fresh for every
-    $(n, i)$), form $x_n^{(i)} = \sqrt{\bar\alpha_n}x_0^{(i)} + \sqrt{1 - \bar\alpha_n}\varepsilon^{(i)}$
+    $(n, i)$), form $x_n^{(i)} = \sqrt{\bar a_n}x_0^{(i)} + \sqrt{1 - \bar a_n}\varepsilon^{(i)}$
     and
 
-    $$f_i = \tfrac1d\|\hat\varepsilon(x_n^{(i)}, n)\|^2,\qquad g_i = \tfrac1d\|\varepsilon^{(i)}\|^2 - 1 .$$
+    $$f_i = \tfrac1d\|\hat\varepsilon(x_n^{(i)}, n)\|^2,\qquad
+      g_i = \tfrac1d\|\varepsilon^{(i)}\|^2 - 1 .$$
 
     **Plain estimator** (Analytic-DPM, Eq. 8): $\bar f = \frac1S\sum_i f_i$.
 

@@ -18,7 +18,7 @@ the paper's even trajectory; OT: [`optimal_trajectory`][scoredyn.analytic.optima
   in Ho et al.'s code and [`variational_bound`][scoredyn.variational_bound]).
 - Analytic-DPM: mean from the DDPM posterior, variance from
   [`optimal_variances`][scoredyn.analytic.optimal_variances]`(forward="ddpm")`.
-- DDIM ($\eta = 0$): its reverse kernels are deterministic ($\sigma^2 = 0$), so its bound is
+- DDIM ($\eta = 0$): its reverse kernels are deterministic ($v = 0$), so its bound is
   $+\infty$ under any forward process (and under its own, $\lambda = 0$, every KL term is
   infinite too); reported as `inf`.
 - Analytic-DDIM: the generative model with the DDIM mean ($\lambda = 0$) and the Analytic-DDIM
@@ -67,7 +67,10 @@ def report_mixture(dtype=jnp.float64) -> GaussianMixture:
 
 
 def even_trajectory(num_steps: int, K: int) -> jax.Array:
-    r"""The paper's even trajectory with $\tau_1 = 1$: $[0, \mathrm{round}(1 + (N-1)\frac{k-1}{K-1})]_{k=1..K}$."""
+    r"""The paper's even trajectory: $\tau_0 = 0$ and, for $k \ge 1$,
+
+    $\tau_k = \mathrm{round}(1 + (N - 1)(k - 1)/(K - 1))$, so $\tau_1 = 1$.
+    """
     if K == 1:
         return jnp.array([0, num_steps], jnp.int32)
     k = np.arange(1, K + 1)
@@ -76,7 +79,7 @@ def even_trajectory(num_steps: int, K: int) -> jax.Array:
 
 
 class MixtureSecondMoment(eqx.Module):
-    r"""Exact $\mathbb E[\varepsilon^2\mid x_n = x]$ of a mixture on a discrete schedule, as $(t, x)$."""
+    r"""The exact $\mathbb E[\varepsilon^2\mid x_n = x]$ of a mixture, as a $(t, x)$ function."""
 
     mixture: GaussianMixture
     sched: DiscreteSchedule
@@ -106,11 +109,13 @@ class _Steps(eqx.Module):
     row: jax.Array
 
 
-def _row_steps(sched, tau, row, var, *, lam2_p_zero=False, decoder_fallback=True):
+def _row_steps(sched, tau, row, var, *, lam2_p_zero=False, decoder_fallback=True, bt=None):
     """Steps of one row: DDPM forward q; mean from q (or DDIM's, lam2_p = 0); variances `var`."""
     tau = np.asarray(tau)
     n, m = tau[1:], tau[:-1]
-    bt = np.asarray(posterior_variance(sched, jnp.asarray(n), jnp.asarray(m)))
+    if bt is None:
+        bt = posterior_variance(sched, jnp.asarray(n), jnp.asarray(m))
+    bt = np.asarray(bt)
     var = np.asarray(var, np.float64).copy()
     if decoder_fallback and var[0] == 0 and len(var) >= 2:
         var[0] = var[1]  # DDPM's zero decoder variance -> the next step's (Ho et al.'s code)
@@ -134,7 +139,9 @@ def _step_term(key, sched, eps_fn, x0, n, m, lam2_q, lam2_p, var, var_fn):
     eps_hat = eps_fn(sched.time(n).astype(dtype), x_n)
     diff0 = sigma / alpha * (eps - eps_hat)  # x0 - x0_hat
     c = lambda a: a.astype(dtype)
-    dmean = c(pp.coef_x0) * diff0 + c(pq.coef_x0 - pp.coef_x0) * x0 + c(pq.coef_xn - pp.coef_xn) * x_n
+    dmean = (
+        c(pp.coef_x0) * diff0 + c(pq.coef_x0 - pp.coef_x0) * x0 + c(pq.coef_xn - pp.coef_xn) * x_n
+    )
     v = var.astype(dtype) if var_fn is None else jnp.asarray(var_fn(n, m, x_n, eps_hat), dtype)
     v = jnp.broadcast_to(v, x0.shape)
     lam2 = c(lam2_q)
@@ -197,47 +204,62 @@ def headline(
     nll = np.asarray(-jax.vmap(gm.log_prob)(x_eval))
 
     t0 = time.perf_counter()
-    ms = jnp.asarray(est.ms_eps)
     ots = dict(zip(Ks, optimal_trajectories(sched, est, Ks)))
     t_dp = time.perf_counter() - t0
-    abar = np.asarray(sched.alpha_bar)
 
-    def ddpm_var(tau, kind):
-        n, m = np.asarray(tau[1:]), np.asarray(tau[:-1])
-        if kind == "beta":
-            return 1.0 - abar[n] / abar[m]
-        return np.asarray(posterior_variance(sched, jnp.asarray(n), jnp.asarray(m)))
-
-    def analytic_var(tau, forward):
-        n, m = jnp.asarray(tau[1:]), jnp.asarray(tau[:-1])
-        return optimal_variance(sched, n, m, ms[n], forward=forward)
-
-    # ---- all rows with array variances, in one call
-    spec = []  # (name, K, tau, var, lam2_p_zero)
-    for K in Ks:
-        tau, tau_ot = even_trajectory(num_steps, K), ots[K]
-        spec += [
-            ("DDPM beta-tilde (ET)", K, tau, ddpm_var(tau, "tilde"), False),
-            ("DDPM beta (ET)", K, tau, ddpm_var(tau, "beta"), False),
-            ("Analytic-DPM (ET)", K, tau, analytic_var(tau, "ddpm"), False),
-            ("Analytic-DPM (OT)", K, tau_ot, analytic_var(tau_ot, "ddpm"), False),
-        ]
+    # ---- the trajectories of every row, then all per-step variances in three flat calls
     K0 = Ks[0]
-    tau0 = even_trajectory(num_steps, K0)
-    spec.append(("proxy", K0, tau0, analytic_var(tau0, "ddim"), True))
     curve_Ks = [K for K in speedup_Ks if K <= max(Ks) and K not in Ks]
+    trajs = {("ET", K): even_trajectory(num_steps, K) for K in sorted(set(Ks) | set(curve_Ks))}
+    trajs.update({("OT", K): ots[K] for K in Ks})
+    keys = list(trajs)
+    n_all = np.concatenate([np.asarray(trajs[k][1:]) for k in keys])
+    m_all = np.concatenate([np.asarray(trajs[k][:-1]) for k in keys])
+    cuts = np.cumsum([0] + [len(trajs[k]) - 1 for k in keys])
+    abar = np.asarray(sched.alpha_bar)
+    n_j, m_j = jnp.asarray(n_all), jnp.asarray(m_all)
+    ms_n = jnp.asarray(est.ms_eps)[n_j]
+    flat = {
+        "tilde": np.asarray(posterior_variance(sched, n_j, m_j)),
+        "beta": 1.0 - abar[n_all] / abar[m_all],
+        "analytic": np.asarray(optimal_variance(sched, n_j, m_j, ms_n)),
+        "analytic-ddim": np.asarray(optimal_variance(sched, n_j, m_j, ms_n, forward="ddim")),
+    }
+    per = {
+        (k, name): v[cuts[i] : cuts[i + 1]] for i, k in enumerate(keys) for name, v in flat.items()
+    }
+
+    def row(i, traj, kind, **kw):
+        return _row_steps(sched, trajs[traj], i, per[(traj, kind)], bt=per[(traj, "tilde")], **kw)
+
+    spec = []  # (row name, K, row steps)
+    for K in Ks:
+        for name, traj, kind in (
+            ("DDPM beta-tilde (ET)", "ET", "tilde"),
+            ("DDPM beta (ET)", "ET", "beta"),
+            ("Analytic-DPM (ET)", "ET", "analytic"),
+            ("Analytic-DPM (OT)", "OT", "analytic"),
+        ):
+            spec.append((name, K, row(len(spec), (traj, K), kind)))
+    spec.append(("proxy", K0, row(len(spec), ("ET", K0), "analytic-ddim", lam2_p_zero=True)))
     for K in curve_Ks:
-        tau = even_trajectory(num_steps, K)
-        spec += [("curve tilde", K, tau, ddpm_var(tau, "tilde"), False)]
-        spec += [("curve beta", K, tau, ddpm_var(tau, "beta"), False)]
-    steps = [_row_steps(sched, t, i, v, lam2_p_zero=z) for i, (_, _, t, v, z) in enumerate(spec)]
+        spec.append(("curve tilde", K, row(len(spec), ("ET", K), "tilde")))
+        spec.append(("curve beta", K, row(len(spec), ("ET", K), "beta")))
     t0 = time.perf_counter()
-    vals = np.asarray(_row_bounds(k_bound, sched, eps_fn, x_eval, _stack(steps), len(spec)))
-    col = {(name, K): vals[:, i] for i, (name, K, *_) in enumerate(spec)}
+    steps = _stack([r for *_, r in spec])
+    vals = np.asarray(_row_bounds(k_bound, sched, eps_fn, x_eval, steps, len(spec)))
+    col = {(name, K): vals[:, i] for i, (name, K, _) in enumerate(spec)}
     if with_sn:
         sn_fn = sn_variance_fn(sched, MixtureSecondMoment(gm, sched))
         sn_steps = [
-            _row_steps(sched, even_trajectory(num_steps, K), i, np.zeros(K), decoder_fallback=False)
+            _row_steps(
+                sched,
+                trajs[("ET", K)],
+                i,
+                np.zeros(K),
+                decoder_fallback=False,
+                bt=per[(("ET", K), "tilde")],
+            )
             for i, K in enumerate(Ks)
         ]
         v_sn = np.asarray(
@@ -277,8 +299,10 @@ def headline(
         steps_x = []
         for j, K in enumerate(larger):
             tau = even_trajectory(num_steps, K)
-            steps_x.append(_row_steps(sched, tau, 2 * j, ddpm_var(tau, "tilde")))
-            steps_x.append(_row_steps(sched, tau, 2 * j + 1, ddpm_var(tau, "beta")))
+            n, m = np.asarray(tau[1:]), np.asarray(tau[:-1])
+            bt = np.asarray(posterior_variance(sched, jnp.asarray(n), jnp.asarray(m)))
+            steps_x.append(_row_steps(sched, tau, 2 * j, bt, bt=bt))
+            steps_x.append(_row_steps(sched, tau, 2 * j + 1, 1.0 - abar[n] / abar[m], bt=bt))
         vx = np.asarray(
             _row_bounds(k_bound, sched, eps_fn, x_eval, _stack(steps_x), 2 * len(larger))
         ).mean(0)
@@ -329,7 +353,9 @@ def format_table(res: dict) -> str:
             else:
                 cells.append(f"{v:.4f} ± {se:.4f} ({dv:+.4f} ± {dse:.4f})")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines.append(f"| exact NLL $-\\mathbb E\\log p(x_0)/d$ | {res['entropy']:.4f} |" + " |" * (len(Ks) - 1))
+    lines.append(
+        f"| exact NLL $-\\mathbb E\\log p(x_0)/d$ | {res['entropy']:.4f} |" + " |" * (len(Ks) - 1)
+    )
     K0 = res["target_K"]
     curve = ", ".join(f"K={K}: {v:.4f}" for K, v in res["ddpm_curve"].items())
     match, match_ot = res["ddpm_match_K"], res["ddpm_match_K_ot"]

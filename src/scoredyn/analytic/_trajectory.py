@@ -16,16 +16,17 @@ def trajectory_costs(sched: DiscreteSchedule, ms_eps) -> Float[Array, "N+1 N+1"]
     r"""The cost matrix $J(s, t)$ of every possible DDPM step $t \to s$ of the optimal trajectory.
 
     With the optimal (Analytic-DPM) variance and the DDPM forward process, the KL term of a step
-    $t\to s$ equals $\frac d2\log(\sigma^{*2}_{s|t}/\tilde\beta_{s|t})$, and
+    $t\to s$ equals $\frac d2\log(v^*_{s|t}/\tilde\beta_{s|t})$, and
 
-    $$\frac{\sigma^{*2}_{s|t}}{\tilde\beta_{s|t}}
-      = \frac{(1 - \bar\alpha_t)\,\bar\alpha_s}{\bar\alpha_t\,(1 - \bar\alpha_s)}
-        \Big(1 - \beta_{t|s}\,\frac{\texttt{ms\_eps}_t}{1 - \bar\alpha_t}\Big),\qquad
-      \beta_{t|s} = 1 - \frac{\bar\alpha_t}{\bar\alpha_s}.$$
+    $$\frac{v^*_{s|t}}{\tilde\beta_{s|t}}
+      = \frac{(1 - \bar a_t)\,\bar a_s}{\bar a_t\,(1 - \bar a_s)}
+        \Big(1 - \beta_{t|s}\,\frac{\texttt{ms\_eps}_t}{1 - \bar a_t}\Big),\qquad
+      \beta_{t|s} = 1 - \frac{\bar a_t}{\bar a_s}.$$
 
     The first factor telescopes along any path with fixed end points, so only
 
-    $$J(s, t) = \log\Big(1 - \Big(1 - \frac{\bar\alpha_t}{\bar\alpha_s}\Big)\frac{\texttt{ms\_eps}_t}{1 - \bar\alpha_t}\Big)
+    $$J(s, t) = \log\Big(1 - \Big(1 - \frac{\bar a_t}{\bar a_s}\Big)
+      \frac{\texttt{ms\_eps}_t}{1 - \bar a_t}\Big)
       = \log\big(1 - \beta_{t|s}\Gamma_t\big)$$
 
     depends on the path (Analytic-DPM Theorem 3, Eq. 14). `ms_eps` is clipped to $[0, 1]$ first
@@ -55,7 +56,9 @@ def trajectory_costs(sched: DiscreteSchedule, ms_eps) -> Float[Array, "N+1 N+1"]
     return jnp.where(valid, J, jnp.inf)
 
 
-def trajectory_cost(sched: DiscreteSchedule, ms_eps, tau: Int[ArrayLike, " K+1"]) -> Float[Array, ""]:
+def trajectory_cost(
+    sched: DiscreteSchedule, ms_eps, tau: Int[ArrayLike, " K+1"]
+) -> Float[Array, ""]:
     r"""$\sum_{k=2}^{K} J(\tau_{k-1}, \tau_k)$: the path-dependent part of the DDPM-forward bound.
 
     The KL divergence between the forward process on `tau` and the Analytic-DPM reverse

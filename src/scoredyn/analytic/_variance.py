@@ -21,20 +21,25 @@ from ._gamma import as_ms_eps
 
 
 def x0_variance(
-    sched: DiscreteSchedule, ms_eps, *, data_range: tuple[float, float] | None = None, clip: bool = True
+    sched: DiscreteSchedule,
+    ms_eps,
+    *,
+    data_range: tuple[float, float] | None = None,
+    clip: bool = True,
 ) -> Float[Array, " N+1"]:
-    r"""Average posterior variance of the data, $\bar\sigma_n^2 = \mathbb E\,\mathrm{tr}\,\mathrm{Cov}[x_0\mid x_n]/d$.
+    r"""Average posterior variance of the data, $\kappa_n = \mathbb E\,\mathrm{tr\,Cov}[x_0|x_n]/d$.
 
     By the law of total variance and the score identity (Analytic-DPM, Lemma 13 and 11),
 
-    $$\bar\sigma_n^2 = \frac{1 - \bar\alpha_n}{\bar\alpha_n}\big(1 - \texttt{ms\_eps}_n\big),$$
+    $$\kappa_n = \frac{1 - \bar a_n}{\bar a_n}\big(1 - \texttt{ms\_eps}_n\big),$$
 
-    which lies in $[0,\ \frac{1 - \bar\alpha_n}{\bar\alpha_n}]$ and, for data in $[a, b]^d$, below
+    which lies in $[0,\ \frac{1 - \bar a_n}{\bar a_n}]$ and, for data in $[a, b]^d$, below
     $((b - a)/2)^2$. With `clip=True` the estimate is clipped into these limits.
 
     Args:
         sched: discrete schedule.
-        ms_eps: a [`GammaEstimate`][scoredyn.analytic.GammaEstimate] or its `ms_eps`, shape `(N+1,)`.
+        ms_eps: a [`GammaEstimate`][scoredyn.analytic.GammaEstimate] or its `ms_eps`,
+            shape `(N+1,)`.
         data_range: `(a, b)` if the data are bounded, else `None`.
         clip: clip into the limits above.
 
@@ -54,7 +59,7 @@ def x0_variance(
 
 
 def _last_step_cap(last_step_clip, dtype) -> Array:
-    r"""$\sigma^2 \le (c\sqrt{\pi/2})^2$ so that $\mathbb E|\sigma z| = \sigma\sqrt{2/\pi} \le c$."""
+    r"""$v \le c^2\pi/2$, so that $\mathbb E|\sqrt v z| = \sqrt{2v/\pi} \le c$."""
     return jnp.asarray(last_step_clip, dtype) ** 2 * (math.pi / 2.0)
 
 
@@ -76,12 +81,13 @@ def variance_bounds(
 
     For a step $n \to m$ (Analytic-DPM Theorem 2 and Corollary 1, in the code's symbols):
 
-    $$\lambda^2 \le \sigma^{*2}_{m|n} \le \lambda^2 + \gamma^2\,
-      \min\Big(\frac{1 - \bar\alpha_n}{\bar\alpha_n},\ \Big(\frac{b - a}{2}\Big)^2\Big),$$
+    $$\lambda^2 \le v^*_{m|n} \le \lambda^2 + \gamma^2\,
+      \min\Big(\frac{1 - \bar a_n}{\bar a_n},\ \Big(\frac{b - a}{2}\Big)^2\Big),$$
 
-    with $\lambda^2$ the forward variance (DDPM: $\tilde\beta_{m|n}$; DDIM: $\eta^2\tilde\beta_{m|n}$)
-    and $\gamma = \sqrt{\bar\alpha_m} - \sqrt{(1 - \bar\alpha_m - \lambda^2)\bar\alpha_n/(1 -
-    \bar\alpha_n)}$. The first upper bound ($\texttt{ms\_eps} = 0$) is the paper's Eq. 11, the second
+    with $\lambda^2$ the forward variance (DDPM: $\tilde\beta_{m|n}$; DDIM:
+    $\eta^2\tilde\beta_{m|n}$)
+    and $\gamma = \sqrt{\bar a_m} - \sqrt{(1 - \bar a_m - \lambda^2)\bar a_n/(1 -
+    \bar a_n)}$. The first upper bound ($\texttt{ms\_eps} = 0$) is the paper's Eq. 11, the second
     (data in $[a, b]^d$, only when `data_range` is given) its Eq. 12; the lower bound is
     $\texttt{ms\_eps} = 1$.
 
@@ -119,24 +125,26 @@ def optimal_variances(
     [`variance_bounds`][scoredyn.analytic.variance_bounds]) the KL-optimal isotropic reverse
     variance, given the optimal mean, is (Analytic-DPM Theorem 1 / Corollary 1)
 
-    $$\sigma^{*2}_{m|n} = \lambda^2 + \gamma^2\,\bar\sigma_n^2,\qquad
-      \bar\sigma_n^2 = \frac{1 - \bar\alpha_n}{\bar\alpha_n}\big(1 - \texttt{ms\_eps}_n\big),\qquad
-      \gamma = \sqrt{\bar\alpha_m} - \sqrt{(1 - \bar\alpha_m - \lambda^2)\tfrac{\bar\alpha_n}{1 - \bar\alpha_n}}.$$
+    $$v^*_{m|n} = \lambda^2 + \gamma^2\,\kappa_n,\qquad
+      \kappa_n = \frac{1 - \bar a_n}{\bar a_n}\big(1 - \texttt{ms\_eps}_n\big),\qquad
+      \gamma = \sqrt{\bar a_m} - \sqrt{(1 - \bar a_m - \lambda^2)\tfrac{\bar a_n}{1 - \bar a_n}}.$$
 
-    For the DDPM forward process this is $\tilde\beta_{m|n} + \frac{\bar\alpha_m\beta_{n|m}^2}{(1 -
-    \bar\alpha_n)^2}\bar\sigma_n^2$ with $\beta_{n|m} = 1 - \bar\alpha_n/\bar\alpha_m$; for the last
-    step ($m = 0$) both families give $\bar\sigma_n^2$.
+    For the DDPM forward process this is $\tilde\beta_{m|n} + \frac{\bar a_m\beta_{n|m}^2}{(1 -
+    \bar a_n)^2}\kappa_n$ with $\beta_{n|m} = 1 - \bar a_n/\bar a_m$; for the last
+    step ($m = 0$) both families give $\kappa_n$.
 
-    With `clip=True` (the paper's practice) $\bar\sigma_n^2$ is clipped into
-    $[0, \min(\frac{1 - \bar\alpha_n}{\bar\alpha_n}, ((b - a)/2)^2)]$, i.e. the variance into
+    With `clip=True` (the paper's practice) $\kappa_n$ is clipped into
+    $[0, \min(\frac{1 - \bar a_n}{\bar a_n}, ((b - a)/2)^2)]$, i.e. the variance into
     `variance_bounds`. Optionally (`last_step_clip = c`), the step landing on `tau[1]` has its
-    variance capped so that the mean absolute noise it adds, $\sigma\sqrt{2/\pi}$, is at most $c$:
-    $\sigma^2\le c^2\pi/2$. The paper uses $c = 2y/255$ for images in $[-1, 1]$ ($y = 1$, or
-    $y = 2$ for Analytic-DDPM on CIFAR-10 (LS) and CelebA), i.e. $\sigma^2 \le 9.66\times 10^{-5}$
+    variance capped so that the mean absolute noise it adds, $\sqrt{2v/\pi}$, is at most $c$:
+    $v\le c^2\pi/2$. The paper uses $c = 2y/255$ for images in $[-1, 1]$ ($y = 1$, or
+    $y = 2$ for Analytic-DDPM on CIFAR-10 (LS) and CelebA), i.e. $v \le 9.66\times 10^{-5}$
     or $3.87\times 10^{-4}$.
 
-    The result plugs into `sd.sample_discrete(..., lam2=forward, variances=...)` and
-    `sd.variational_bound(..., lam2=..., variances=...)`.
+    The result plugs into [`sd.sample_discrete`][scoredyn.sample_discrete] and
+    [`sd.variational_bound`][scoredyn.variational_bound] as `variances=`, with the same forward
+    process for the mean: `lam2="ddpm"` for `forward="ddpm"`, `eta=eta` for `forward="ddim"`.
+    See [the derivation](../derivations/analytic-dpm.md#the-optimal-variance).
 
     Args:
         sched: discrete schedule.
@@ -147,7 +155,7 @@ def optimal_variances(
         eta: DDIM $\eta\in[0, 1]$.
         data_range: `(a, b)` for bounded data, or `None` (no Eq. 12 bound).
         clip: clip into the bounds.
-        last_step_clip: optional cap $c$ on $\mathbb E|\sigma z|$ of the step into `tau[1]`.
+        last_step_clip: optional cap $c$ on $\mathbb E|\sqrt v z|$ of the step into `tau[1]`.
 
     Returns:
         Shape `(K,)`; entry `k-1` is the variance of step `tau[k] -> tau[k-1]`.
@@ -194,7 +202,7 @@ def optimal_variance(
     data_range: tuple[float, float] | None = None,
     clip: bool = True,
 ) -> Float[Array, ""]:
-    r"""The optimal reverse variance $\sigma^{*2}_{m|n}$ of one step $n\to m$ (scalar version).
+    r"""The optimal reverse variance $v^*_{m|n}$ of one step $n\to m$ (scalar version).
 
     Same formula as [`optimal_variances`][scoredyn.analytic.optimal_variances], for a single
     pair with the scalar `ms_eps_n` $= \frac1d\mathbb E\|\hat\varepsilon(x_n, n)\|^2$.

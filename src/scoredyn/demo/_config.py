@@ -32,7 +32,7 @@ class Config:
     num_gamma: int = 250
     num_ode: int = 48
     num_samples: int = 64
-    sample_ks: tuple[int, int] = (10, 100)
+    sample_ks: tuple[int, ...] = (10, 100)
     out: str = "runs"
     name: str = ""
     retrain: bool = False
@@ -59,8 +59,8 @@ class Config:
 
 def _quick_defaults(data: str) -> dict:
     base = dict(
-        net="grid", width=128, depth=2, train_steps=800, batch_size=256, lr=3e-3, ema_decay=0.99,
-        num_eval=48, num_gamma=64, num_ode=6, num_samples=36,
+        net="grid", width=128, depth=2, train_steps=600, batch_size=256, lr=3e-3, ema_decay=0.99,
+        num_eval=48, num_gamma=64, num_ode=4, num_samples=36, ks=(10, 100), sample_ks=(10,),
     )
     if data != "digits":
         base.update(net="mlp", train_steps=1000, num_eval=256, num_ode=64, num_samples=256)

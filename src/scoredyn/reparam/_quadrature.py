@@ -92,7 +92,6 @@ def sinh_gl_log_integrals(
     mu: Float[Array, " n"],
     num_nodes: int,
     tail: float,
-    num_split: int = 0,
 ) -> Float[Array, " n"]:
     r"""Unnormalised $\log p_i$ for every class $i$ by mode-centred sinh–Gauss–Legendre.
 
@@ -159,18 +158,10 @@ def sinh_gl_log_integrals(
         # panel edges: the ends and the images of the non-smooth points
         pts = (kinks[:, None] - d_c[None, :]).reshape(-1)
         t_k = jnp.clip(jnp.arcsinh((pts - e_star) / dbar), t_lo, t_hi)
-        # soft splits: the `num_split` transition points med - (mu_i - mu_j) nearest to the
-        # mode on each side (where a factor F(e + mu_i - mu_j) turns from its tail to ~1)
-        if num_split > 0:
-            k = min(num_split, n)
-            t_f = jnp.arcsinh((med - d_c - e_star) / dbar)
-            left = jax.lax.top_k(jnp.where(t_f < 0, t_f, t_lo), k)[0]
-            right = -jax.lax.top_k(-jnp.where(t_f > 0, t_f, t_hi), k)[0]
-            t_k = jnp.concatenate([t_k, jnp.clip(jnp.concatenate([left, right]), t_lo, t_hi)])
         edges = jnp.sort(jnp.concatenate([t_lo[None], t_k, t_hi[None]]))
         a, b = edges[:-1, None], edges[1:, None]
-        t = 0.5 * (a + b) + 0.5 * (b - a) * x_gl
-        log_wts = safe_log(0.5 * (b - a) * w_gl) + jnp.log(dbar * jnp.cosh(t))
+        t = 0.5 * (a + b) + 0.5 * (b - a) * x_gl[None, :]
+        log_wts = safe_log(0.5 * (b - a) * w_gl[None, :]) + jnp.log(dbar * jnp.cosh(t))
         e = (e_star + dbar * jnp.sinh(t)).reshape(-1)
         log_wts = log_wts.reshape(-1)
         # nodes where the integrand underflows to -inf are moved to the mode (and then
@@ -242,11 +233,11 @@ def uniform_log_integrals(z: Float[Array, " n"]) -> Float[Array, " n"]:
         pts = jnp.clip(jnp.concatenate([-d_c, 1.0 - d_c]), 0.0, 1.0)
         edges = jnp.sort(jnp.concatenate([zero, pts, one_]))
         a, b = edges[:-1, None], edges[1:, None]
-        u = 0.5 * (a + b) + 0.5 * (b - a) * x_gl  # (panels, m)
-        log_wts = safe_log(0.5 * (b - a) * w_gl)
+        u = 0.5 * (a + b) + 0.5 * (b - a) * x_gl[None, :]  # (panels, m)
+        log_wts = safe_log(0.5 * (b - a) * w_gl[None, :])
         u, log_wts = jax.lax.stop_gradient((u, log_wts))
-        fac = jnp.clip(u[..., None] + d, 0.0, 1.0)  # (panels, m, n)
-        vals = jnp.sum(jnp.where(mask, safe_log(fac), 0.0), axis=-1)
+        fac = jnp.clip(u[..., None] + d[None, None, :], 0.0, 1.0)  # (panels, m, n)
+        vals = jnp.sum(jnp.where(mask[None, None, :], safe_log(fac), 0.0), axis=-1)
         return safe_logsumexp((vals + log_wts).reshape(-1))
 
     return jax.vmap(one)(idx)

@@ -1,0 +1,137 @@
+"""Tests for `python -m scoredyn.demo` (the README's first command)."""
+
+import json
+import math
+import struct
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sklearn")
+pytest.importorskip("matplotlib")
+pytest.importorskip("tqdm")
+
+import jax.numpy as jnp  # noqa: E402
+
+import scoredyn as sd  # noqa: E402
+from scoredyn.demo import _config, _data, _evaluate  # noqa: E402
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_size(path):
+    """(width, height) from a PNG's IHDR chunk, after checking the signature."""
+    blob = path.read_bytes()
+    assert blob[:8] == PNG_MAGIC, f"{path.name} is not a PNG"
+    assert blob[12:16] == b"IHDR"
+    return struct.unpack(">II", blob[16:24])
+
+
+def _numbers(obj, path=""):
+    """Every number in a JSON tree, with its path."""
+    if isinstance(obj, bool):
+        return
+    if isinstance(obj, int | float):
+        yield path, obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _numbers(v, f"{path}/{k}")
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _numbers(v, f"{path}[{i}]")
+
+
+# ----------------------------------------------------------------------------- fast unit tests
+def test_help_exits_cleanly(capsys):
+    with pytest.raises(SystemExit) as e:
+        _config.parse_config(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "--quick" in out and "--seed" in out and "--data" in out
+
+
+def test_checkpoint_hash_tracks_training_settings_only():
+    a = _config.parse_config([])
+    assert a.training_hash() == _config.parse_config(["--eval", "7", "--out", "elsewhere"]).training_hash()
+    assert a.training_hash() != _config.parse_config(["--seed", "1"]).training_hash()
+    assert a.training_hash() != _config.parse_config(["--steps", "10"]).training_hash()
+    assert a.training_hash() != _config.parse_config(["--quick"]).training_hash()
+    with pytest.raises(SystemExit):
+        _config.parse_config(["--data", "moons", "--net", "grid"])
+
+
+def test_digits_are_on_the_17_level_grid():
+    data = _data.load_digits()
+    assert data.train.shape == (1500, 64) and data.test.shape == (297, 64)
+    k = (data.train + 1.0) * 8.0  # levels 0..16
+    np.testing.assert_allclose(k, np.round(k), atol=1e-5)
+    assert k.min() == 0 and k.max() == 16 and data.levels == 17
+    assert len(np.unique(np.round(k))) == 17
+    # the split is fixed (independent of --seed) and train / held-out do not share rows
+    again = _data.load_digits()
+    np.testing.assert_array_equal(again.test, data.test)
+
+
+def test_even_trajectory_is_the_papers():
+    r"""$\tau_k = \mathrm{round}(1 + (k - 1)(N - 1)/(K - 1))$ (Bao et al., App. F), with $\tau_0 = 0$."""
+    tau = np.asarray(_evaluate.even_trajectory(1000, 10))
+    assert tau.tolist() == [0, 1, 112, 223, 334, 445, 556, 667, 778, 889, 1000]
+    full = np.asarray(_evaluate.even_trajectory(1000, 1000))
+    np.testing.assert_array_equal(full, np.arange(1001))
+
+
+def test_pf_ode_start_matches_the_bin_width():
+    r"""$\sigma(t_\epsilon) = \Delta/\sqrt{12}$ with $\Delta = 2/16$ for the digits."""
+    sde = sd.VPSDE(beta_min=0.1, beta_max=20.0)
+    sched = sd.DiscreteSchedule.from_sde(sde, 1000, dtype=jnp.float32)
+    data = _data.load_digits()
+    t = _evaluate.pf_ode_start(sde, sched, data)
+    assert abs(float(sde.marginal(t)[1]) - 0.125 / math.sqrt(12)) < 1e-6
+
+
+# ----------------------------------------------------------------------------- the demo itself
+@pytest.mark.slow
+def test_quick_demo_end_to_end(tmp_path, capsys):
+    """`--quick` writes every file, all numbers are finite, the PNGs are valid, Analytic-DPM
+    beats DDPM (beta-tilde) at K = 10, and a second run re-uses the checkpoint and reproduces
+    every number."""
+    from scoredyn.demo import main
+
+    args = ["--quick", "--out", str(tmp_path), "--no-progress"]
+    folder = main(args)
+    assert folder == tmp_path / "digits-quick"
+    for name in ("results.json", "table.md", "report.md", "nll_vs_steps.png", "samples.png",
+                 "training_loss.png"):
+        assert (folder / name).is_file(), name
+    assert list(folder.glob("checkpoint-*.eqx")), "no checkpoint written"
+    for png in ("nll_vs_steps.png", "samples.png", "training_loss.png"):
+        w, h = _png_size(folder / png)
+        assert w > 100 and h > 100
+
+    res = json.loads((folder / "results.json").read_text())
+    nums = list(_numbers(res))
+    assert len(nums) > 100
+    bad = [(p, v) for p, v in nums if not math.isfinite(v)]
+    assert not bad, bad[:5]
+    b = res["bounds_bits_per_dim"]
+    assert b["Analytic-DPM"]["10"] < b["DDPM, beta-tilde"]["10"]
+    # Analytic-DPM's variance is optimal among isotropic ones: below both DDPM choices at every K
+    for k in b["Analytic-DPM"]:
+        assert b["Analytic-DPM"][k] < b["DDPM, beta"][k] + 0.05
+    # the uniform distribution on the 17 levels is beaten at full N
+    assert b["Analytic-DPM"][str(res["ks"][-1])] < math.log2(17)
+    assert math.isfinite(res["pf_ode_bits_per_dim"]["mean"])
+    table = (folder / "table.md").read_text()
+    assert "Analytic-DPM" in table and "inf" in table  # DDIM's bound is infinite
+    report = (folder / "report.md").read_text()
+    assert "nll_vs_steps.png" in report and "samples.png" in report
+    printed = capsys.readouterr().out
+    assert "K=10" in printed and "PF-ODE" in printed
+
+    # second run: same settings -> the checkpoint is re-used and the numbers are identical
+    main(args)
+    assert "re-using checkpoint" in capsys.readouterr().out
+    again = json.loads((folder / "results.json").read_text())
+    assert again["bounds_bits_per_dim"] == res["bounds_bits_per_dim"]
+    assert again["pf_ode_bits_per_dim"] == res["pf_ode_bits_per_dim"]
+    assert again["training"]["reused"] is True
