@@ -189,23 +189,24 @@ def mixture_bounds():
                 )
             )
         )
-        gap = run(keys, x0) - nll
-        out[var, K] = (float(gap.mean()), float(gap.std()) / np.sqrt(M))
+        out[var, K] = np.asarray(run(keys, x0) - nll)  # per-example gap
     return out
 
 
 @pytest.mark.slow
 def test_bound_is_above_the_exact_nll_and_tightens(mixture_bounds):
     """E[bound - (-log p(x0))] >= 0 for every K and variance; it shrinks with K for v = beta."""
-    print("\n[vlb] mixture, continuous decoder: (mean gap, s.e.) in nats =", mixture_bounds)
-    for (var, K), (gap, se) in mixture_bounds.items():
-        assert gap > -3 * se, (var, K, gap, se)  # never below the exact NLL (within MC error)
-    gaps = [mixture_bounds["ddpm_beta", K][0] for K in (4, 16, 64, 1000)]
-    ses = [mixture_bounds["ddpm_beta", K][1] for K in (4, 16, 64, 1000)]
-    assert all(a - b > 2 * (sa + sb) for a, b, sa, sb in zip(gaps, gaps[1:], ses, ses[1:]))
-    assert gaps[-1] < 0.15
+    se = lambda a: float(a.std() / np.sqrt(a.size))
+    summary = {k: (round(float(g.mean()), 4), round(se(g), 4)) for k, g in mixture_bounds.items()}
+    print("\n[vlb] mixture, continuous decoder: (mean gap, s.e.) in nats =", summary)
+    for key, gap in mixture_bounds.items():
+        assert gap.mean() > -3 * se(gap), key  # never below the exact NLL (within MC error)
+    gaps = [mixture_bounds["ddpm_beta", K] for K in (4, 16, 64, 1000)]
+    # strictly tighter with K: paired differences (same examples) beyond 3 standard errors
+    assert all((a - b).mean() > 3 * se(a - b) for a, b in zip(gaps, gaps[1:]))
+    assert gaps[-1].mean() < 0.15
     # DDPM's beta-tilde keeps an O(1) gap on continuous data (its early steps are too narrow)
-    assert mixture_bounds["ddpm", 1000][0] > 0.3
+    assert mixture_bounds["ddpm", 1000].mean() > 0.3
 
 
 @pytest.mark.slow

@@ -202,12 +202,17 @@ def optimal_variance(
     data_range: tuple[float, float] | None = None,
     clip: bool = True,
 ) -> Float[Array, ""]:
-    r"""The optimal reverse variance $v^*_{m|n}$ of one step $n\to m$ (scalar version).
+    r"""The optimal reverse variance $v^*_{m|n}$ for pairs $n\to m$ (not a trajectory).
 
-    Same formula as [`optimal_variances`][scoredyn.analytic.optimal_variances], for a single
-    pair with the scalar `ms_eps_n` $= \frac1d\mathbb E\|\hat\varepsilon(x_n, n)\|^2$.
-    `n` and `m` may be traced (checked with `eqx.error_if` then); they must satisfy
-    $0\le m < n\le N$.
+    Same formula as [`optimal_variances`][scoredyn.analytic.optimal_variances], with
+    `ms_eps_n` $= \frac1d\mathbb E\|\hat\varepsilon(x_n, n)\|^2$ given at step $n$. `n`, `m` and
+    `ms_eps_n` may be scalars or arrays of one shape (elementwise); `n` and `m` may be traced
+    (checked with `eqx.error_if` then) and must satisfy $0\le m < n\le N$.
+
+    Example:
+        ```python
+        v = sd.analytic.optimal_variance(sched, 500, 400, est.ms_eps[500])
+        ```
     """
     check_forward(forward, eta)
     check_data_range(data_range)
