@@ -49,7 +49,7 @@ def sharded_vmap(
         x = draw(keys)          # (4096, 2), computed on every device at once
         ```
 
-    See [Scaling out](../scaling.md).
+    See the "Scaling out" page of the documentation.
     """
     mesh = batch_mesh(axis_name) if mesh is None else mesh
     if axis_name not in mesh.axis_names:
