@@ -120,24 +120,27 @@ def test_npr_corrects_an_imperfect_mean(sched, gm, n, m):
 
 def test_sn_average_is_analytic_dpm(sched, gm):
     """Averaging SN-DPM's diagonal over x_n and coordinates gives Analytic-DPM's scalar
-    (1 - abar)/abar (1 - ms_eps) (because E[eps^2] = 1), and the law of total variance
-    E Var[x_0 | x_n] = Var x_0 - Var E[x_0 | x_n]. 20k draws, 4 standard errors."""
+    kappa_n = (1 - abar)/abar (1 - ms_eps) (because E[eps^2] = 1), and the law of total
+    variance E Var[x_0 | x_n] = Var x_0 - Var E[x_0 | x_n]. 20k draws, 4 standard errors."""
     n = 40
-    alpha, sigma = sched.marginal(n)
-    x0 = gm.sample(jax.random.key(20), 20_000)
-    x_n = alpha * x0 + sigma * jax.random.normal(jax.random.key(21), x0.shape)
-    m1, m2 = jax.vmap(lambda x: gm.eps_moments(alpha, sigma, x))(x_n)
-    covs = jax.vmap(lambda a, b: sd.analytic.sn_covariance(sched, n, a, b, clip=False))(m1, m2)
-    ms_i = jnp.sum(m1**2, -1) / 2  # per-draw ||eps_hat||^2 / d
-    analytic_i = sd.analytic.x0_variance(sched, jnp.zeros(N + 1).at[n].set(1.0))[n] * 0 + (
-        (1 - sched.alpha_bar[n]) / sched.alpha_bar[n] * (1 - ms_i)
-    )
-    diff = jnp.mean(covs, -1) - analytic_i
-    assert abs(float(jnp.mean(diff))) < 4 * float(jnp.std(diff)) / math.sqrt(x0.shape[0])
-    x0hat = (x_n - sigma * m1) / alpha
+
+    @jax.jit
+    def draws(k1, k2):
+        alpha, sigma = sched.marginal(n)
+        x0 = gm.sample(k1, 20_000)
+        x_n = alpha * x0 + sigma * jax.random.normal(k2, x0.shape)
+        m1, m2 = jax.vmap(lambda x: gm.eps_moments(alpha, sigma, x))(x_n)
+        covs = jax.vmap(lambda a, b: sd.analytic.sn_covariance(sched, n, a, b, clip=False))(m1, m2)
+        return x0, (x_n - sigma * m1) / alpha, jnp.mean(covs, -1), jnp.sum(m1**2, -1) / 2
+
+    x0, x0hat, cov_mean, ms_i = draws(jax.random.key(20), jax.random.key(21))
+    num = x0.shape[0]
+    kappa = sd.analytic.x0_variance(sched, jnp.zeros(N + 1).at[n].set(jnp.mean(ms_i)), clip=False)
+    diff = cov_mean - (1 - sched.alpha_bar[n]) / sched.alpha_bar[n] * (1 - ms_i)  # mean zero
+    assert abs(float(jnp.mean(cov_mean) - kappa[n])) < 4 * float(jnp.std(diff)) / math.sqrt(num)
     total = jnp.mean(jnp.var(x0, 0)) - jnp.mean(jnp.var(x0hat, 0))
-    se = float(jnp.std(jnp.mean(covs, -1))) / math.sqrt(x0.shape[0])
-    assert abs(float(jnp.mean(covs) - total)) < 4 * se + 0.02 * float(total)
+    se = float(jnp.std(cov_mean)) / math.sqrt(num)
+    assert abs(float(jnp.mean(cov_mean) - total)) < 4 * se + 0.02 * float(total)
 
 
 def test_sampling_with_diagonal_covariance_is_exact_for_gaussian_data(sched):

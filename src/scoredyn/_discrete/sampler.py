@@ -209,7 +209,6 @@ def sample_discrete(
     xs = {"c": coeffs, "t": times}
     if stochastic:
         xs["std"] = std
-    if stochastic:
         xs["key"] = jax.random.split(key, K)
     if var_fn is not None:
         xs["n"], xs["m"] = n_arr, m_arr

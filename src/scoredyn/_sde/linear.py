@@ -9,6 +9,12 @@ from .._misc import as_float, check_positive, is_concrete, log1mexp
 from .base import AbstractLinearSDE
 
 
+def _scalar_fn(math_fn, jnp_fn, x):
+    """`math_fn(x)` for a Python number (exact, weakly typed), `jnp_fn(x)` for an array or tracer,
+    so that SDE parameters may be traced (vmap over a sweep, grad for a learned schedule)."""
+    return math_fn(x) if isinstance(x, (int, float)) else jnp_fn(x)
+
+
 def _check_range(lo, hi, lo_name: str, hi_name: str) -> None:
     check_positive(lo, lo_name)
     check_positive(hi, hi_name)
@@ -137,7 +143,7 @@ class VESDE(AbstractLinearSDE):
         check_positive(self.T, "T")
 
     def _log_ratio(self):
-        return math.log(self.sigma_max / self.sigma_min)
+        return _scalar_fn(math.log, jnp.log, self.sigma_max / self.sigma_min)
 
     def marginal(self, t: Time) -> tuple[Scalar, Scalar]:
         t = as_float(t, "t")
@@ -147,11 +153,11 @@ class VESDE(AbstractLinearSDE):
     def coefficients(self, t: Time) -> tuple[Scalar, Scalar]:
         t = as_float(t, "t")
         s = self.sigma_min * jnp.exp(t * self._log_ratio())
-        return jnp.zeros_like(t), s * math.sqrt(2.0 * self._log_ratio())
+        return jnp.zeros_like(t), s * _scalar_fn(math.sqrt, jnp.sqrt, 2.0 * self._log_ratio())
 
     def log_snr(self, t: Time) -> Scalar:
         t = as_float(t, "t")
-        return -2.0 * math.log(self.sigma_min) - jnp.log(jnp.expm1(2.0 * t * self._log_ratio()))
+        return -2.0 * _scalar_fn(math.log, jnp.log, self.sigma_min) - jnp.log(jnp.expm1(2.0 * t * self._log_ratio()))
 
 
 class CosineVPSDE(AbstractLinearSDE):
@@ -189,7 +195,7 @@ class CosineVPSDE(AbstractLinearSDE):
         $\cos(a_0 + \delta)/\cos(a_0)$ is evaluated without cancellation near $t = 0$.
         """
         delta = 0.5 * math.pi * as_float(t, "t") / (1.0 + self.s)
-        tan_a0 = math.tan(0.5 * math.pi * self.s / (1.0 + self.s))
+        tan_a0 = _scalar_fn(math.tan, jnp.tan, 0.5 * math.pi * self.s / (1.0 + self.s))
         la = jnp.log1p(-2.0 * jnp.sin(0.5 * delta) ** 2 - tan_a0 * jnp.sin(delta))
         return jnp.minimum(la, 0.0)
 

@@ -98,16 +98,31 @@ def _bounds_batch(net, sched, x0s, keys, tau, variances, decoder_kw):
     $x_n$ do not depend on the method, so the network runs once per (example, step).
     """
     decoder_kw = dict(decoder_kw)
+    dec_vars = decoder_variances(sched, tau, variances)
 
-    def one_method(var):
+    def one_method(var, dec_var):
         def one_example(key, x0):
             vb = sd.variational_bound(key, sched, net, x0, tau, lam2="ddpm", variances=var,
-                                      **decoder_kw)
+                                      decoder_var=dec_var, **decoder_kw)
             return vb.bits_per_dim
 
         return jax.vmap(one_example)(keys, x0s)
 
-    return jax.vmap(one_method)(variances)
+    return jax.vmap(one_method)(variances, dec_vars)
+
+
+def decoder_variances(sched, tau, variances):
+    r"""Decoder variance of each method: $\max(v_1, 1 - \bar\alpha_{\tau_1})$.
+
+    The last step $x_{\tau_1}\to x_0$ is a discretised (or continuous) Gaussian with variance
+    $v_1$, the method's own variance of that step, floored at the noise variance
+    $\sigma_{\tau_1}^2 = 1 - \bar\alpha_{\tau_1}$ of $x_{\tau_1}$ ($\beta_1$ for $\tau_1 = 1$,
+    Ho et al.'s decoder). Without the floor, DDPM's $\tilde\beta_{0|\tau_1} = 0$ and
+    Analytic-DPM's estimate $\frac{\sigma_1^2}{\alpha_1^2}(1 - \texttt{ms\_eps}_1)$, which is 0
+    once a network identifies the noise at $n = 1$ (as on grid data), give a degenerate decoder.
+    """
+    floor = sched.one_minus_alpha_bar[tau[1]].astype(variances.dtype)
+    return jnp.maximum(variances[..., 0], floor)
 
 
 def _bound_variances(sched, tau, est, data: Dataset):

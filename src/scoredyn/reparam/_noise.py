@@ -133,28 +133,35 @@ class AbstractNoise(eqx.Module):
     def _midpoint_row(self, mu: Float[Array, " n"], num_nodes: int | None) -> Array:
         return quad.midpoint_log_integrals(self.log_cdf, self.quantile, mu, num_nodes or 20000)
 
-    def _log_probs_row(self, mu: Float[Array, " n"], method: str, num_nodes) -> Array:
-        n = mu.shape[0]
+    def _resolve(self, n: int, method: str) -> str:
+        """The computation `method` selects for `n` classes (a static choice)."""
         if method in ("auto", "exact"):
             if n == 1:
-                return jnp.zeros_like(mu)
+                return "one"
             if self.has_closed_form:
-                return self._closed_form_row(mu)
+                return "closed"
             if n == 2 and self.has_closed_form_diff:
-                x = mu[0] - mu[1]
-                raw = jnp.stack([self.log_diff_cdf(x), self.log_diff_cdf(-x)])
-                return raw - quad.safe_logsumexp(raw)
+                return "diff"
             if method == "exact":
                 raise ValueError(
                     f"`method='exact'`: {type(self).__name__} noise has no closed form for "
                     f"n = {n} classes; use method='auto' or 'quadrature'."
                 )
-            raw = self._quadrature_row(mu, num_nodes)
-        elif method == "quadrature":
-            raw = self._quadrature_row(mu, num_nodes)
-        else:  # midpoint
-            raw = self._midpoint_row(mu, num_nodes)
-        return raw - quad.safe_logsumexp(raw)
+            return "quadrature"
+        return method
+
+    def _raw_row(self, mu: Float[Array, " n"], path: str, num_nodes) -> Array:
+        """Log-probabilities of one row, before normalisation, for a resolved `path`."""
+        if path == "one":
+            return jnp.zeros_like(mu)
+        if path == "closed":
+            return self._closed_form_row(mu)
+        if path == "diff":
+            x = mu[0] - mu[1]
+            return jnp.stack([self.log_diff_cdf(x), self.log_diff_cdf(-x)])
+        if path == "quadrature":
+            return self._quadrature_row(mu, num_nodes)
+        return self._midpoint_row(mu, num_nodes)
 
     # ------------------------------------------------------------------ public maps
     def argmax_log_probs(
@@ -180,11 +187,11 @@ class AbstractNoise(eqx.Module):
         """
         mu = _check_scores(mu)
         _check_method(method, num_nodes)
-        if method == "exact":  # raise now, at trace time, rather than inside the jit
-            n = mu.shape[-1]
-            if not (n == 1 or self.has_closed_form or (n == 2 and self.has_closed_form_diff)):
-                self._log_probs_row(mu.reshape(-1, n)[0], method, num_nodes)
-        return _argmax_log_probs_jit(self, mu, method, num_nodes)
+        n = mu.shape[-1]
+        path = self._resolve(n, method)
+        raw = _raw_log_probs(self, mu.reshape(-1, n), path, num_nodes)
+        out = raw - quad.safe_logsumexp(raw, axis=-1)[:, None]
+        return out.reshape(mu.shape)
 
     def argmax_probs(
         self, mu: ArrayLike, *, method: str = "auto", num_nodes: int | None = None
@@ -194,11 +201,10 @@ class AbstractNoise(eqx.Module):
 
 
 @eqx.filter_jit
-def _argmax_log_probs_jit(noise: AbstractNoise, mu: Array, method: str, num_nodes) -> Array:
-    n = mu.shape[-1]
-    flat = mu.reshape(-1, n)
-    out = jax.vmap(lambda row: noise._log_probs_row(row, method, num_nodes))(flat)
-    return out.reshape(mu.shape)
+def _raw_log_probs(noise: AbstractNoise, mu: Array, path: str, num_nodes) -> Array:
+    """Unnormalised log-probabilities of rows `mu` (shape `(batch, n)`), compiled once per
+    noise type, shape, dtype and path (the noise's scale is a traced leaf)."""
+    return jax.vmap(lambda row: noise._raw_row(row, path, num_nodes))(mu)
 
 
 def _check_scores(mu: ArrayLike) -> Array:

@@ -93,14 +93,7 @@ class PerturbMax(eqx.Module):
                 f"`noise` must be a scoredyn.reparam.AbstractNoise, got {type(noise).__name__}."
             )
         _check_method(method, num_nodes)
-        n = mu.shape[-1]
-        if method == "exact" and not (
-            n == 1 or noise.has_closed_form or (n == 2 and noise.has_closed_form_diff)
-        ):
-            raise ValueError(
-                f"`method='exact'`: {type(noise).__name__} noise has no closed form for "
-                f"n = {n} classes; use method='auto' or 'quadrature'."
-            )
+        noise._resolve(mu.shape[-1], method)  # raises for method="exact" without a closed form
         self.mu = mu
         self.noise = noise
         self.method = method
@@ -170,7 +163,7 @@ class PerturbMax(eqx.Module):
     def _perturbed(self, key: Key, shape) -> Array:
         shape = _check_shape(shape)
         eps = self.noise.sample(key, shape + self.mu.shape, self.mu.dtype)
-        return self.mu + eps
+        return jnp.broadcast_to(self.mu, eps.shape) + eps
 
     def sample(self, key: Key, shape: tuple[int, ...] = ()) -> Int[Array, "..."]:
         r"""Draw classes by perturb-and-argmax: $\arg\max_j(\mu_j + \varepsilon_j)$.

@@ -163,13 +163,10 @@ def sinh_gl_log_integrals(
         t = 0.5 * (a + b) + 0.5 * (b - a) * x_gl[None, :]
         log_wts = safe_log(0.5 * (b - a) * w_gl[None, :]) + jnp.log(dbar * jnp.cosh(t))
         e = (e_star + dbar * jnp.sinh(t)).reshape(-1)
-        log_wts = log_wts.reshape(-1)
-        # nodes where the integrand underflows to -inf are moved to the mode (and then
-        # dropped), so that their infinite derivatives cannot reach the gradient as NaN
-        keep = jnp.isfinite(jax.vmap(L)(e)) & (log_wts > -jnp.inf)
-        e, log_wts, keep = jax.lax.stop_gradient((jnp.where(keep, e, e_star), log_wts, keep))
+        e, log_wts = jax.lax.stop_gradient((e, log_wts.reshape(-1)))
+        # every node lies where L_i >= L_i(e*) - R (for concave L_i), so no node underflows
         vals = jax.vmap(lambda ee: log_integrand(ee, d, mask))(e)
-        return safe_logsumexp(jnp.where(keep, vals + log_wts, -jnp.inf))
+        return safe_logsumexp(vals + log_wts)
 
     return jax.vmap(one)(idx)
 

@@ -1,0 +1,899 @@
+"""The composability matrix: every public callable under jit, vmap, grad, x64 off and x64 on.
+
+The list of public names is read from the package itself (`scoredyn` and its namespaces
+`toy`, `analytic`, `reparam`, `nn`), and `test_every_public_name_is_registered` fails as soon
+as a name is added without a case here (or an explicit, justified exclusion). Each case builds
+small inputs in a given dtype and returns a function of array arguments; the cells are
+
+- `jit`: `jax.jit(fn)` equals the eager call (integers exactly, floats to rounding);
+- `vmap`: `jax.vmap(fn)` over two argument sets equals the two separate calls;
+- `grad`: `jax.grad` of a fixed random linear functional of the outputs is finite and matches a
+  central finite difference along a random direction (float64);
+- `x32`: under `jax.enable_x64(False)`, built in float32: every floating output is float32 and
+  finite (nothing silently upcast, nothing overflowing);
+- `x64`: with x64 on, built in float64: every floating output is float64 (no silent downcast).
+
+A cell that does not apply (no floating input to differentiate, a host-side driver) names its
+reason in the registry and is not generated.
+"""
+
+import dataclasses
+import functools
+import inspect
+from collections.abc import Callable
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import scoredyn as sd
+from helpers import mixture_2d
+
+NAMESPACES = {"": sd, "toy.": sd.toy, "analytic.": sd.analytic, "reparam.": sd.reparam, "nn.": sd.nn}
+SKIP_NAMESPACES = {"demo"}  # the demo is an application (its own tests), not library API
+
+# Public names with no cell, and why (abstract bases and plain result containers have no
+# behaviour of their own; every concrete subclass / producer has a case).
+EXCLUDED = {
+    "AbstractSDE": "abstract base; its concrete subclasses SDE, VPSDE, ... have cases",
+    "AbstractLinearSDE": "abstract base; VPSDE, SubVPSDE, VESDE, CosineVPSDE have cases",
+    "reparam.AbstractNoise": "abstract base; Gaussian, Gumbel, Laplace, Logistic, Uniform have cases",
+    "VariationalBound": "NamedTuple of results; produced under every transform by variational_bound",
+    "analytic.GammaEstimate": "container of results; produced under every transform by estimate_gamma",
+    "nn.TrainState": "container; built and transformed by init_train_state / make_train_step",
+    "batch_mesh": "returns a jax.sharding.Mesh (no arrays in or out); tests/test_sharding.py",
+}
+
+TRANSFORMS = ("jit", "vmap", "grad", "x32", "x64")
+
+
+def public_names() -> list[str]:
+    names = []
+    for prefix, mod in NAMESPACES.items():
+        for n in dir(mod):
+            if n.startswith("_") or n in SKIP_NAMESPACES:
+                continue
+            obj = getattr(mod, n)
+            if inspect.ismodule(obj):
+                continue
+            if callable(obj):
+                names.append(prefix + n)
+    return sorted(names)
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """`build(dtype) -> (fn, args, args2)`; `diff` are the argnums that `grad` differentiates."""
+
+    build: Callable
+    diff: tuple[int, ...] = ()
+    skip: dict = dataclasses.field(default_factory=dict)  # transform -> reason
+    fd: bool = True  # check the gradient against a finite difference
+
+
+REGISTRY: dict[str, Case] = {}
+
+
+def case(*names, diff=(), fd=True, **skip):
+    def deco(build):
+        for name in names:
+            REGISTRY[name] = Case(build, tuple(diff), dict(skip), fd)
+        return build
+
+    return deco
+
+
+def arr(x, dt):
+    return jnp.asarray(x, dt)
+
+
+def key(i=0):
+    return jax.random.key(i)
+
+
+# ------------------------------------------------------------------------------ fixtures
+@functools.cache
+def _gm(dt):
+    return mixture_2d(jnp.dtype(dt))
+
+
+def gm(dt):
+    return _gm(jnp.dtype(dt).name)
+
+
+VP = sd.VPSDE()
+
+
+def sched(dt, N=8):
+    return sd.DiscreteSchedule.linear(N, 0.05, 0.3, dtype=dt)
+
+
+def betas(dt, N=8, shift=0.0):
+    return jnp.linspace(0.05 + shift, 0.3 + shift, N, dtype=dt)
+
+
+EULER = dict(solver=diffrax.Euler(), stepsize_controller=diffrax.ConstantStepSize())
+
+
+# ------------------------------------------------------------------------------ SDEs
+def _sde_build(make, p1, p2):
+    def build(dt):
+        def fn(params, t, x):
+            sde = make(*params)
+            a, s = sde.marginal(t)
+            f, g = sde.coefficients(t)
+            return dict(
+                a=a, s=s, f=f, g=g, lam=sde.log_snr(t), drift=sde.drift(t, x),
+                diff=sde.diffusion(t, x), plp=sde.prior_log_prob(x),
+            )
+
+        P = lambda p: tuple(arr(v, dt) for v in p)
+        return (
+            fn,
+            (P(p1), arr(0.3, dt), arr([0.5, -1.0], dt)),
+            (P(p2), arr(0.7, dt), arr([1.5, 0.2], dt)),
+        )
+
+    return build
+
+
+case("VPSDE", diff=(0, 1, 2))(_sde_build(lambda a, b: sd.VPSDE(a, b), (0.1, 20.0), (0.2, 10.0)))
+case("SubVPSDE", diff=(0, 1, 2))(
+    _sde_build(lambda a, b: sd.SubVPSDE(a, b), (0.1, 20.0), (0.2, 10.0))
+)
+case("VESDE", diff=(0, 1, 2))(_sde_build(lambda a, b: sd.VESDE(a, b), (0.01, 50.0), (0.1, 10.0)))
+case("CosineVPSDE", diff=(0, 1, 2))(_sde_build(lambda s: sd.CosineVPSDE(s), (0.008,), (0.02,)))
+
+
+@case("SDE", diff=(0, 1))
+def _(dt):
+    def fn(t, x):
+        sde = sd.SDE(lambda t, x: -t * x, lambda t, x: jnp.sqrt(1.0 + x**2),
+                     state_dependent_diffusion=True)
+        rs = sd.reverse_sde(sde, lambda t, x: -x)
+        return sde.drift(t, x), sde.diffusion(t, x), rs.drift(t, x)
+
+    return fn, (arr(0.3, dt), arr([0.5, -1.0], dt)), (arr(0.6, dt), arr([1.0, 2.0], dt))
+
+
+def _flow_build(which):
+    def build(dt):
+        score = gm(dt).score_fn(VP)
+
+        def fn(t, x):
+            if which == "pf":
+                return sd.probability_flow(VP, score)(t, x)
+            if which == "PF":
+                return sd.ProbabilityFlow(VP, score)(t, x)
+            rs = sd.reverse_sde(VP, score) if which == "rs" else sd.ReverseSDE(VP, score)
+            return rs.drift(t, x), rs.diffusion(t, x)
+
+        return fn, (arr(0.3, dt), arr([0.5, -1.0], dt)), (arr(0.8, dt), arr([1.0, 0.0], dt))
+
+    return build
+
+
+case("probability_flow", diff=(0, 1))(_flow_build("pf"))
+case("ProbabilityFlow", diff=(0, 1))(_flow_build("PF"))
+case("reverse_sde", diff=(0, 1))(_flow_build("rs"))
+case("ReverseSDE", diff=(0, 1))(_flow_build("RS"))
+
+
+@case("perturb", diff=(1, 2))
+def _(dt):
+    fn = lambda k, x0, t: sd.perturb(k, VP, x0, t)
+    return fn, (key(0), arr([0.5, -1.0], dt), arr(0.3, dt)), (key(1), arr([1, 2], dt), arr(0.9, dt))
+
+
+def _convert_build(name):
+    def build(dt):
+        eps = gm(dt).eps_fn(VP)
+
+        def fn(t, x):
+            if name == "convert":
+                return sd.convert(VP, eps, "eps", "v")(t, x)
+            if name == "eps_to_score":
+                return sd.eps_to_score(VP, eps)(t, x)
+            if name == "score_to_eps":
+                return sd.score_to_eps(VP, gm(dt).score_fn(VP))(t, x)
+            if name == "x0_to_eps":
+                return sd.x0_to_eps(VP, sd.convert(VP, eps, "eps", "x0"))(t, x)
+            return sd.v_to_eps(VP, sd.convert(VP, eps, "eps", "v"))(t, x)
+
+        return fn, (arr(0.3, dt), arr([0.5, -1.0], dt)), (arr(0.8, dt), arr([1.0, 0.0], dt))
+
+    return build
+
+
+for _n in ("convert", "eps_to_score", "score_to_eps", "x0_to_eps", "v_to_eps"):
+    case(_n, diff=(0, 1))(_convert_build(_n))
+
+
+# ------------------------------------------------------------------------------ toy
+@case("toy.GaussianMixture", diff=(0, 1, 2))
+def _(dt):
+    g = gm(dt)
+
+    def fn(means, x, t, k):
+        m = sd.toy.GaussianMixture(g.weights, means, g.covs)
+        a, s = VP.marginal(t)
+        return dict(
+            lp=m.log_prob(x), score=m.score(x), lpt=m.marginal(VP, t).log_prob(x),
+            eps=m.eps_at(a, s, x), mom=m.posterior_moments(a, s, x), em=m.eps_moments(a, s, x),
+            draw=m.sample(k, 3),
+        )
+
+    return (
+        fn,
+        (g.means, arr([0.3, -0.2], dt), arr(0.3, dt), key(0)),
+        (g.means + 0.1, arr([1.0, 0.5], dt), arr(0.6, dt), key(1)),
+    )
+
+
+def _mixture_fn_build(name):
+    def build(dt):
+        g = gm(dt)
+        if name == "toy.MixtureScore":
+            f = sd.toy.MixtureScore(g, VP, "eps")
+        elif name == "toy.DiscreteMixtureEps":
+            f = sd.toy.DiscreteMixtureEps(g, sched(dt))
+        else:
+            f = sd.toy.discrete_eps_fn(g, sched(dt))
+        return f, (arr(0.375, dt), arr([0.3, -0.2], dt)), (arr(0.75, dt), arr([1.0, 0.5], dt))
+
+    return build
+
+
+case("toy.MixtureScore", diff=(0, 1))(_mixture_fn_build("toy.MixtureScore"))
+case("toy.DiscreteMixtureEps", diff=(1,))(_mixture_fn_build("toy.DiscreteMixtureEps"))
+case("toy.discrete_eps_fn", diff=(1,))(_mixture_fn_build("toy.discrete_eps_fn"))
+
+
+# ------------------------------------------------------------------------------ discrete
+@case("DiscreteSchedule", diff=(0, 1, 2, 3))
+def _(dt):
+    def fn(b0, b1, s, beta_max, n):
+        lin = sd.DiscreteSchedule.linear(8, b0, b1, dtype=dt)
+        cos = sd.DiscreteSchedule.cosine(8, s, dtype=dt)
+        fs = sd.DiscreteSchedule.from_sde(sd.VPSDE(0.1, beta_max), 8, dtype=dt)
+        return dict(
+            lab=lin.log_alpha_bar, betas=lin.betas, lam=lin.log_snr[1:], marg=lin.marginal(n),
+            time=lin.time(n), cos=cos.alpha_bar, fs=fs.one_minus_alpha_bar,
+        )
+
+    a1 = (arr(0.01, dt), arr(0.2, dt), arr(0.008, dt), arr(20.0, dt), jnp.asarray(3))
+    a2 = (arr(0.02, dt), arr(0.1, dt), arr(0.02, dt), arr(10.0, dt), jnp.asarray(8))
+    return fn, a1, a2
+
+
+@case("respace", vmap="integer Python arguments only", grad="integer output")
+def _(dt):
+    return (lambda: (sd.respace(10, 3), sd.respace(10, 4, "quadratic"))), (), ()
+
+
+@case("trajectory", grad="integer input and output")
+def _(dt):
+    fn = lambda idx: sd.trajectory(idx, 10)
+    return fn, (jnp.array([10, 6, 2, 0]),), (jnp.array([0, 1, 5, 10]),)
+
+
+@case("forward_posterior", diff=(0, 3))
+def _(dt):
+    def fn(b, n, m, frac):
+        s = sd.DiscreteSchedule.from_betas(b)
+        return sd.forward_posterior(s, n, m, frac * sd.posterior_variance(s, n, m))
+
+    return (
+        fn,
+        (betas(dt), jnp.asarray(5), jnp.asarray(2), arr(0.5, dt)),
+        (betas(dt, shift=0.01), jnp.asarray(8), jnp.asarray(0), arr(0.3, dt)),
+    )
+
+
+@case("posterior_variance", diff=(0,))
+def _(dt):
+    fn = lambda b, n, m: sd.posterior_variance(sd.DiscreteSchedule.from_betas(b), n, m)
+    return fn, (betas(dt), jnp.asarray(5), jnp.asarray(2)), (betas(dt, 8, 0.01), 7, 6)
+
+
+@case("reverse_variances", diff=(0, 1))
+def _(dt):
+    def fn(b, eta):
+        s = sd.DiscreteSchedule.from_betas(b)
+        tau = sd.respace(8, 4)
+        return [sd.reverse_variances(s, tau, k, eta) for k in ("ddim", "ddpm", "ddpm_beta", "eta")]
+
+    return fn, (betas(dt), arr(0.5, dt)), (betas(dt, shift=0.01), arr(1.0, dt))
+
+
+def _step_build(name):
+    def build(dt):
+        def fn(k, b, x, e, n, m):
+            s = sd.DiscreteSchedule.from_betas(b)
+            if name == "ddim_step":
+                return sd.ddim_step(k, s, n, m, x, e, 0.5 * sd.posterior_variance(s, n, m))
+            return sd.reverse_step(k, s, n, m, x, e, clip_x0=3.0)
+
+        a1 = (key(0), betas(dt), arr([0.5, -1.0], dt), arr([0.1, 0.2], dt), jnp.asarray(6),
+              jnp.asarray(3))
+        a2 = (key(1), betas(dt, shift=0.01), arr([1, 0], dt), arr([-0.3, 0.2], dt),
+              jnp.asarray(8), jnp.asarray(7))
+        return fn, a1, a2
+
+    return build
+
+
+case("ddim_step", diff=(1, 2, 3))(_step_build("ddim_step"))
+case("reverse_step", diff=(1, 2, 3))(_step_build("reverse_step"))
+
+
+@case("sample_discrete", diff=(1, 2))
+def _(dt):
+    g = gm(dt)
+
+    def fn(k, b, x):
+        s = sd.DiscreteSchedule.from_betas(b)
+        return sd.sample_discrete(k, s, sd.toy.discrete_eps_fn(g, s), x, sd.respace(8, 4),
+                                  return_trajectory=True)
+
+    return (fn, (key(0), betas(dt), arr([0.5, -1.0], dt)),
+            (key(1), betas(dt, shift=0.01), arr([1.0, 0.2], dt)))
+
+
+@case("variational_bound", diff=(1, 2))
+def _(dt):
+    g = gm(dt)
+
+    def fn(k, b, x0):
+        s = sd.DiscreteSchedule.from_betas(b)
+        return sd.variational_bound(k, s, sd.toy.discrete_eps_fn(g, s), x0, sd.respace(8, 4),
+                                    decoder="gaussian")
+
+    return fn, (key(0), betas(dt), arr([0.5, -0.5], dt)), (key(1), betas(dt, 8, 0.01), arr([0, 1], dt))
+
+
+@case("gaussian_kl", diff=(0, 1, 2, 3))
+def _(dt):
+    a1 = (arr([0.1, 0.2], dt), arr([1.0, 0.5], dt), arr([0.0, 0.3], dt), arr(0.7, dt))
+    a2 = (arr([1.0, 0.0], dt), arr([2.0, 0.1], dt), arr([0.5, 0.3], dt), arr(1.5, dt))
+    return sd.gaussian_kl, a1, a2
+
+
+@case("discretized_gaussian_log_likelihood", diff=(1, 2))
+def _(dt):
+    x = arr([-1.0, 1.0 / 3.0, 1.0], dt)
+    fn = lambda x, mu, v: sd.discretized_gaussian_log_likelihood(x, mu, v, 4)
+    return fn, (x, arr([-0.8, 0.2, 0.9], dt), arr(0.1, dt)), (-x, arr([0.5, 0, 0], dt), arr(0.3, dt))
+
+
+@case("diffusion_loss", diff=(1, 2))
+def _(dt):
+    def fn(k, w, x0):
+        model = lambda t, x: w * x * t
+        a = sd.diffusion_loss(k, VP, model, x0, weighting="likelihood", time_sampling="importance")
+        b = sd.diffusion_loss(k, sched(dt), model, x0, prediction="v", weighting="min_snr")
+        return a, b
+
+    return fn, (key(0), arr(0.5, dt), arr([0.5, -1.0], dt)), (key(1), arr(1.5, dt), arr([1, 0], dt))
+
+
+# ------------------------------------------------------------------------------ likelihood
+_W = np.array([[0.9, -0.3], [0.4, 1.1]])
+
+
+@case("divergence", diff=(0,))
+def _(dt):
+    W = arr(_W, dt)
+    return (lambda x: sd.divergence(lambda y: jnp.tanh(W @ y), x)), (arr([0.5, -1], dt),), (
+        arr([0.1, 0.3], dt),
+    )
+
+
+@case("hutchinson_divergence", diff=(0, 1))
+def _(dt):
+    W = arr(_W, dt)
+    fn = lambda x, p: sd.hutchinson_divergence(lambda y: jnp.tanh(W @ y), x, p)
+    p = sd.hutchinson_probes(key(0), (2,), num_probes=3, dtype=dt)
+    return fn, (arr([0.5, -1], dt), p), (arr([0.1, 0.3], dt), -p)
+
+
+@case("hutchinson_probes", grad="no floating input (a key in, random signs out)")
+def _(dt):
+    fn = lambda k: sd.hutchinson_probes(k, (2,), num_probes=2, probe="gaussian", dtype=dt)
+    return fn, (key(0),), (key(1),)
+
+
+@case("log_likelihood", diff=(0,))
+def _(dt):
+    score = gm(dt).score_fn(VP)
+    fn = lambda x: sd.log_likelihood(VP, score, x, dt0=0.25, **EULER)
+    return fn, (arr([0.5, -1.0], dt),), (arr([1.0, 0.5], dt),)
+
+
+@case("bits_per_dim", diff=(1,))
+def _(dt):
+    score = gm(dt).score_fn(VP)
+    fn = lambda k, x: sd.bits_per_dim(VP, score, x, key=k, levels=4, dt0=0.25, **EULER)
+    return fn, (key(0), arr([-1.0, 1.0 / 3.0], dt)), (key(1), arr([1.0, -1.0 / 3.0], dt))
+
+
+# ------------------------------------------------------------------------------ solvers
+def _lin_score(w):
+    return lambda t, x: -w * x
+
+
+@case("sample_ode", diff=(1,))
+def _(dt):
+    fn = lambda k, w: sd.sample_ode(k, VP, _lin_score(w), (2,), dt0=-0.25, dtype=dt, **EULER)
+    return fn, (key(0), arr(1.0, dt)), (key(1), arr(0.5, dt))
+
+
+@case("sample_sde", diff=(1,))
+def _(dt):
+    fn = lambda k, w: sd.sample_sde(k, VP, _lin_score(w), (2,), num_steps=4, dtype=dt)
+    return fn, (key(0), arr(1.0, dt)), (key(1), arr(0.5, dt))
+
+
+@case("simulate_sde", diff=(1,))
+def _(dt):
+    fn = lambda k, x: sd.simulate_sde(k, VP, x, 0.0, 0.5, num_steps=4)
+    return fn, (key(0), arr([0.5, -1.0], dt)), (key(1), arr([1.0, 0.2], dt))
+
+
+@case("sample_pc", diff=(1,))
+def _(dt):
+    fn = lambda k, w: sd.sample_pc(k, VP, _lin_score(w), (2,), num_steps=3, dtype=dt)
+    return fn, (key(0), arr(1.0, dt)), (key(1), arr(0.5, dt))
+
+
+@case("dpm_solver", diff=(0, 1))
+def _(dt):
+    fn = lambda x, w: sd.dpm_solver(VP, lambda t, y: w * y, x, num_steps=3, order=2)
+    return fn, (arr([0.5, -1.0], dt), arr(0.3, dt)), (arr([1.0, 0.2], dt), arr(0.6, dt))
+
+
+@case("sample_dpm_solver", diff=(1,))
+def _(dt):
+    fn = lambda k, w: sd.sample_dpm_solver(k, VP, lambda t, y: w * y, (2,), num_steps=3,
+                                           order=3, dtype=dt)
+    return fn, (key(0), arr(0.3, dt)), (key(1), arr(0.6, dt))
+
+
+@case("decode", diff=(0,))
+def _(dt):
+    score = gm(dt).score_fn(VP)
+    fn = lambda z: sd.decode(VP, score, z, dt0=-0.25, **EULER)
+    return fn, (arr([0.5, -1.0], dt),), (arr([1.0, 0.2], dt),)
+
+
+@case("encode", diff=(0,))
+def _(dt):
+    score = gm(dt).score_fn(VP)
+    fn = lambda x: sd.encode(VP, score, x, dt0=0.25, **EULER)
+    return fn, (arr([0.5, -1.0], dt),), (arr([1.0, 0.2], dt),)
+
+
+@case("sharded_vmap", diff=(0,))
+def _(dt):
+    fn = lambda x: sd.sharded_vmap(lambda y: jnp.sin(y) * y)(x)
+    return fn, (arr([[0.5, -1.0], [0.1, 0.2], [1, 2]], dt),), (arr([[1, 0], [2, 3], [0, 0]], dt),)
+
+
+# ------------------------------------------------------------------------------ analytic
+def _ms(dt, shift=0.0):
+    return jnp.linspace(0.0, 0.9 - shift, 9, dtype=dt)  # ms_eps_0 = 0; a valid (N+1,) profile
+
+
+@case("analytic.estimate_gamma", diff=(1,))
+def _(dt):
+    g = gm(dt)
+    s = sched(dt)
+    eps = sd.toy.discrete_eps_fn(g, s)
+    fn = lambda k, data: sd.analytic.estimate_gamma(k, s, eps, data)
+    d1 = g.sample(key(5), 8)
+    return fn, (key(0), d1), (key(1), d1 * 0.5)
+
+
+@case("analytic.optimal_variance", diff=(0, 1))
+def _(dt):
+    fn = lambda b, ms: [
+        sd.analytic.optimal_variance(sd.DiscreteSchedule.from_betas(b), 6, 3, ms, forward=f)
+        for f in ("ddpm", "ddim")
+    ]
+    return fn, (betas(dt), arr(0.5, dt)), (betas(dt, shift=0.01), arr(0.7, dt))
+
+
+@case("analytic.optimal_variances", diff=(0, 1))
+def _(dt):
+    fn = lambda b, ms: sd.analytic.optimal_variances(
+        sd.DiscreteSchedule.from_betas(b), sd.respace(8, 4), ms, data_range=(-1.0, 1.0)
+    )
+    return fn, (betas(dt), _ms(dt)), (betas(dt, shift=0.01), _ms(dt, 0.2))
+
+
+@case("analytic.variance_bounds", diff=(0,))
+def _(dt):
+    fn = lambda b: sd.analytic.variance_bounds(
+        sd.DiscreteSchedule.from_betas(b), sd.respace(8, 4), data_range=(-1.0, 1.0)
+    )
+    return fn, (betas(dt),), (betas(dt, shift=0.01),)
+
+
+@case("analytic.x0_variance", diff=(0, 1))
+def _(dt):
+    fn = lambda b, ms: sd.analytic.x0_variance(sd.DiscreteSchedule.from_betas(b), ms)[1:]
+    return fn, (betas(dt), _ms(dt)), (betas(dt, shift=0.01), _ms(dt, 0.2))
+
+
+@case("analytic.trajectory_costs", diff=(0, 1))
+def _(dt):
+    def fn(b, ms):
+        J = sd.analytic.trajectory_costs(sd.DiscreteSchedule.from_betas(b), ms)
+        return jnp.where(jnp.isfinite(J), J, 0.0)
+
+    return fn, (betas(dt), _ms(dt)), (betas(dt, shift=0.01), _ms(dt, 0.2))
+
+
+@case("analytic.trajectory_cost", diff=(0, 1))
+def _(dt):
+    fn = lambda b, ms: sd.analytic.trajectory_cost(
+        sd.DiscreteSchedule.from_betas(b), ms, jnp.array([0, 1, 4, 8])
+    )
+    return fn, (betas(dt), _ms(dt)), (betas(dt, shift=0.01), _ms(dt, 0.2))
+
+
+def _traj_build(name):
+    def build(dt):
+        def fn(b, ms):
+            s = sd.DiscreteSchedule.from_betas(b)
+            if name == "analytic.optimal_trajectory":
+                return sd.analytic.optimal_trajectory(s, ms, 4)
+            return sd.analytic.optimal_trajectories(s, ms, [2, 4])
+
+        return fn, (betas(dt), _ms(dt)), (betas(dt, shift=0.01), _ms(dt, 0.2))
+
+    return build
+
+
+case("analytic.optimal_trajectory", grad="integer output (an argmin)")(
+    _traj_build("analytic.optimal_trajectory")
+)
+case("analytic.optimal_trajectories", grad="integer output (an argmin)")(
+    _traj_build("analytic.optimal_trajectories")
+)
+
+
+@case("analytic.sn_covariance", diff=(0, 1))
+def _(dt):
+    fn = lambda e, h: sd.analytic.sn_covariance(sched(dt), 3, e, h, data_range=(-1.0, 1.0))
+    return fn, (arr([0.1, 0.3], dt), arr([0.5, 0.6], dt)), (arr([0.2, 0], dt), arr([0.3, 1.0], dt))
+
+
+@case("analytic.npr_covariance", diff=(0,))
+def _(dt):
+    fn = lambda g: sd.analytic.npr_covariance(sched(dt), 3, g)
+    return fn, (arr([0.1, 0.3], dt),), (arr([0.5, 0.2], dt),)
+
+
+@case("analytic.step_variance", diff=(0, 1))
+def _(dt):
+    fn = lambda b, c: sd.analytic.step_variance(
+        sd.DiscreteSchedule.from_betas(b), 6, 3, c, forward="ddim", eta=0.5
+    )
+    return fn, (betas(dt), arr([0.1, 0.3], dt)), (betas(dt, shift=0.01), arr([0.5, 0.2], dt))
+
+
+def _varfn_build(name):
+    def build(dt):
+        head = lambda t, x: x**2 + 0.5
+        s = sched(dt)
+
+        def fn(x, e):
+            if name == "analytic.sn_variance_fn":
+                vf = sd.analytic.sn_variance_fn(s, head, data_range=(-1.0, 1.0))
+            elif name == "analytic.npr_variance_fn":
+                vf = sd.analytic.npr_variance_fn(s, head)
+            else:
+                vf = sd.analytic.DiagonalVariance(s, head, "sn", "ddpm")
+            return vf(6, 3, x, e)
+
+        return fn, (arr([0.5, -0.2], dt), arr([0.1, 0.3], dt)), (arr([1, 0], dt), arr([0, 1], dt))
+
+    return build
+
+
+for _n in ("analytic.sn_variance_fn", "analytic.npr_variance_fn", "analytic.DiagonalVariance"):
+    case(_n, diff=(0, 1))(_varfn_build(_n))
+
+
+def _two_head_loss(name):
+    def build(dt):
+        def fn(k, w, x0):
+            model = lambda t, x: (w * x, w**2 * x**2 + t)
+            f = sd.analytic.sn_dpm_loss if name == "analytic.sn_dpm_loss" else sd.analytic.npr_dpm_loss
+            return f(k, sched(dt), model, x0, ratio=0.5)
+
+        return fn, (key(0), arr(0.5, dt), arr([0.5, -1], dt)), (key(1), arr(1.0, dt), arr([1, 0], dt))
+
+    return build
+
+
+case("analytic.sn_dpm_loss", diff=(1, 2))(_two_head_loss("analytic.sn_dpm_loss"))
+case("analytic.npr_dpm_loss", diff=(1, 2))(_two_head_loss("analytic.npr_dpm_loss"))
+
+
+# ------------------------------------------------------------------------------ reparam
+def _noise_build(cls):
+    def build(dt):
+        def fn(scale, x, u, mu):
+            nz = cls(scale)
+            return dict(
+                lpdf=nz.log_pdf(x), cdf=nz.cdf(x), lcdf=nz.log_cdf(x), q=nz.quantile(u),
+                ldiff=nz.log_diff_cdf(x), probs=nz.argmax_log_probs(mu),
+            )
+
+        a1 = (arr(1.0, dt), arr([-0.3, 0.2], dt), arr([0.2, 0.7], dt), arr([0.1, -0.2, 0.3], dt))
+        a2 = (arr(2.0, dt), arr([0.4, -0.1], dt), arr([0.5, 0.9], dt), arr([0.0, 0.2, -0.1], dt))
+        return fn, a1, a2
+
+    return build
+
+
+for _cls in (sd.reparam.Gaussian, sd.reparam.Gumbel, sd.reparam.Laplace, sd.reparam.Logistic,
+             sd.reparam.Uniform):
+    case("reparam." + _cls.__name__, diff=(0, 1, 2, 3))(_noise_build(_cls))
+
+
+@case("reparam.PerturbMax", diff=(0, 2))
+def _(dt):
+    def fn(mu, k, tau):
+        pm = sd.reparam.PerturbMax(mu, sd.reparam.Logistic())
+        return dict(
+            probs=pm.probs, lp=pm.log_prob(jnp.asarray(1)), ent=pm.entropy(),
+            relaxed=pm.relaxed_sample(k, tau, (2,)), st=pm.straight_through_sample(k, tau),
+            draw=pm.sample(k, (3,)),
+        )
+
+    return fn, (arr([0.1, -0.2, 0.3], dt), key(0), arr(0.5, dt)), (
+        arr([0.0, 0.2, -0.1], dt), key(1), arr(2.0, dt))
+
+
+# ------------------------------------------------------------------------------ nn
+@functools.cache
+def _net(name, dtn):
+    dt = jnp.dtype(dtn)
+    k = key(3)
+    if name == "nn.MLP":
+        return sd.nn.MLP(2, width=8, depth=1, time_dim=4, key=k, dtype=dt)
+    if name == "nn.TwoHeadMLP":
+        return sd.nn.TwoHeadMLP(2, width=8, depth=1, time_dim=4, key=k, dtype=dt)
+    if name == "nn.ConvNet":
+        return sd.nn.ConvNet((1, 4, 4), channels=4, depth=1, time_dim=4, key=k, dtype=dt)
+    if name == "nn.TimeMLP":
+        return sd.nn.TimeMLP(4, 8, key=k, dtype=dt)
+    raise KeyError(name)
+
+
+def _nn_build(name):
+    def build(dt):
+        net = _net(name, jnp.dtype(dt).name)
+        if name == "nn.TimeMLP":
+            return net, (arr(0.3, dt),), (arr(0.7, dt),)
+        d = 16 if name == "nn.ConvNet" else 2
+        x1 = jnp.linspace(-1.0, 1.0, d, dtype=dt)
+        fn = net.both if name == "nn.TwoHeadMLP" else net
+        return fn, (arr(0.3, dt), x1), (arr(0.7, dt), -0.5 * x1)
+
+    return build
+
+
+for _n in ("nn.MLP", "nn.TwoHeadMLP", "nn.ConvNet", "nn.TimeMLP"):
+    case(_n, diff=(0, 1) if _n != "nn.TimeMLP" else (0,))(_nn_build(_n))
+
+
+@case("nn.SinusoidalEmbedding", diff=(0,))
+def _(dt):
+    return sd.nn.SinusoidalEmbedding(6), (arr(0.3, dt),), (arr(0.7, dt),)
+
+
+@case("nn.GridEps", diff=(0, 1))
+def _(dt):
+    L = jnp.linspace(-1.0, 1.0, 8, dtype=dt)
+    net = lambda t, x: L * t
+    ge = sd.nn.GridEps(net, VP, 4)
+    fn = lambda t, x: (ge(t, x), ge.x0(t, x))
+    return fn, (arr(0.3, dt), arr([0.5, -1], dt)), (arr(0.7, dt), arr([0.1, 0.2], dt))
+
+
+def _params(w):
+    return {"w": w}
+
+
+def _toy_loss(model, k, batch):
+    return jnp.mean((batch * model["w"] - jax.random.normal(k, batch.shape, batch.dtype)) ** 2)
+
+
+@case("nn.init_train_state", grad="a constructor: returns its input and optimiser zeros")
+def _(dt):
+    fn = lambda w: sd.nn.init_train_state(_params(w), optax.adam(1e-2))
+    return fn, (arr([0.5, -1.0], dt),), (arr([1.0, 2.0], dt),)
+
+
+@case("nn.ema_update", diff=(0, 1, 2))
+def _(dt):
+    fn = lambda e, w, d: sd.nn.ema_update(_params(e), _params(w), d)
+    return fn, (arr([0.5, -1], dt), arr([1, 2], dt), arr(0.9, dt)), (
+        arr([0, 1], dt), arr([3, 2], dt), arr(0.5, dt))
+
+
+@case("nn.make_train_step", diff=(1, 2))
+def _(dt):
+    opt = optax.adam(1e-2)
+    step = sd.nn.make_train_step(_toy_loss, opt, ema_decay=0.9)
+
+    def fn(k, w, batch):
+        state, loss = step(sd.nn.init_train_state(_params(w), opt), k, batch)
+        return state.model, state.ema, loss
+
+    b = jnp.linspace(-1.0, 1.0, 6, dtype=dt).reshape(3, 2)
+    return fn, (key(0), arr([0.5, -1], dt), b), (key(1), arr([1, 2], dt), -b)
+
+
+@case("nn.diffusion_batch_loss", diff=(1, 2))
+def _(dt):
+    loss = sd.nn.diffusion_batch_loss(sched(dt))
+
+    def fn(k, w, batch):
+        return loss(lambda t, x: w * x * t, k, batch)
+
+    b = jnp.linspace(-1.0, 1.0, 6, dtype=dt).reshape(3, 2)
+    return fn, (key(0), arr(0.5, dt), b), (key(1), arr(1.0, dt), -b)
+
+
+@case(
+    "nn.fit",
+    grad="a training driver: returns trained weights, differentiating it is not supported",
+)
+def _(dt):
+    opt = optax.sgd(1e-1)
+    step = sd.nn.make_train_step(_toy_loss, opt, ema_decay=None)
+
+    def fn(k, w, data):
+        state, losses = sd.nn.fit(k, sd.nn.init_train_state(_params(w), opt), step, data,
+                                  num_steps=4, batch_size=2, chunk=2)
+        return state.model, losses
+
+    data = jnp.linspace(-1.0, 1.0, 8, dtype=dt).reshape(4, 2)
+    return fn, (key(0), arr([0.5, -1], dt), data), (key(1), arr([1, 2], dt), -data)
+
+
+# ------------------------------------------------------------------------------ the cells
+def _float_leaves(tree):
+    return [
+        x for x in jax.tree_util.tree_leaves(tree)
+        if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jnp.floating)
+    ]
+
+
+def _assert_close(a, b, rtol, atol):
+    la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+    assert len(la) == len(lb)
+    for x, y in zip(la, lb):
+        x, y = np.asarray(x), np.asarray(y)
+        assert x.shape == y.shape and x.dtype == y.dtype, (x.shape, y.shape, x.dtype, y.dtype)
+        if np.issubdtype(x.dtype, np.floating):
+            np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
+        else:
+            np.testing.assert_array_equal(x, y)
+
+
+def _assert_finite(tree):
+    for x in _float_leaves(tree):
+        assert bool(jnp.all(jnp.isfinite(x))), f"non-finite output: {x}"
+
+
+@functools.cache
+def built64(name):
+    fn, a1, a2 = REGISTRY[name].build(jnp.float64)
+    return fn, a1, a2, jax.jit(fn)
+
+
+@functools.cache
+def jitted_out64(name):
+    fn, a1, _, jfn = built64(name)
+    return jfn(*a1)
+
+
+CELLS = [
+    (name, tr)
+    for name in sorted(REGISTRY)
+    for tr in TRANSFORMS
+    if tr not in REGISTRY[name].skip
+]
+
+
+def test_every_public_name_is_registered():
+    names = set(public_names())
+    missing = names - set(REGISTRY) - set(EXCLUDED)
+    assert not missing, f"public names without a composability case: {sorted(missing)}"
+    stale = (set(REGISTRY) | set(EXCLUDED)) - names
+    assert not stale, f"registry entries that are no longer public: {sorted(stale)}"
+    n_skipped = sum(len(c.skip) for c in REGISTRY.values())
+    print(
+        f"\n{len(names)} public callables: {len(REGISTRY)} with cases, {len(EXCLUDED)} excluded; "
+        f"{len(CELLS)} composability cells ({n_skipped} not applicable, each with its reason)"
+    )
+
+
+@pytest.mark.parametrize("name,transform", CELLS, ids=[f"{n}-{t}" for n, t in CELLS])
+def test_composability(name, transform):
+    c = REGISTRY[name]
+    if transform == "jit":
+        fn, a1, _, _ = built64(name)
+        out = jitted_out64(name)
+        _assert_close(out, fn(*a1), rtol=1e-9, atol=1e-12)
+        _assert_finite(out)
+    elif transform == "vmap":
+        fn, a1, a2, jfn = built64(name)
+        stacked = jax.tree_util.tree_map(lambda x, y: jnp.stack([jnp.asarray(x), jnp.asarray(y)]),
+                                         a1, a2)
+        batched = jax.jit(jax.vmap(fn))(*stacked)
+        for i, a in enumerate((a1, a2)):
+            one = jax.tree_util.tree_map(lambda b: b[i], batched)
+            _assert_close(one, jfn(*a), rtol=1e-9, atol=1e-12)
+    elif transform == "grad":
+        fn, a1, _, jfn = built64(name)
+        _check_grad(fn, jfn, a1, c.diff, c.fd)
+    elif transform == "x32":
+        with jax.enable_x64(False):
+            fn, a1, _ = c.build(jnp.float32)
+            out = jax.jit(fn)(*a1)
+            leaves = _float_leaves(out)
+            assert all(x.dtype == jnp.float32 for x in leaves), [x.dtype for x in leaves]
+            _assert_finite(out)
+    elif transform == "x64":
+        out = jitted_out64(name)
+        leaves = _float_leaves(out)
+        assert all(x.dtype == jnp.float64 for x in leaves), [x.dtype for x in leaves]
+
+
+def _check_grad(fn, jfn, args, diff, fd):
+    assert diff, "a differentiable case must name its argnums"
+    out = jfn(*args)
+    rng = np.random.RandomState(0)
+    weights = [
+        jnp.asarray(rng.standard_normal(np.shape(x)), x.dtype) if isinstance(x, jax.Array)
+        and jnp.issubdtype(x.dtype, jnp.floating) else None
+        for x in jax.tree_util.tree_leaves(out)
+    ]
+
+    def scalar(*a):
+        leaves = jax.tree_util.tree_leaves(fn(*a))
+        return sum(jnp.sum(w * x) for w, x in zip(weights, leaves) if w is not None)
+
+    g = jax.jit(jax.grad(scalar, argnums=diff))(*args)
+    for leaf in jax.tree_util.tree_leaves(g):
+        assert bool(jnp.all(jnp.isfinite(leaf))), f"non-finite gradient {leaf}"
+    if not fd:
+        return
+    # directional derivative: grad . v against a central difference of the same functional
+    vs = [jax.tree_util.tree_map(lambda x: jnp.asarray(rng.standard_normal(np.shape(x)), x.dtype),
+                                 args[i]) for i in diff]
+    h = 1e-6
+    js = jax.jit(scalar)
+
+    def shifted(sign):
+        a = list(args)
+        for i, v in zip(diff, vs):
+            a[i] = jax.tree_util.tree_map(lambda x, d: x + sign * h * d, a[i], v)
+        return js(*a)
+
+    fd_val = float((shifted(1.0) - shifted(-1.0)) / (2 * h))
+    ad_val = float(sum(jnp.vdot(jnp.asarray(gl), jnp.asarray(vl))
+                       for gi, v in zip(g, vs) for gl, vl in zip(jax.tree_util.tree_leaves(gi),
+                                                                  jax.tree_util.tree_leaves(v))))
+    assert abs(ad_val - fd_val) <= 1e-4 * max(abs(ad_val), abs(fd_val), 1.0), (ad_val, fd_val)
