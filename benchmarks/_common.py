@@ -84,11 +84,13 @@ def time_interleaved(
     the number of rounds grows from `repeats` up to `max_repeats` while one round's measured
     time fits into the budget (short runs get many rounds, long runs `repeats`).
     """
-    t0 = time.perf_counter()
-    for _ in range(warmup):
+    for _ in range(warmup):  # the first call also compiles, if that was not done yet
         for name, fn in fns.items():
             block(fn(*args[name]))
-    round_s = (time.perf_counter() - t0) / max(warmup, 1)
+    t0 = time.perf_counter()
+    for name, fn in fns.items():  # one more round, timed, to size the budget
+        block(fn(*args[name]))
+    round_s = time.perf_counter() - t0
     if budget_s is not None and round_s > 0:
         repeats = int(min(max_repeats, max(repeats, budget_s // round_s)))
     times: dict[str, list[float]] = {name: [] for name in fns}

@@ -58,7 +58,7 @@ def _run_section(i: int, quick: bool, repeats, log):
         return m, m.run(log=log, **kw)
     from . import peer as m
 
-    kw = dict(batches=(16,), repeats=3) if quick else {}
+    kw = dict(batches=(16,), budget_s=3.0) if quick else {}
     if repeats:
         kw["repeats"] = repeats
     return m, m.run(log=log, **kw)

@@ -19,7 +19,7 @@ from scipy import integrate, special, stats
 
 import scoredyn as sd
 from scoredyn.reparam import _quadrature as quad
-from scoredyn.reparam._noise import _raw_log_probs
+from scoredyn.reparam._noise import _log_probs
 
 R = sd.reparam
 NAMES = ["gaussian", "gumbel", "logistic", "laplace", "uniform"]
@@ -91,7 +91,7 @@ def log_probs(name, mu, scale=None, method="auto"):
 def raw_quadrature(name, mu, scale=1.0, num_nodes=None):
     """The unnormalised quadrature values of log p_i for one row."""
     mu = jnp.asarray(mu)
-    return _raw_log_probs(CLASSES[name](scale), mu[None, :], "quadrature", num_nodes)[0]
+    return _log_probs(CLASSES[name](scale), mu[None, :], "quadrature", num_nodes)[1][0]
 
 
 # --------------------------------------------------------------------------- reference values
@@ -191,11 +191,13 @@ def test_two_classes_gumbel_is_sigmoid(method):
 
 
 @pytest.mark.parametrize("name", ["logistic", "laplace", "uniform"])
-@pytest.mark.parametrize("method", ["auto", "quadrature"])
-def test_two_classes_difference_cdf(name, method):
-    """p_1 = P[eps_2 - eps_1 <= mu_1 - mu_2], by QUADPACK (independent of the closed form)."""
+def test_two_classes_difference_cdf(name):
+    """p_1 = P[eps_2 - eps_1 <= mu_1 - mu_2] in closed form, against QUADPACK.
+
+    (The quadrature for these families is checked against QUADPACK at n = 4 above.)
+    """
     s = 1.3
-    p = np.asarray(probs(name, two_class_rows(), s, method=method)[:, 0])
+    p = np.asarray(probs(name, two_class_rows(), s)[:, 0])
     ref = np.array([scipy_probs(name, (d, 0.0), s)[0] for d in D2])
     np.testing.assert_allclose(p, ref, rtol=0, atol=1e-12)
 
@@ -220,12 +222,12 @@ def test_log_diff_cdf_tails(name):
     elif name == "gumbel":
         ref = -np.logaddexp(0.0, -np.asarray(x))
     elif name == "laplace":  # density (1 + |y|) e^{-|y|} / 4: integrate it directly
+        dens = lambda y: (1 + abs(y)) * np.exp(-abs(y)) / 4  # noqa: E731
+        kw = dict(epsabs=0.0, epsrel=1e-13, limit=200)
         ref = [
-            np.log(integrate.quad(lambda y: (1 + abs(y)) * np.exp(-abs(y)) / 4, -np.inf, v)[0])
-            if v < -1
-            else np.log1p(
-                -integrate.quad(lambda y: (1 + abs(y)) * np.exp(-abs(y)) / 4, v, np.inf)[0]
-            )
+            np.log(integrate.quad(dens, v - 80.0, v, **kw)[0])
+            if v < 0
+            else np.log1p(-integrate.quad(dens, v, v + 80.0, **kw)[0])
             for v in np.asarray(x)
         ]
     elif name == "uniform":
@@ -371,12 +373,9 @@ def test_jit_vmap_batch_shapes(getkey):
     assert pm.batch_shape == (2, 3) and pm.num_classes == 4
     p = pm.probs
     assert p.shape == (2, 3, 4)
-    # vmap over rows agrees with the batched distribution
-    pv = jax.vmap(jax.vmap(lambda m: R.PerturbMax(m, R.Logistic(0.5)).probs))(mu)
+    # jit of vmap over rows agrees with the batched distribution
+    pv = jax.jit(jax.vmap(jax.vmap(lambda m: R.PerturbMax(m, R.Logistic(0.5)).probs)))(mu)
     np.testing.assert_allclose(pv, p, rtol=0, atol=1e-14)
-    # and so does a jitted construction
-    pj = eqx.filter_jit(lambda m: R.PerturbMax(m, R.Logistic(0.5)).probs)(mu)
-    np.testing.assert_allclose(pj, p, rtol=0, atol=1e-14)
     # log_prob broadcasts indices against the batch; out of range is -inf
     idx = jnp.array([[0, 3, 4]])
     lp = pm.log_prob(idx)
@@ -393,14 +392,20 @@ def test_jit_vmap_batch_shapes(getkey):
 
 
 def test_dtypes_follow_mu(getkey):
+    """float32 scores give float32 outputs (traced abstractly: no compilation needed)."""
     mu = jnp.asarray(MU4, jnp.float32)
+    key = getkey()
     for name in NAMES:
         pm = R.PerturbMax(mu, CLASSES[name](SCALE[name]))
-        assert pm.probs.dtype == jnp.float32
-        assert pm.log_prob(1).dtype == jnp.float32
-        assert pm.relaxed_sample(getkey(), 0.3).dtype == jnp.float32
-        assert pm.entropy().dtype == jnp.float32
-        assert jnp.issubdtype(pm.sample(getkey(), (3,)).dtype, jnp.integer)
+        for fn in (
+            lambda pm: pm.probs,
+            lambda pm: pm.log_prob(1),
+            lambda pm: pm.entropy(),
+            lambda pm: pm.relaxed_sample(key, 0.3),
+            lambda pm: pm.straight_through_sample(key, 0.3),
+        ):
+            assert jax.eval_shape(fn, pm).dtype == jnp.float32, name
+        assert jnp.issubdtype(jax.eval_shape(lambda pm: pm.sample(key, (3,)), pm).dtype, int)
 
 
 def test_n_equals_one():
@@ -441,7 +446,7 @@ def test_relaxed_sample_converges_to_one_hot(name, getkey):
     n_s = 256
     noise = CLASSES[name](SCALE[name])
     pm = R.PerturbMax(f64(MU4), noise)
-    z = f64(MU4) + noise.sample(key, (n_s, 4), jnp.float64)  # the same draw as the sampler
+    z = f64(MU4)[None, :] + noise.sample(key, (n_s, 4), jnp.float64)  # the sampler's draw
     top2 = jnp.sort(z, axis=-1)[:, -2:]
     gap = top2[:, 1] - top2[:, 0]
     onehot = jax.nn.one_hot(pm.sample(key, (n_s,)), 4, dtype=jnp.float64)
@@ -491,8 +496,8 @@ def test_noise_functions_match_scipy(name, getkey):
     u = f64([1e-6, 0.1, 0.25, 0.5, 0.75, 0.9, 1 - 1e-6])
     np.testing.assert_allclose(noise.quantile(u), ref.ppf(np.asarray(u)), rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(noise.icdf(u), noise.quantile(u), rtol=0, atol=0)
-    # sampling: Kolmogorov–Smirnov against the CDF (fixed key, 4000 draws)
-    xs = np.asarray(noise.sample(getkey(), (4000,), jnp.float64))
+    # sampling: Kolmogorov–Smirnov against the CDF (fixed key, 1024 draws)
+    xs = np.asarray(noise.sample(getkey(), (256, 4), jnp.float64)).reshape(-1)
     assert stats.kstest(xs, ref.cdf).pvalue > 1e-3
     if name != "uniform":  # deep left tail stays finite in log space
         assert np.isfinite(float(noise.log_cdf(f64(-25.0 * s))))

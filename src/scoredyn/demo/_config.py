@@ -18,9 +18,9 @@ class Config:
     quick: bool = False
     seed: int = 0
     net: str = "mlp"
-    width: int = 256
-    depth: int = 3
-    train_steps: int = 6000
+    width: int = 128
+    depth: int = 2
+    train_steps: int = 3000
     batch_size: int = 256
     lr: float = 2e-3
     ema_decay: float = 0.999
@@ -28,9 +28,9 @@ class Config:
     beta_min: float = 0.1
     weighting: str = "uniform"
     ks: tuple[int, ...] = DEFAULT_KS
-    num_eval: int = 256
-    num_gamma: int = 250
-    num_ode: int = 48
+    num_eval: int = 297
+    num_gamma: int = 500
+    num_ode: int = 64
     num_samples: int = 64
     sample_ks: tuple[int, ...] = (10, 100)
     out: str = "runs"
@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "for each pixel, turned into eps by sd.nn.GridEps; 'mlp' (toy default) = "
                    "residual MLP predicting eps; 'conv' = small conv net (digits; slower on CPU)")
     p.add_argument("--steps", dest="train_steps", type=int, default=None,
-                   help="training steps (default: 6000 digits, 4000 toy; 800 with --quick)")
+                   help="training steps (default: 3000 digits, 4000 toy; 600 / 1000 with --quick)")
     p.add_argument("--batch-size", type=int, default=None, help="training batch size (default 256)")
     p.add_argument("--width", type=int, default=None, help="hidden width (MLP) or 4x channels (conv)")
     p.add_argument("--depth", type=int, default=None, help="residual blocks")

@@ -89,8 +89,7 @@ def plot_samples(ev: Evaluation, data: Dataset, path: pathlib.Path, title: str) 
     size = 2.3 if image else 2.2
     fig, axes = plt.subplots(len(ks), len(names), figsize=(size * len(names), size * len(ks) + 0.6),
                              squeeze=False, layout="constrained")
-    cmap = plt.get_cmap("gray_r").copy()
-    cmap.set_bad("white")
+    cmap = plt.get_cmap("gray_r").with_extremes(bad="white")
     lim = None
     if not image:
         ref = data.test

@@ -31,6 +31,13 @@ def _float_array(x: ArrayLike, name: str) -> Array:
     return as_float(x, name)
 
 
+def _uniform01(key: Key, shape: tuple[int, ...], dtype) -> Array:
+    """Uniform draws on $[\text{tiny}, 1)$, the input of inverse-CDF sampling (one compiled
+    kernel per shape, shared by every family that samples this way)."""
+    dtype = default_float() if dtype is None else jnp.dtype(dtype)
+    return jax.random.uniform(key, shape, dtype, minval=float(jnp.finfo(dtype).tiny), maxval=1.0)
+
+
 class AbstractNoise(eqx.Module):
     r"""A noise distribution $\varepsilon$ with density $p$, CDF $F$ and quantile $F^{-1}$.
 
@@ -102,12 +109,9 @@ class AbstractNoise(eqx.Module):
         it with the default quadrature; families with a closed form override it.
         """
         x = _float_array(x, "x")
-
-        def one(xx):
-            mu = jnp.stack([xx, jnp.zeros_like(xx)])
-            return self._quadrature_row(mu, None)[0]
-
-        return jnp.vectorize(one)(x)
+        rows = jnp.stack([x.reshape(-1), jnp.zeros(x.size, x.dtype)], axis=-1)
+        _, raw = _log_probs(self, rows, "quadrature", None)
+        return raw[:, 0].reshape(x.shape)
 
     # ------------------------------------------------------------------ internals
     def _closed_form_row(self, mu: Float[Array, " n"]) -> Array:
@@ -189,8 +193,7 @@ class AbstractNoise(eqx.Module):
         _check_method(method, num_nodes)
         n = mu.shape[-1]
         path = self._resolve(n, method)
-        raw = _raw_log_probs(self, mu.reshape(-1, n), path, num_nodes)
-        out = raw - quad.safe_logsumexp(raw, axis=-1)[:, None]
+        out, _ = _log_probs(self, mu.reshape(-1, n), path, num_nodes)
         return out.reshape(mu.shape)
 
     def argmax_probs(
@@ -201,10 +204,13 @@ class AbstractNoise(eqx.Module):
 
 
 @eqx.filter_jit
-def _raw_log_probs(noise: AbstractNoise, mu: Array, path: str, num_nodes) -> Array:
-    """Unnormalised log-probabilities of rows `mu` (shape `(batch, n)`), compiled once per
-    noise type, shape, dtype and path (the noise's scale is a traced leaf)."""
-    return jax.vmap(lambda row: noise._raw_row(row, path, num_nodes))(mu)
+def _log_probs(noise: AbstractNoise, mu: Array, path: str, num_nodes) -> tuple[Array, Array]:
+    """Normalised and raw (unnormalised) log-probabilities of rows `mu`, shape `(batch, n)`.
+
+    Compiled once per noise type, shape, dtype and path; the noise's scale is a traced leaf.
+    """
+    raw = jax.vmap(lambda row: noise._raw_row(row, path, num_nodes))(mu)
+    return raw - quad.safe_logsumexp(raw, axis=-1)[:, None], raw
 
 
 def _check_scores(mu: ArrayLike) -> Array:
@@ -265,8 +271,8 @@ class Gumbel(_AbstractLocationScale):
         self.scale = _init_scale(scale)
 
     def sample(self, key: Key, shape: tuple[int, ...] = (), dtype=None) -> Array:
-        dtype = default_float() if dtype is None else dtype
-        return jax.random.gumbel(key, shape, dtype) * self._s(dtype)
+        u = _uniform01(key, shape, dtype)
+        return -self._s(u.dtype) * jnp.log(-jnp.log(u))
 
     def log_pdf(self, x: ArrayLike) -> Array:
         z, s = self._z(x)
@@ -361,8 +367,8 @@ class Logistic(_AbstractLocationScale):
         self.scale = _init_scale(scale)
 
     def sample(self, key: Key, shape: tuple[int, ...] = (), dtype=None) -> Array:
-        dtype = default_float() if dtype is None else dtype
-        return jax.random.logistic(key, shape, dtype) * self._s(dtype)
+        u = _uniform01(key, shape, dtype)
+        return self._s(u.dtype) * (jnp.log(u) - jnp.log1p(-u))
 
     def log_pdf(self, x: ArrayLike) -> Array:
         z, s = self._z(x)
@@ -432,8 +438,7 @@ class Laplace(_AbstractLocationScale):
         self.scale = _init_scale(scale)
 
     def sample(self, key: Key, shape: tuple[int, ...] = (), dtype=None) -> Array:
-        dtype = default_float() if dtype is None else dtype
-        return jax.random.laplace(key, shape, dtype) * self._s(dtype)
+        return self.quantile(_uniform01(key, shape, dtype))
 
     def log_pdf(self, x: ArrayLike) -> Array:
         z, s = self._z(x)
@@ -491,8 +496,7 @@ class Uniform(_AbstractLocationScale):
         self.scale = _init_scale(scale)
 
     def sample(self, key: Key, shape: tuple[int, ...] = (), dtype=None) -> Array:
-        dtype = default_float() if dtype is None else dtype
-        return jax.random.uniform(key, shape, dtype, -0.5, 0.5) * self._s(dtype)
+        return self.quantile(_uniform01(key, shape, dtype))
 
     def log_pdf(self, x: ArrayLike) -> Array:
         z, s = self._z(x)
@@ -522,9 +526,12 @@ class Uniform(_AbstractLocationScale):
         return jnp.where(z < 0, log_q, jnp.log1p(-jnp.exp(log_q)))
 
     def _closed_form_row(self, mu):
-        raw = quad.uniform_log_integrals(mu / self._s(mu.dtype))
-        return raw - quad.safe_logsumexp(raw)
+        return quad.uniform_log_integrals(mu / self._s(mu.dtype))
 
     def _quadrature_row(self, mu, num_nodes):
-        # the piecewise-polynomial rule is itself a (exact) quadrature
+        # the piecewise-polynomial rule is itself an (exact) quadrature
         return quad.uniform_log_integrals(mu / self._s(mu.dtype))
+
+    def _resolve(self, n: int, method: str) -> str:
+        path = super()._resolve(n, method)
+        return "closed" if path == "quadrature" else path

@@ -205,7 +205,7 @@ class PerturbMax(eqx.Module):
     ) -> Float[Array, "... n"]:
         r"""A one-hot sample whose gradient is that of the relaxed sample.
 
-        $$y_{\text{st}} = h + y - \operatorname{stop\_gradient}(y),\qquad
+        $$y_{\text{st}} = h + \big(y - \operatorname{stop\_gradient}(y)\big),\qquad
           h = \operatorname{one\_hot}\big(\arg\max_j(\mu_j + \varepsilon_j)\big),$$
 
         with $y$ the [`relaxed_sample`][scoredyn.reparam.PerturbMax.relaxed_sample]: the
@@ -226,4 +226,4 @@ class PerturbMax(eqx.Module):
         z = self._perturbed(key, shape)
         y = jax.nn.softmax(z / tau, axis=-1)
         h = jax.nn.one_hot(jnp.argmax(z, axis=-1), self.num_classes, dtype=y.dtype)
-        return h + y - jax.lax.stop_gradient(y)
+        return h + (y - jax.lax.stop_gradient(y))  # exactly h in value

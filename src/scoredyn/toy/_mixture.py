@@ -153,8 +153,18 @@ class GaussianMixture(eqx.Module):
         alpha = jnp.asarray(alpha, self.means.dtype)
         sigma = jnp.asarray(sigma, self.means.dtype)
         eye = jnp.eye(self.dim, dtype=self.means.dtype)
-        return GaussianMixture(
-            self.weights, alpha * self.means, alpha**2 * self.covs + sigma**2 * eye[None]
+        # alpha^2 C + sigma^2 I has the eigenvectors of C and eigenvalues alpha^2 l + sigma^2:
+        # update the stored spectrum instead of re-diagonalising. This is exact, O(k d^2), and
+        # differentiable in (alpha, sigma) even for isotropic components, where the derivative
+        # of `eigh` (which divides by eigenvalue gaps) would be NaN.
+        return eqx.tree_at(
+            lambda g: (g.means, g.covs, g.eigvals),
+            self,
+            (
+                alpha * self.means,
+                alpha**2 * self.covs + sigma**2 * eye[None],
+                self._spectrum(alpha, sigma),
+            ),
         )
 
     def marginal(self, sde: AbstractLinearSDE, t: Time) -> "GaussianMixture":
