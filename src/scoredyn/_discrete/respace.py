@@ -135,5 +135,7 @@ def check_tau(tau, num_steps: int, name: str = "tau", *, allow_reverse: bool = F
             raise ValueError(f"`{name}` must end at N = {num_steps} (the prior), got {v[-1]}.")
         return jnp.asarray(v.astype(np.int32))
     arr = jnp.asarray(arr).astype(jnp.int32)
+    if allow_reverse:  # a decreasing (DDIM-style) list is reversed, as for concrete input
+        arr = jnp.where(arr[0] > arr[-1], arr[::-1], arr)
     bad = (arr[0] != 0) | (arr[-1] != num_steps) | jnp.any(jnp.diff(arr) <= 0)
     return eqx.error_if(arr, bad, f"`{name}` must be strictly increasing from 0 to N={num_steps}.")

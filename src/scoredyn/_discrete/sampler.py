@@ -14,7 +14,7 @@ from jax import lax
 from jaxtyping import Array, ArrayLike, Float, Int
 
 from .._custom_types import Key, VectorField
-from .._misc import as_float, check_vector_field
+from .._misc import as_float, check_vector_field, safe_sqrt
 from .posterior import PairTerms, check_eta, check_lam2, check_schedule, pair_terms
 from .respace import check_tau
 from .schedule import DiscreteSchedule, concrete_value
@@ -199,7 +199,7 @@ def sample_discrete(
 
     var_fn = var if callable(var) else None
     if var_fn is None:
-        std = jnp.sqrt(var.astype(dtype)) * mask
+        std = safe_sqrt(var.astype(dtype)) * mask  # d/dv sqrt(v) at v = 0 would be inf * 0
     else:
         std = mask
     stochastic = not (variances_are_zero(lam2, variances, eta) or (K == 1 and not final_noise))
@@ -229,7 +229,7 @@ def sample_discrete(
                 x_new = x_new + s["std"] * z
             else:
                 v = jnp.asarray(var_fn(s["n"], s["m"], x, eps), dtype)
-                x_new = x_new + s["std"] * jnp.sqrt(v) * z
+                x_new = x_new + s["std"] * safe_sqrt(v) * z
         return x_new, (x_new if return_trajectory else None)
 
     x0, ys = lax.scan(body, x_T, xs)

@@ -17,7 +17,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int
 
 from .._custom_types import Key
-from .._misc import as_float
+from .._misc import as_float, safe_sqrt
 from .posterior import (
     PairTerms,
     _check_pair,
@@ -184,7 +184,7 @@ def reverse_step(
         if deterministic:
             return mean
         raise ValueError("`key` may be None only for a deterministic step (var == 0).")
-    std = jnp.sqrt(jnp.asarray(var, x_n.dtype))
+    std = safe_sqrt(jnp.asarray(var, x_n.dtype))
     return mean + std * jax.random.normal(key, x_n.shape, x_n.dtype)
 
 

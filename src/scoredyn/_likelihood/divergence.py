@@ -32,6 +32,18 @@ def value_and_hutchinson(fn: Callable, x: Array, probes: Array) -> tuple[Array, 
     return out, jnp.mean(jnp.sum((probes * jv).reshape(probes.shape[0], -1), axis=-1))
 
 
+def _check_field(fn, x: Array) -> None:
+    """`fn(x)` must be an array shaped like `x` (checked abstractly, without running `fn`)."""
+    if not callable(fn):
+        raise TypeError(f"`fn` must be callable x -> array like x, got {fn!r}.")
+    out = jax.eval_shape(fn, x)
+    if getattr(out, "shape", None) != x.shape:
+        raise ValueError(
+            f"`fn(x)` must return an array shaped like x {x.shape}, got "
+            f"{getattr(out, 'shape', type(out).__name__)}."
+        )
+
+
 def divergence(fn: Callable, x: Float[ArrayLike, "*shape"]) -> Scalar:
     r"""Exact divergence $\nabla\cdot F(x) = \operatorname{tr} J_F(x) = \sum_i \partial_i F_i(x)$.
 
@@ -47,9 +59,8 @@ def divergence(fn: Callable, x: Float[ArrayLike, "*shape"]) -> Scalar:
     Returns:
         The scalar $\nabla\cdot F(x)$.
     """
-    if not callable(fn):
-        raise TypeError(f"`fn` must be callable x -> array like x, got {fn!r}.")
     x = as_float(x, "x")
+    _check_field(fn, x)
     return value_and_divergence(fn, x)[1]
 
 
@@ -79,7 +90,9 @@ def hutchinson_probes(
         raise ValueError(f"`probe` must be one of {_PROBES}, got {probe!r}.")
     if not isinstance(num_probes, int) or isinstance(num_probes, bool) or num_probes < 1:
         raise ValueError(f"`num_probes` must be a Python int >= 1, got {num_probes!r}.")
-    dtype = default_float() if dtype is None else dtype
+    dtype = default_float() if dtype is None else jnp.dtype(dtype)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"`dtype` must be a floating dtype, got {dtype}.")
     full = (num_probes, *shape)
     if probe == "gaussian":
         return jax.random.normal(key, full, dtype)
@@ -108,9 +121,8 @@ def hutchinson_divergence(
     References:
         Hutchinson, 1990; Grathwohl et al., *FFJORD*, arXiv:1810.01367.
     """
-    if not callable(fn):
-        raise TypeError(f"`fn` must be callable x -> array like x, got {fn!r}.")
     x = as_float(x, "x")
+    _check_field(fn, x)
     probes = as_float(probes, "probes").astype(x.dtype)
     if probes.ndim != x.ndim + 1 or probes.shape[1:] != x.shape:
         raise ValueError(

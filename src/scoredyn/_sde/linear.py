@@ -5,7 +5,7 @@ import math
 import jax.numpy as jnp
 
 from .._custom_types import Scalar, Time
-from .._misc import as_float, check_positive, is_concrete, log1mexp
+from .._misc import check_positive, check_times, is_concrete, log1mexp
 from .base import AbstractLinearSDE
 
 
@@ -52,11 +52,11 @@ class VPSDE(AbstractLinearSDE):
 
     def beta(self, t: Time) -> Scalar:
         r"""The noise rate $\beta(t)$."""
-        return self.beta_min + as_float(t, "t") * (self.beta_max - self.beta_min)
+        return self.beta_min + check_times(t, self.T) * (self.beta_max - self.beta_min)
 
     def log_alpha(self, t: Time) -> Scalar:
         r"""$\log\alpha(t)$."""
-        t = as_float(t, "t")
+        t = check_times(t, self.T)
         return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
 
     def marginal(self, t: Time) -> tuple[Scalar, Scalar]:
@@ -95,11 +95,11 @@ class SubVPSDE(AbstractLinearSDE):
 
     def beta(self, t: Time) -> Scalar:
         r"""The noise rate $\beta(t)$."""
-        return self.beta_min + as_float(t, "t") * (self.beta_max - self.beta_min)
+        return self.beta_min + check_times(t, self.T) * (self.beta_max - self.beta_min)
 
     def log_alpha(self, t: Time) -> Scalar:
         r"""$\log\alpha(t)$."""
-        t = as_float(t, "t")
+        t = check_times(t, self.T)
         return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
 
     def marginal(self, t: Time) -> tuple[Scalar, Scalar]:
@@ -146,17 +146,17 @@ class VESDE(AbstractLinearSDE):
         return _scalar_fn(math.log, jnp.log, self.sigma_max / self.sigma_min)
 
     def marginal(self, t: Time) -> tuple[Scalar, Scalar]:
-        t = as_float(t, "t")
+        t = check_times(t, self.T)
         var = self.sigma_min**2 * jnp.expm1(2.0 * t * self._log_ratio())
         return jnp.ones_like(t), jnp.sqrt(var)
 
     def coefficients(self, t: Time) -> tuple[Scalar, Scalar]:
-        t = as_float(t, "t")
+        t = check_times(t, self.T)
         s = self.sigma_min * jnp.exp(t * self._log_ratio())
         return jnp.zeros_like(t), s * _scalar_fn(math.sqrt, jnp.sqrt, 2.0 * self._log_ratio())
 
     def log_snr(self, t: Time) -> Scalar:
-        t = as_float(t, "t")
+        t = check_times(t, self.T)
         return -2.0 * _scalar_fn(math.log, jnp.log, self.sigma_min) - jnp.log(jnp.expm1(2.0 * t * self._log_ratio()))
 
 
@@ -186,7 +186,7 @@ class CosineVPSDE(AbstractLinearSDE):
             raise ValueError(f"`T` must be < 1 for the cosine schedule (alpha(1) = 0), got {self.T}.")
 
     def _angle(self, t):
-        return 0.5 * math.pi * (as_float(t, "t") + self.s) / (1.0 + self.s)
+        return 0.5 * math.pi * (check_times(t, self.T) + self.s) / (1.0 + self.s)
 
     def log_alpha(self, t: Time) -> Scalar:
         r"""$\log\alpha(t)$, written as $\log(1 - 2\sin^2(\delta/2) - \tan(a_0)\sin\delta)$.
@@ -194,7 +194,7 @@ class CosineVPSDE(AbstractLinearSDE):
         Here $a_0 = \frac{\pi}{2}\frac{s}{1+s}$ and $\delta = \frac{\pi}{2}\frac{t}{1+s}$, so that
         $\cos(a_0 + \delta)/\cos(a_0)$ is evaluated without cancellation near $t = 0$.
         """
-        delta = 0.5 * math.pi * as_float(t, "t") / (1.0 + self.s)
+        delta = 0.5 * math.pi * check_times(t, self.T) / (1.0 + self.s)
         tan_a0 = _scalar_fn(math.tan, jnp.tan, 0.5 * math.pi * self.s / (1.0 + self.s))
         la = jnp.log1p(-2.0 * jnp.sin(0.5 * delta) ** 2 - tan_a0 * jnp.sin(delta))
         return jnp.minimum(la, 0.0)

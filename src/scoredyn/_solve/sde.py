@@ -8,7 +8,7 @@ import lineax as lx
 from jaxtyping import Array, ArrayLike, Float
 
 from .._custom_types import Key, ScoreFn
-from .._misc import is_concrete
+from .._misc import check_time, check_vector_field, is_concrete
 from .._sde import AbstractLinearSDE, AbstractSDE, reverse_sde
 from ._utils import (
     check_controller,
@@ -114,8 +114,10 @@ def simulate_sde(
         $x(t_1)$ shaped like `x` (or the path at `ts`); with `return_stats`, `(x, stats)`.
 
     Raises:
-        ValueError: if `num_steps < 1` or `t0 == t1` (concrete).
-        TypeError: for a non-SDE `sde` or non-diffrax `solver`.
+        ValueError: if `num_steps < 1`, `t0 == t1`, `t0` or `t1` lies outside $[0, T]$, or the
+            drift (diffusion) is not shaped like (broadcastable to) `x`.
+        TypeError: for a non-SDE `sde`, a drift of another dtype than `x`, or a non-diffrax
+            `solver`.
 
     Example:
         ```python
@@ -128,6 +130,16 @@ def simulate_sde(
         raise ValueError("`t0` and `t1` must be concrete (their order sets the time direction).")
     if float(t0) == float(t1):
         raise ValueError(f"`t0` and `t1` must differ, got t0 = t1 = {float(t0)}.")
+    check_time(t0, sde.T, "t0")
+    check_time(t1, sde.T, "t1")
+    check_vector_field(sde.drift, "sde.drift", t0, x)
+    g = jax.eval_shape(sde.diffusion, jnp.asarray(t0, x.dtype), x)
+    try:
+        jnp.broadcast_shapes(g.shape, x.shape)
+    except ValueError:
+        raise ValueError(
+            f"`sde.diffusion(t, x)` must broadcast against x {x.shape}, got shape {g.shape}."
+        ) from None
     sign = 1.0 if float(t1) > float(t0) else -1.0
     return _simulate(
         key,

@@ -171,6 +171,11 @@ class DiagonalVariance(eqx.Module):
 
     def __call__(self, n, m, x_n, eps_hat):
         head = self.head_fn(self.sched.time(n).astype(x_n.dtype), x_n)
+        if jnp.shape(head) != jnp.shape(x_n):
+            raise ValueError(
+                f"`head_fn(t, x)` must return an array shaped like x_n {jnp.shape(x_n)}, got "
+                f"shape {jnp.shape(head)}."
+            )
         if self.kind == "sn":
             cov = sn_covariance(self.sched, n, eps_hat, head, data_range=self.data_range)
         else:
@@ -199,6 +204,8 @@ def sn_variance_fn(
     Returns:
         A [`DiagonalVariance`][scoredyn.analytic.DiagonalVariance] callable.
     """
+    if not callable(head_fn):
+        raise TypeError(f"`head_fn` must be callable (t, x) -> array like x, got {head_fn!r}.")
     check_forward(forward, eta)
     check_data_range(data_range)
     return DiagonalVariance(sched, head_fn, "sn", forward, eta, data_range)
@@ -224,6 +231,8 @@ def npr_variance_fn(
     Returns:
         A [`DiagonalVariance`][scoredyn.analytic.DiagonalVariance] callable.
     """
+    if not callable(head_fn):
+        raise TypeError(f"`head_fn` must be callable (t, x) -> array like x, got {head_fn!r}.")
     check_forward(forward, eta)
     check_data_range(data_range)
     return DiagonalVariance(sched, head_fn, "npr", forward, eta, data_range)
@@ -238,6 +247,25 @@ def _noised(key, sched, x0):
     alpha, sigma = sched.marginal(n)
     x_n = alpha.astype(x0.dtype) * x0 + sigma.astype(x0.dtype) * eps
     return sched.time(n).astype(x0.dtype), x_n, eps
+
+
+def _two_heads(model_fn, t, x_n):
+    """`model_fn(t, x_n)` as a pair of arrays shaped like `x_n` (checked on shapes, at trace time)."""
+    if not callable(model_fn):
+        raise TypeError(f"`model_fn` must be callable (t, x) -> (eps_hat, head), got {model_fn!r}.")
+    out = model_fn(t, x_n)
+    if not isinstance(out, (tuple, list)) or len(out) != 2:
+        raise TypeError(
+            "`model_fn(t, x)` must return a pair (eps_hat, head) of arrays shaped like x, got "
+            f"{type(out).__name__}{'' if isinstance(out, (tuple, list)) else ' ' + str(jnp.shape(out))}."
+        )
+    for what, a in zip(("eps_hat", "head"), out):
+        if jnp.shape(a) != x_n.shape:
+            raise ValueError(
+                f"`model_fn(t, x)` must return (eps_hat, head) shaped like x {x_n.shape}, got "
+                f"{what} of shape {jnp.shape(a)}."
+            )
+    return out
 
 
 def _check_weights(ratio, mean_weight):
@@ -280,7 +308,7 @@ def sn_dpm_loss(
     _check_weights(ratio, mean_weight)
     x0 = as_float(x0, "x0")
     t, x_n, eps = _noised(key, sched, x0)
-    eps_hat, h = model_fn(t, x_n)
+    eps_hat, h = _two_heads(model_fn, t, x_n)
     return mean_weight * jnp.sum((eps - eps_hat) ** 2) + ratio * jnp.sum((eps**2 - h) ** 2)
 
 
@@ -318,6 +346,6 @@ def npr_dpm_loss(
     _check_weights(ratio, mean_weight)
     x0 = as_float(x0, "x0")
     t, x_n, eps = _noised(key, sched, x0)
-    eps_hat, g = model_fn(t, x_n)
+    eps_hat, g = _two_heads(model_fn, t, x_n)
     resid2 = jax.lax.stop_gradient(eps - eps_hat) ** 2
     return mean_weight * jnp.sum((eps - eps_hat) ** 2) + ratio * jnp.sum((resid2 - g) ** 2)

@@ -29,8 +29,8 @@ class Config:
     weighting: str = "uniform"
     ks: tuple[int, ...] = DEFAULT_KS
     num_eval: int = 297
-    num_gamma: int = 500
-    num_ode: int = 64
+    num_gamma: int = 1000
+    num_ode: int = 128
     num_samples: int = 64
     sample_ks: tuple[int, ...] = (10, 100)
     out: str = "runs"
@@ -60,18 +60,19 @@ class Config:
 def _quick_defaults(data: str) -> dict:
     base = dict(
         net="grid", width=128, depth=2, train_steps=600, batch_size=256, lr=3e-3, ema_decay=0.99,
-        num_eval=48, num_gamma=64, num_ode=4, num_samples=36, ks=(10, 100), sample_ks=(10,),
+        num_eval=48, num_gamma=64, num_ode=2, num_samples=36, ks=(10,), sample_ks=(10,),
     )
     if data != "digits":
-        base.update(net="mlp", train_steps=1000, num_eval=256, num_ode=64, num_samples=256)
+        base.update(net="mlp", train_steps=1000, num_eval=256, num_gamma=1000, num_ode=256,
+                    num_samples=256)
     return base
 
 
 def _full_defaults(data: str) -> dict:
     if data == "digits":
         return dict(net="grid")
-    return dict(net="mlp", width=128, depth=3, train_steps=4000, num_eval=1000, num_gamma=1000,
-                num_ode=256, num_samples=1000, ema_decay=0.995)
+    return dict(net="mlp", width=128, depth=3, train_steps=4000, num_eval=1000, num_gamma=4000,
+                num_ode=1000, num_samples=1000, ema_decay=0.995)
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter):

@@ -60,6 +60,7 @@ def even_trajectory(num_steps: int, K: int):
     return sd.trajectory(np.asarray(idx, np.int32), num_steps)
 
 
+@eqx.filter_jit
 def optimal_trajectory(sched, est, K: int):
     """`sd.analytic.optimal_trajectory` on `ms_eps` capped just below 1 (see the module notes)."""
     ms = jnp.minimum(est.ms_eps, 1.0 - 1e-5)
@@ -125,28 +126,33 @@ def decoder_variances(sched, tau, variances):
     return jnp.maximum(variances[..., 0], floor)
 
 
-def _bound_variances(sched, tau, est, data: Dataset):
-    """Reverse variances of the bound methods on one trajectory, shape (3, K)."""
+BOUND_NAMES = (DDPM_TILDE, DDPM_BETA, ANALYTIC_DPM)
+SAMPLER_NAMES = (DDPM_TILDE, DDPM_BETA, DDIM, ANALYTIC_DPM, ANALYTIC_DDIM)
+
+
+@eqx.filter_jit
+def _bound_variances(sched, tau, ms_eps, data_range):
+    """Reverse variances of the bound methods (`BOUND_NAMES`) on one trajectory, shape (3, K)."""
     bt = sd.reverse_variances(sched, tau, "ddpm")
     beta = sd.reverse_variances(sched, tau, "ddpm_beta")
-    a_dpm = sd.analytic.optimal_variances(sched, tau, est, forward="ddpm",
-                                          data_range=data.data_range)
-    return (DDPM_TILDE, DDPM_BETA, ANALYTIC_DPM), jnp.stack([bt, beta, a_dpm])
+    a_dpm = sd.analytic.optimal_variances(sched, tau, ms_eps, forward="ddpm",
+                                          data_range=data_range)
+    return jnp.stack([bt, beta, a_dpm])
 
 
-def _sampler_arrays(sched, tau, est, data: Dataset, last_clip):
+@eqx.filter_jit
+def _sampler_arrays(sched, tau, ms_eps, data_range, last_clip):
+    """Forward and reverse variances of the samplers (`SAMPLER_NAMES`), each shape (5, K)."""
     bt = sd.reverse_variances(sched, tau, "ddpm")
     beta = sd.reverse_variances(sched, tau, "ddpm_beta")
     zero = jnp.zeros_like(bt)
-    rng = data.data_range
-    a_dpm = sd.analytic.optimal_variances(sched, tau, est, forward="ddpm", data_range=rng,
-                                          last_step_clip=last_clip)
-    a_ddim = sd.analytic.optimal_variances(sched, tau, est, forward="ddim", data_range=rng,
-                                           last_step_clip=last_clip)
-    names = (DDPM_TILDE, DDPM_BETA, DDIM, ANALYTIC_DPM, ANALYTIC_DDIM)
+    a_dpm = sd.analytic.optimal_variances(sched, tau, ms_eps, forward="ddpm",
+                                          data_range=data_range, last_step_clip=last_clip)
+    a_ddim = sd.analytic.optimal_variances(sched, tau, ms_eps, forward="ddim",
+                                           data_range=data_range, last_step_clip=last_clip)
     lam2s = jnp.stack([bt, bt, zero, bt, zero])
     variances = jnp.stack([bt, beta, zero, a_dpm, a_ddim])
-    return names, lam2s, variances
+    return lam2s, variances
 
 
 @eqx.filter_jit
@@ -181,7 +187,8 @@ def evaluate(cfg: Config, data: Dataset, sched, sde, net, key, log=print, progre
     est = sd.analytic.estimate_gamma(k_gamma, sched, net, train)
     ms = np.asarray(est.ms_eps)
     seconds["gamma"] = time.perf_counter() - t0
-    log(f"Gamma: ms_eps estimated at all {N} steps from {est.num_samples} training images "
+    what = "images" if data.image_shape is not None else "points"
+    log(f"Gamma: ms_eps estimated at all {N} steps from {est.num_samples} training {what} "
         f"({seconds['gamma']:.1f} s)")
 
     # ---- variational bounds, every K, every method
@@ -204,12 +211,13 @@ def evaluate(cfg: Config, data: Dataset, sched, sde, net, key, log=print, progre
             tau_ot = tau if K == N else optimal_trajectory(sched, e, K)
             if store is None:
                 trajectories[K] = [int(v) for v in np.asarray(tau_ot)]
-            names, variances = _bound_variances(sched, tau, e, data)
+            names = BOUND_NAMES
+            variances = _bound_variances(sched, tau, e.ms_eps, data.data_range)
             bpd = np.asarray(_bounds_batch(model, sched, test, keys, tau, variances, dec_kw))
             if K == N:  # the optimal trajectory of N steps is every step
                 bpd_ot = bpd[2]
             else:  # same shapes as above, so the compilation is re-used
-                _, var_ot = _bound_variances(sched, tau_ot, e, data)
+                var_ot = _bound_variances(sched, tau_ot, e.ms_eps, data.data_range)
                 bpd_ot = np.asarray(_bounds_batch(model, sched, test, keys, tau_ot, var_ot,
                                                   dec_kw))[2]
             rows = dict(zip(names, bpd))
@@ -237,10 +245,11 @@ def evaluate(cfg: Config, data: Dataset, sched, sde, net, key, log=print, progre
         reference["uniform over the grid"] = math.log2(data.levels)
     eps_error = None
     if data.oracle is not None:
-        x = jnp.asarray(data.test[: cfg.num_eval], jnp.float32)
-        true_nll = -jax.vmap(data.oracle.log_prob)(x) / (data.dim * math.log(2.0))
-        reference["exact -log2 p(x)/d of the data"] = float(jnp.mean(true_nll))
+        nll = lambda n: float(jnp.mean(-jax.vmap(data.oracle.log_prob)(
+            jnp.asarray(data.test[:n], jnp.float32)) / (data.dim * math.log(2.0))))
+        reference["exact -log2 p(x)/d, bound points"] = nll(cfg.num_eval)
         pf_true = _pf_ode(cfg, data, sched, sde, None, k_ode)
+        reference["exact -log2 p(x)/d, PF-ODE points"] = nll(cfg.num_ode)
         reference["PF-ODE with the exact score"] = pf_true["mean"]
         eps_error = _eps_error(net, oracle, sched, data, k_ode)
 
@@ -350,13 +359,14 @@ def _samples(cfg, data, sched, net, est, key) -> dict:
     for K in cfg.sample_ks:
         K = min(K, N)
         tau = even_trajectory(N, K)
-        names, lam2s, variances = _sampler_arrays(sched, tau, est, data, last_clip)
+        names = SAMPLER_NAMES
+        lam2s, variances = _sampler_arrays(sched, tau, est.ms_eps, data.data_range, last_clip)
         xs = np.asarray(_sample_batch(net, sched, keys, x_T, tau, lam2s, variances, clip))
         for name, x in zip(names, xs):
             out[name][K] = x
         # Analytic-DPM on the optimal trajectory: same shapes, so the compilation is re-used
         tau_ot = optimal_trajectory(sched, est, K)
-        _, lam2s, variances = _sampler_arrays(sched, tau_ot, est, data, last_clip)
+        lam2s, variances = _sampler_arrays(sched, tau_ot, est.ms_eps, data.data_range, last_clip)
         xs = np.asarray(_sample_batch(net, sched, keys, x_T, tau_ot, lam2s, variances, clip))
         out[ANALYTIC_DPM_OT][K] = xs[names.index(ANALYTIC_DPM)]
     return out

@@ -167,7 +167,7 @@ def write_report(folder: pathlib.Path, cfg: Config, data: Dataset, ev: Evaluatio
         f"- Schedule: the VP SDE (beta from 0.1 to 20) sampled at N = {ev.ks[-1]} steps "
         "(the continuous twin of DDPM's linear schedule); the network is called at t = n/N.",
         f"- Analytic-DPM's Gamma (ms_eps) estimated once at every step from "
-        f"{ev.gamma['num_samples']} training images, then re-used for every K and every sampler.",
+        f"{ev.gamma['num_samples']} training examples, then re-used for every K and every sampler.",
         "- Even trajectories tau_k = round(1 + (k-1)(N-1)/(K-1)) as in Analytic-DPM and DDIM; the "
         "optimal trajectory solves Analytic-DPM's dynamic programme on the same Gamma.",
         "",

@@ -67,7 +67,7 @@ class PerturbMax(eqx.Module):
     Example:
         ```python
         pm = sd.reparam.PerturbMax(jnp.array([0.3, -1.2, 2.0, 0.5]), sd.reparam.Gaussian())
-        pm.probs                         # ≈ [0.0891, 0.0046, 0.7844, 0.1219]
+        pm.probs                         # ≈ [0.0892, 0.0046, 0.7844, 0.1219]
         pm.sample(key, (1000,))          # (1000,) class indices
         y = pm.relaxed_sample(key, 0.5)  # (4,) a point of the simplex
         ```
