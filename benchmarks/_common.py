@@ -3,6 +3,7 @@
 import math
 import os
 import platform
+import resource
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -63,10 +64,23 @@ def block(x):
     return jax.block_until_ready(x)
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process, all threads (XLA's thread pool included)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def time_once(fn: Callable, *args) -> float:
     t0 = time.perf_counter()
     block(fn(*args))
     return time.perf_counter() - t0
+
+
+def time_once_both(fn: Callable, *args) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one call."""
+    c0, t0 = cpu_seconds(), time.perf_counter()
+    block(fn(*args))
+    return time.perf_counter() - t0, cpu_seconds() - c0
 
 
 def time_interleaved(
@@ -77,12 +91,14 @@ def time_interleaved(
     warmup: int = 1,
     budget_s: float | None = None,
     max_repeats: int = 50,
+    cpu_out: dict | None = None,
 ) -> dict[str, list[float]]:
     """Wall times of already-jitted functions, run A, B, C, A, B, C, ... (compile excluded).
 
     Interleaving exposes every variant to the same load from other processes. With `budget_s`,
     the number of rounds grows from `repeats` up to `max_repeats` while one round's measured
-    time fits into the budget (short runs get many rounds, long runs `repeats`).
+    time fits into the budget (short runs get many rounds, long runs `repeats`). If `cpu_out` is
+    a dict, it receives the CPU seconds (all threads) of every run as well.
     """
     for _ in range(warmup):  # the first call also compiles, if that was not done yet
         for name, fn in fns.items():
@@ -94,9 +110,14 @@ def time_interleaved(
     if budget_s is not None and round_s > 0:
         repeats = int(min(max_repeats, max(repeats, budget_s // round_s)))
     times: dict[str, list[float]] = {name: [] for name in fns}
+    cpu: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            times[name].append(time_once(fn, *args[name]))
+            w, c = time_once_both(fn, *args[name])
+            times[name].append(w)
+            cpu[name].append(c)
+    if cpu_out is not None:
+        cpu_out.update(cpu)
     return times
 
 

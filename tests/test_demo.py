@@ -52,7 +52,10 @@ def test_help_exits_cleanly(capsys):
 
 def test_checkpoint_hash_tracks_training_settings_only():
     a = _config.parse_config([])
-    assert a.training_hash() == _config.parse_config(["--eval", "7", "--out", "elsewhere"]).training_hash()
+    assert (
+        a.training_hash()
+        == _config.parse_config(["--eval", "7", "--out", "elsewhere"]).training_hash()
+    )
     assert a.training_hash() != _config.parse_config(["--seed", "1"]).training_hash()
     assert a.training_hash() != _config.parse_config(["--steps", "10"]).training_hash()
     assert a.training_hash() != _config.parse_config(["--quick"]).training_hash()
@@ -73,7 +76,7 @@ def test_digits_are_on_the_17_level_grid():
 
 
 def test_even_trajectory_is_the_papers():
-    r"""$\tau_k = \mathrm{round}(1 + (k - 1)(N - 1)/(K - 1))$ (Bao et al., App. F), with $\tau_0 = 0$."""
+    r"""$\tau_k = \mathrm{round}(1 + (k - 1)(N - 1)/(K - 1))$ (Bao et al., App. F), $\tau_0 = 0$."""
     tau = np.asarray(_evaluate.even_trajectory(1000, 10))
     assert tau.tolist() == [0, 1, 112, 223, 334, 445, 556, 667, 778, 889, 1000]
     full = np.asarray(_evaluate.even_trajectory(1000, 1000))
@@ -100,8 +103,14 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     args = ["--quick", "--out", str(tmp_path), "--no-progress"]
     folder = main(args)
     assert folder == tmp_path / "digits-quick"
-    for name in ("results.json", "table.md", "report.md", "nll_vs_steps.png", "samples.png",
-                 "training_loss.png"):
+    for name in (
+        "results.json",
+        "table.md",
+        "report.md",
+        "nll_vs_steps.png",
+        "samples.png",
+        "training_loss.png",
+    ):
         assert (folder / name).is_file(), name
     assert list(folder.glob("checkpoint-*.eqx")), "no checkpoint written"
     for png in ("nll_vs_steps.png", "samples.png", "training_loss.png"):

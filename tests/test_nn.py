@@ -10,7 +10,6 @@ import optax
 import pytest
 
 import scoredyn as sd
-
 from helpers import mixture_2d
 
 KEY = jax.random.key(0)
@@ -199,14 +198,23 @@ def test_fit_chunking_and_determinism():
     data = jax.random.normal(jax.random.key(1), (50, 2), jnp.float32)
     s0 = sd.nn.init_train_state(net, opt)
     seen = []
-    s1, l1 = sd.nn.fit(KEY, s0, step, data, num_steps=10, batch_size=8, chunk=4,
-                       callback=lambda n, ls: seen.append((n, ls.shape[0])))
+    s1, l1 = sd.nn.fit(
+        KEY,
+        s0,
+        step,
+        data,
+        num_steps=10,
+        batch_size=8,
+        chunk=4,
+        callback=lambda n, ls: seen.append((n, ls.shape[0])),
+    )
     s2, l2 = sd.nn.fit(KEY, s0, step, data, num_steps=10, batch_size=8, chunk=10)
     assert seen == [(4, 4), (8, 4), (10, 2)]
     np.testing.assert_array_equal(np.asarray(l1), np.asarray(l2))
     assert int(s1.step) == 10
-    la, lb = jax.tree_util.tree_leaves(eqx.filter(s1, eqx.is_array)), jax.tree_util.tree_leaves(
-        eqx.filter(s2, eqx.is_array)
+    la, lb = (
+        jax.tree_util.tree_leaves(eqx.filter(s1, eqx.is_array)),
+        jax.tree_util.tree_leaves(eqx.filter(s2, eqx.is_array)),
     )
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(la, lb))
     with pytest.raises(ValueError, match="num_steps"):

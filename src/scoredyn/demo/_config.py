@@ -46,8 +46,20 @@ class Config:
         """What determines the trained weights (and nothing else)."""
         from .. import __version__
 
-        keys = ("data", "seed", "net", "width", "depth", "train_steps", "batch_size", "lr",
-                "ema_decay", "num_steps", "beta_min", "weighting")
+        keys = (
+            "data",
+            "seed",
+            "net",
+            "width",
+            "depth",
+            "train_steps",
+            "batch_size",
+            "lr",
+            "ema_decay",
+            "num_steps",
+            "beta_min",
+            "weighting",
+        )
         out = {k: getattr(self, k) for k in keys}
         out["scoredyn"] = __version__
         return out
@@ -59,20 +71,41 @@ class Config:
 
 def _quick_defaults(data: str) -> dict:
     base = dict(
-        net="grid", width=128, depth=2, train_steps=600, batch_size=256, lr=3e-3, ema_decay=0.99,
-        num_eval=48, num_gamma=64, num_ode=2, num_samples=36, ks=(10,), sample_ks=(10,),
+        net="grid",
+        width=128,
+        depth=2,
+        train_steps=600,
+        batch_size=256,
+        lr=3e-3,
+        ema_decay=0.99,
+        num_eval=48,
+        num_gamma=64,
+        num_ode=2,
+        num_samples=36,
+        ks=(10,),
+        sample_ks=(10,),
     )
     if data != "digits":
-        base.update(net="mlp", train_steps=1000, num_eval=256, num_gamma=1000, num_ode=256,
-                    num_samples=256)
+        base.update(
+            net="mlp", train_steps=1000, num_eval=256, num_gamma=1000, num_ode=256, num_samples=256
+        )
     return base
 
 
 def _full_defaults(data: str) -> dict:
     if data == "digits":
         return dict(net="grid")
-    return dict(net="mlp", width=128, depth=3, train_steps=4000, num_eval=1000, num_gamma=4000,
-                num_ode=1000, num_samples=1000, ema_decay=0.995)
+    return dict(
+        net="mlp",
+        width=128,
+        depth=3,
+        train_steps=4000,
+        num_eval=1000,
+        num_gamma=4000,
+        num_ode=1000,
+        num_samples=1000,
+        ema_decay=0.995,
+    )
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -94,39 +127,76 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=_Formatter,
     )
-    p.add_argument("--data", choices=DATASETS, default="digits",
-                   help="data set: the 8x8 digits, or a 2-D toy set ('mixture' has an exact "
-                   "oracle score, so the trained model is compared with the truth)")
-    p.add_argument("--quick", action="store_true",
-                   help="a smaller network, fewer steps and fewer evaluation examples: under a "
-                   "minute on a laptop (a smoke test; the numbers are rougher)")
-    p.add_argument("--seed", type=int, default=0, help="PRNG seed; the run is deterministic given it")
-    p.add_argument("--net", choices=("grid", "mlp", "conv"), default=None,
-                   help="eps-network: 'grid' (digits default) = residual MLP giving level logits "
-                   "for each pixel, turned into eps by sd.nn.GridEps; 'mlp' (toy default) = "
-                   "residual MLP predicting eps; 'conv' = small conv net (digits; slower on CPU)")
-    p.add_argument("--steps", dest="train_steps", type=int, default=None,
-                   help="training steps (default: 3000 digits, 4000 toy; 600 / 1000 with --quick)")
+    p.add_argument(
+        "--data",
+        choices=DATASETS,
+        default="digits",
+        help="data set: the 8x8 digits, or a 2-D toy set ('mixture' has an exact "
+        "oracle score, so the trained model is compared with the truth)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smaller network, fewer steps and fewer evaluation examples: under a "
+        "minute on a laptop (a smoke test; the numbers are rougher)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="PRNG seed; the run is deterministic given it"
+    )
+    p.add_argument(
+        "--net",
+        choices=("grid", "mlp", "conv"),
+        default=None,
+        help="eps-network: 'grid' (digits default) = residual MLP giving level logits "
+        "for each pixel, turned into eps by sd.nn.GridEps; 'mlp' (toy default) = "
+        "residual MLP predicting eps; 'conv' = small conv net (digits; slower on CPU)",
+    )
+    p.add_argument(
+        "--steps",
+        dest="train_steps",
+        type=int,
+        default=None,
+        help="training steps (default: 3000 digits, 4000 toy; 600 / 1000 with --quick)",
+    )
     p.add_argument("--batch-size", type=int, default=None, help="training batch size (default 256)")
-    p.add_argument("--width", type=int, default=None, help="hidden width (MLP) or 4x channels (conv)")
+    p.add_argument(
+        "--width", type=int, default=None, help="hidden width (MLP) or 4x channels (conv)"
+    )
     p.add_argument("--depth", type=int, default=None, help="residual blocks")
     p.add_argument("--lr", type=float, default=None, help="peak Adam learning rate")
-    p.add_argument("--num-steps", type=int, default=None,
-                   help="N, the steps of the discrete schedule (default 1000)")
-    p.add_argument("--beta-min", type=float, default=None,
-                   help="beta_min of the VP SDE (beta_max = 20) that the schedule samples")
-    p.add_argument("--weighting", choices=("uniform", "likelihood"), default=None,
-                   help="training loss: DDPM's uniform eps-loss, or likelihood weighting with "
-                   "log-SNR importance sampling")
-    p.add_argument("--eval", dest="num_eval", type=int, default=None,
-                   help="held-out examples for the bounds")
-    p.add_argument("--ode", dest="num_ode", type=int, default=None,
-                   help="held-out examples for the PF-ODE likelihood")
+    p.add_argument(
+        "--num-steps",
+        type=int,
+        default=None,
+        help="N, the steps of the discrete schedule (default 1000)",
+    )
+    p.add_argument(
+        "--beta-min",
+        type=float,
+        default=None,
+        help="beta_min of the VP SDE (beta_max = 20) that the schedule samples",
+    )
+    p.add_argument(
+        "--weighting",
+        choices=("uniform", "likelihood"),
+        default=None,
+        help="training loss: DDPM's uniform eps-loss, or likelihood weighting with "
+        "log-SNR importance sampling",
+    )
+    p.add_argument(
+        "--eval", dest="num_eval", type=int, default=None, help="held-out examples for the bounds"
+    )
+    p.add_argument(
+        "--ode",
+        dest="num_ode",
+        type=int,
+        default=None,
+        help="held-out examples for the PF-ODE likelihood",
+    )
     p.add_argument("--out", default="runs", help="output folder")
     p.add_argument("--name", default="", help="run name (default: the data set, plus -quick)")
     p.add_argument("--retrain", action="store_true", help="ignore a matching checkpoint")
-    p.add_argument("--no-progress", dest="progress", action="store_false",
-                   help="no progress bars")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     return p
 
 
@@ -147,5 +217,7 @@ def parse_config(argv=None) -> Config:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
     if cfg.num_steps < max(cfg.ks):
         ks = tuple(k for k in cfg.ks if k < cfg.num_steps)
-        cfg = dataclasses.replace(cfg, ks=ks, sample_ks=tuple(min(k, cfg.num_steps) for k in cfg.sample_ks))
+        cfg = dataclasses.replace(
+            cfg, ks=ks, sample_ks=tuple(min(k, cfg.num_steps) for k in cfg.sample_ks)
+        )
     return cfg

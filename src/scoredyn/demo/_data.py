@@ -84,7 +84,9 @@ def mixture_oracle() -> GaussianMixture:
     w = np.linspace(1.0, 2.0, k)
     w = w / w.sum()
     return GaussianMixture(
-        jnp.asarray(w, jnp.float32), jnp.asarray(means, jnp.float32), jnp.asarray(np.stack(covs), jnp.float32)
+        jnp.asarray(w, jnp.float32),
+        jnp.asarray(means, jnp.float32),
+        jnp.asarray(np.stack(covs), jnp.float32),
     )
 
 

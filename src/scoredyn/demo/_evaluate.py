@@ -1,4 +1,4 @@
-r"""Evaluation: Gamma, variational bounds of every sampler at every K, the PF-ODE likelihood, samples.
+r"""Evaluation: Gamma, bounds of every sampler at every K, the PF-ODE likelihood, samples.
 
 Everything here is a composition of public library calls (`sd.analytic.estimate_gamma`,
 `sd.trajectory`, `sd.reverse_variances`, `sd.analytic.optimal_variances`,
@@ -49,7 +49,8 @@ SAMPLERS = (DDPM_TILDE, DDPM_BETA, DDIM, ANALYTIC_DPM, ANALYTIC_DDIM, ANALYTIC_D
 
 
 def even_trajectory(num_steps: int, K: int):
-    r"""Analytic-DPM's (and DDIM's) even trajectory: $\tau_k = \mathrm{round}(1 + (k - 1)\frac{N - 1}{K - 1})$,
+    r"""Analytic-DPM's (and DDIM's) even trajectory,
+    $\tau_k = \mathrm{round}(1 + (k - 1)\frac{N - 1}{K - 1})$,
     $k = 1..K$, with $\tau_0 = 0$: the last step always starts from $x_1$, so the optimal
     trajectory (which fixes $\tau_1 = 1$) improves on it with the same decoder step."""
     if K == 1:
@@ -61,10 +62,34 @@ def even_trajectory(num_steps: int, K: int):
 
 
 @eqx.filter_jit
-def optimal_trajectory(sched, est, K: int):
-    """`sd.analytic.optimal_trajectory` on `ms_eps` capped just below 1 (see the module notes)."""
-    ms = jnp.minimum(est.ms_eps, 1.0 - 1e-5)
-    return sd.analytic.optimal_trajectory(sched, ms, K)
+def monotone_ms_eps(sched, ms_eps):
+    r"""Project Monte Carlo `ms_eps` onto what theory allows: a posterior variance growing in $n$.
+
+    Analytic-DPM's estimate of the average posterior variance of $x_0$ is
+    $\bar\sigma_n^2 = \frac{1 - \bar\alpha_n}{\bar\alpha_n}(1 - \texttt{ms\_eps}_n)$. Since
+    $x_0 \to x_m \to x_n$ is a Markov chain for $m < n$, $\mathbb E\operatorname{Var}[x_0\mid x_n]
+    \ge \mathbb E\operatorname{Var}[x_0\mid x_m]$: $\bar\sigma_n^2$ is non-decreasing in $n$. At
+    large $n$ the factor $(1 - \bar\alpha_n)/\bar\alpha_n$ multiplies Monte Carlo noise in
+    $1 - \texttt{ms\_eps}_n$ (a few $10^{-5}$ at $n = N$) by up to $10^4$, and an estimate that
+    touches 1 claims $x_0$ is known exactly from pure noise; the dynamic programme then jumps
+    from there straight to $n = 1$. Replacing $\bar\sigma_n^2$ by its running maximum
+    $\max_{m \le n}\bar\sigma_m^2$ removes such dips (it only ever raises a variance), and
+    `ms_eps` is mapped back, $\texttt{ms\_eps}_n = 1 - \frac{\bar\alpha_n}{1 - \bar\alpha_n}
+    \bar\sigma_n^2$, clipped to $[0, 1 - 10^{-5}]$ (the cap keeps the dynamic programme's
+    $\log(1 - \beta_{t|s}\Gamma_t)$ finite in float32).
+    """
+    abar = sched.alpha_bar.astype(ms_eps.dtype)
+    snr_inv = jnp.where(abar < 1, (1 - abar) / abar, 0.0)
+    var = snr_inv * (1 - jnp.clip(ms_eps, 0.0, 1.0))
+    var = jax.lax.cummax(var)
+    ms = jnp.where(snr_inv > 0, 1 - var / jnp.where(snr_inv > 0, snr_inv, 1.0), 0.0)
+    return jnp.clip(ms, 0.0, 1.0 - 1e-5)
+
+
+@eqx.filter_jit
+def optimal_trajectory(sched, ms_eps, K: int):
+    """`sd.analytic.optimal_trajectory` of `K` steps for the given `ms_eps`."""
+    return sd.analytic.optimal_trajectory(sched, ms_eps, K)
 
 
 @dataclasses.dataclass
@@ -103,8 +128,17 @@ def _bounds_batch(net, sched, x0s, keys, tau, variances, decoder_kw):
 
     def one_method(var, dec_var):
         def one_example(key, x0):
-            vb = sd.variational_bound(key, sched, net, x0, tau, lam2="ddpm", variances=var,
-                                      decoder_var=dec_var, **decoder_kw)
+            vb = sd.variational_bound(
+                key,
+                sched,
+                net,
+                x0,
+                tau,
+                lam2="ddpm",
+                variances=var,
+                decoder_var=dec_var,
+                **decoder_kw,
+            )
             return vb.bits_per_dim
 
         return jax.vmap(one_example)(keys, x0s)
@@ -135,8 +169,7 @@ def _bound_variances(sched, tau, ms_eps, data_range):
     """Reverse variances of the bound methods (`BOUND_NAMES`) on one trajectory, shape (3, K)."""
     bt = sd.reverse_variances(sched, tau, "ddpm")
     beta = sd.reverse_variances(sched, tau, "ddpm_beta")
-    a_dpm = sd.analytic.optimal_variances(sched, tau, ms_eps, forward="ddpm",
-                                          data_range=data_range)
+    a_dpm = sd.analytic.optimal_variances(sched, tau, ms_eps, forward="ddpm", data_range=data_range)
     return jnp.stack([bt, beta, a_dpm])
 
 
@@ -146,10 +179,12 @@ def _sampler_arrays(sched, tau, ms_eps, data_range, last_clip):
     bt = sd.reverse_variances(sched, tau, "ddpm")
     beta = sd.reverse_variances(sched, tau, "ddpm_beta")
     zero = jnp.zeros_like(bt)
-    a_dpm = sd.analytic.optimal_variances(sched, tau, ms_eps, forward="ddpm",
-                                          data_range=data_range, last_step_clip=last_clip)
-    a_ddim = sd.analytic.optimal_variances(sched, tau, ms_eps, forward="ddim",
-                                           data_range=data_range, last_step_clip=last_clip)
+    a_dpm = sd.analytic.optimal_variances(
+        sched, tau, ms_eps, forward="ddpm", data_range=data_range, last_step_clip=last_clip
+    )
+    a_ddim = sd.analytic.optimal_variances(
+        sched, tau, ms_eps, forward="ddim", data_range=data_range, last_step_clip=last_clip
+    )
     lam2s = jnp.stack([bt, bt, zero, bt, zero])
     variances = jnp.stack([bt, beta, zero, a_dpm, a_ddim])
     return lam2s, variances
@@ -159,8 +194,9 @@ def _sampler_arrays(sched, tau, ms_eps, data_range, last_clip):
 def _sample_batch(net, sched, keys, x_T, tau, lam2s, variances, clip):
     def one_method(lam2, var):
         return jax.vmap(
-            lambda k, x: sd.sample_discrete(k, sched, net, x, tau, lam2=lam2, variances=var,
-                                            clip_x0=clip)
+            lambda k, x: sd.sample_discrete(
+                k, sched, net, x, tau, lam2=lam2, variances=var, clip_x0=clip
+            )
         )(keys, x_T)
 
     return jax.vmap(one_method)(lam2s, variances)
@@ -185,11 +221,14 @@ def evaluate(cfg: Config, data: Dataset, sched, sde, net, key, log=print, progre
     # ---- Gamma (Analytic-DPM's score moment), once for all K and all samplers
     t0 = time.perf_counter()
     est = sd.analytic.estimate_gamma(k_gamma, sched, net, train)
+    ms_eps = monotone_ms_eps(sched, est.ms_eps)  # what every sampler below uses
     ms = np.asarray(est.ms_eps)
     seconds["gamma"] = time.perf_counter() - t0
     what = "images" if data.image_shape is not None else "points"
-    log(f"Gamma: ms_eps estimated at all {N} steps from {est.num_samples} training {what} "
-        f"({seconds['gamma']:.1f} s)")
+    log(
+        f"Gamma: ms_eps estimated at all {N} steps from {est.num_samples} training {what} "
+        f"({seconds['gamma']:.1f} s)"
+    )
 
     # ---- variational bounds, every K, every method
     ks = list(cfg.ks) + [N]
@@ -201,25 +240,28 @@ def evaluate(cfg: Config, data: Dataset, sched, sde, net, key, log=print, progre
     oracle_bounds = None if oracle is None else {m: {} for m in BOUND_METHODS}
     oracle_est = None
     if oracle is not None:
-        oracle_est = sd.analytic.estimate_gamma(k_gamma, sched, oracle, train)
+        oracle_est = monotone_ms_eps(
+            sched, sd.analytic.estimate_gamma(k_gamma, sched, oracle, train).ms_eps
+        )
     t0 = time.perf_counter()
     for K in ks:
         tau = even_trajectory(N, K)
-        for model, e, store in ((net, est, None), (oracle, oracle_est, oracle_bounds)):
+        for model, e, store in ((net, ms_eps, None), (oracle, oracle_est, oracle_bounds)):
             if model is None:
                 continue
             tau_ot = tau if K == N else optimal_trajectory(sched, e, K)
             if store is None:
                 trajectories[K] = [int(v) for v in np.asarray(tau_ot)]
             names = BOUND_NAMES
-            variances = _bound_variances(sched, tau, e.ms_eps, data.data_range)
+            variances = _bound_variances(sched, tau, e, data.data_range)
             bpd = np.asarray(_bounds_batch(model, sched, test, keys, tau, variances, dec_kw))
             if K == N:  # the optimal trajectory of N steps is every step
                 bpd_ot = bpd[2]
             else:  # same shapes as above, so the compilation is re-used
-                var_ot = _bound_variances(sched, tau_ot, e.ms_eps, data.data_range)
-                bpd_ot = np.asarray(_bounds_batch(model, sched, test, keys, tau_ot, var_ot,
-                                                  dec_kw))[2]
+                var_ot = _bound_variances(sched, tau_ot, e, data.data_range)
+                bpd_ot = np.asarray(
+                    _bounds_batch(model, sched, test, keys, tau_ot, var_ot, dec_kw)
+                )[2]
             rows = dict(zip(names, bpd))
             rows[ANALYTIC_DPM_OT] = bpd_ot
             for name, vals in rows.items():
@@ -237,32 +279,46 @@ def evaluate(cfg: Config, data: Dataset, sched, sde, net, key, log=print, progre
     t0 = time.perf_counter()
     pf = _pf_ode(cfg, data, sched, sde, net, k_ode)
     seconds["pf_ode"] = time.perf_counter() - t0
-    log(f"PF-ODE: {pf['mean']:.3f} ± {pf['stderr']:.3f} bits/dim on {pf['n']} held-out examples, "
-        f"{pf['nfe']:.0f} function evaluations ({seconds['pf_ode']:.1f} s)")
+    log(
+        f"PF-ODE: {pf['mean']:.3f} ± {pf['stderr']:.3f} bits/dim on {pf['n']} held-out examples, "
+        f"{pf['nfe']:.0f} function evaluations ({seconds['pf_ode']:.1f} s)"
+    )
 
     reference = {}
     if data.levels is not None:
         reference["uniform over the grid"] = math.log2(data.levels)
     eps_error = None
     if data.oracle is not None:
-        nll = lambda n: float(jnp.mean(-jax.vmap(data.oracle.log_prob)(
-            jnp.asarray(data.test[:n], jnp.float32)) / (data.dim * math.log(2.0))))
-        reference["exact -log2 p(x)/d, bound points"] = nll(cfg.num_eval)
+        nll = lambda n: float(
+            jnp.mean(
+                -jax.vmap(data.oracle.log_prob)(jnp.asarray(data.test[:n], jnp.float32))
+                / (data.dim * math.log(2.0))
+            )
+        )
         pf_true = _pf_ode(cfg, data, sched, sde, None, k_ode)
-        reference["exact -log2 p(x)/d, PF-ODE points"] = nll(cfg.num_ode)
+        if cfg.num_ode == cfg.num_eval:
+            reference["exact -log2 p(x)/d of the held-out points"] = nll(cfg.num_eval)
+        else:
+            reference["exact -log2 p(x)/d, bound points"] = nll(cfg.num_eval)
+            reference["exact -log2 p(x)/d, PF-ODE points"] = nll(cfg.num_ode)
         reference["PF-ODE with the exact score"] = pf_true["mean"]
         eps_error = _eps_error(net, oracle, sched, data, k_ode)
 
     # ---- samples for the picture
     t0 = time.perf_counter()
-    samples = _samples(cfg, data, sched, net, est, k_samp)
+    samples = _samples(cfg, data, sched, net, ms_eps, k_samp)
     seconds["samples"] = time.perf_counter() - t0
     return Evaluation(
         ks=ks,
         bounds=bounds,
         stderr=stderr,
         pf_ode=pf,
-        gamma={"ms_eps": [float(v) for v in ms], "num_samples": int(est.num_samples)},
+        gamma={
+            "ms_eps": [float(v) for v in ms],
+            "num_samples": int(est.num_samples),
+            "ms_eps_monotone": [float(v) for v in np.asarray(ms_eps)],
+            "stderr": [float(v) for v in np.asarray(est.stderr)],
+        },
         trajectories=trajectories,
         samples=samples,
         reference=reference,
@@ -276,14 +332,26 @@ def evaluate(cfg: Config, data: Dataset, sched, sde, net, key, log=print, progre
 @eqx.filter_jit
 def _pf_batch(sde, score, xs, keys, levels, t_eps, rtol):
     if levels is not None:
+
         def one(key, x):
-            bpd, stats = sd.bits_per_dim(sde, score, x, key=key, levels=levels, t_eps=t_eps,
-                                         rtol=rtol, atol=rtol, return_stats=True)
+            bpd, stats = sd.bits_per_dim(
+                sde,
+                score,
+                x,
+                key=key,
+                levels=levels,
+                t_eps=t_eps,
+                rtol=rtol,
+                atol=rtol,
+                return_stats=True,
+            )
             return bpd, stats["nfe"]
     else:
+
         def one(key, x):
-            lp, stats = sd.log_likelihood(sde, score, x, t_eps=t_eps, rtol=rtol, atol=rtol,
-                                          return_stats=True)
+            lp, stats = sd.log_likelihood(
+                sde, score, x, t_eps=t_eps, rtol=rtol, atol=rtol, return_stats=True
+            )
             return -lp / (x.size * math.log(2.0)), stats["nfe"]
 
     return jax.vmap(one)(keys, xs)
@@ -324,12 +392,19 @@ def _pf_ode(cfg, data, sched, sde, net, key) -> dict:
     keys = jax.random.split(key, xs.shape[0])
     bpd, nfe = _pf_batch(sde, score, xs, keys, data.levels, t_eps, 1e-4)
     mean, se = _mean_se(np.asarray(bpd))
-    return {"mean": mean, "stderr": se, "nfe": float(np.mean(np.asarray(nfe))), "n": int(xs.shape[0]),
-            "t_eps": t_eps, "sigma_t_eps": float(sde.marginal(t_eps)[1])}
+    return {
+        "mean": mean,
+        "stderr": se,
+        "nfe": float(np.mean(np.asarray(nfe))),
+        "n": int(xs.shape[0]),
+        "t_eps": t_eps,
+        "sigma_t_eps": float(sde.marginal(t_eps)[1]),
+    }
 
 
 def _eps_error(net, oracle, sched, data, key) -> dict:
-    r"""Mean over $n$ (every 10th step) and held-out $x_n\sim q(x_n\mid x_0)$ of $\frac1d\|\hat\varepsilon - \varepsilon^*\|^2$."""
+    r"""$\frac1d\|\hat\varepsilon - \varepsilon^*\|^2$, averaged over $n$ (every 10th step) and
+    held-out $x_n\sim q(x_n\mid x_0)$."""
     N = sched.num_steps
     ns = jnp.arange(1, N + 1, max(N // 100, 1))
     x0 = jnp.asarray(data.test, jnp.float32)
@@ -347,7 +422,7 @@ def _eps_error(net, oracle, sched, data, key) -> dict:
     return {"mse": float(jnp.mean(e)), "mse_of_zero": float(jnp.mean(r))}
 
 
-def _samples(cfg, data, sched, net, est, key) -> dict:
+def _samples(cfg, data, sched, net, ms_eps, key) -> dict:
     N = sched.num_steps
     kx, kz = jax.random.split(key)
     x_T = jax.random.normal(kx, (cfg.num_samples, data.dim), jnp.float32)
@@ -360,13 +435,13 @@ def _samples(cfg, data, sched, net, est, key) -> dict:
         K = min(K, N)
         tau = even_trajectory(N, K)
         names = SAMPLER_NAMES
-        lam2s, variances = _sampler_arrays(sched, tau, est.ms_eps, data.data_range, last_clip)
+        lam2s, variances = _sampler_arrays(sched, tau, ms_eps, data.data_range, last_clip)
         xs = np.asarray(_sample_batch(net, sched, keys, x_T, tau, lam2s, variances, clip))
         for name, x in zip(names, xs):
             out[name][K] = x
         # Analytic-DPM on the optimal trajectory: same shapes, so the compilation is re-used
-        tau_ot = optimal_trajectory(sched, est, K)
-        lam2s, variances = _sampler_arrays(sched, tau_ot, est.ms_eps, data.data_range, last_clip)
+        tau_ot = optimal_trajectory(sched, ms_eps, K)
+        lam2s, variances = _sampler_arrays(sched, tau_ot, ms_eps, data.data_range, last_clip)
         xs = np.asarray(_sample_batch(net, sched, keys, x_T, tau_ot, lam2s, variances, clip))
         out[ANALYTIC_DPM_OT][K] = xs[names.index(ANALYTIC_DPM)]
     return out

@@ -47,12 +47,19 @@ def main(argv: list[str] | None = None) -> pathlib.Path:
     state, losses, seconds, reused = train(cfg, data, sched, sde, k_train, log=log)
     net = state.ema
     num_params = sum(x.size for x in jax.tree_util.tree_leaves(eqx.filter(net, eqx.is_array)))
-    final = float(np.mean(losses[-max(len(losses) // 20, 1):]))
-    log(f"network: {cfg.net} with {num_params:,} parameters; training loss {final:.4f} "
-        f"per dimension after {cfg.train_steps} steps ({seconds:.0f} s)")
-    training = {"steps": cfg.train_steps, "seconds": seconds, "reused": reused,
-                "final_loss": final, "num_params": int(num_params),
-                "checkpoint_hash": cfg.training_hash()}
+    final = float(np.mean(losses[-max(len(losses) // 20, 1) :]))
+    log(
+        f"network: {cfg.net} with {num_params:,} parameters; training loss {final:.4f} "
+        f"per dimension after {cfg.train_steps} steps ({seconds:.0f} s)"
+    )
+    training = {
+        "steps": cfg.train_steps,
+        "seconds": seconds,
+        "reused": reused,
+        "final_loss": final,
+        "num_params": int(num_params),
+        "checkpoint_hash": cfg.training_hash(),
+    }
 
     ev = evaluate(cfg, data, sched, sde, net, k_eval, log=log)
 
@@ -66,8 +73,10 @@ def main(argv: list[str] | None = None) -> pathlib.Path:
     log("")
     log(console_summary(cfg, data, ev))
     log("")
-    log(f"wrote {folder}/: report.md, results.json, table.md, nll_vs_steps.png, samples.png, "
-        f"training_loss.png ({total:.0f} s in all)")
+    log(
+        f"wrote {folder}/: report.md, results.json, table.md, nll_vs_steps.png, samples.png, "
+        f"training_loss.png ({total:.0f} s in all)"
+    )
     if not all(math.isfinite(v) for d in ev.bounds.values() for v in d.values()):
         log("warning: some bounds are not finite")
     return folder

@@ -36,8 +36,16 @@ def plot_bounds(ev: Evaluation, data: Dataset, path: pathlib.Path, title: str) -
     for name, vals in ev.bounds.items():
         y = np.asarray([vals[k] for k in ev.ks])
         e = np.asarray([ev.stderr[name][k] for k in ev.ks])
-        ax.errorbar(ks, y, yerr=np.nan_to_num(e), label=name, capsize=2, lw=1.6, ms=5,
-                    **_STYLE.get(name, {}))
+        ax.errorbar(
+            ks,
+            y,
+            yerr=np.nan_to_num(e),
+            label=name,
+            capsize=2,
+            lw=1.6,
+            ms=5,
+            **_STYLE.get(name, {}),
+        )
         lo, hi = min(lo, float(y.min())), max(hi, float(y.max()))
     if ev.oracle_bounds is not None:
         for name, vals in ev.oracle_bounds.items():
@@ -45,8 +53,13 @@ def plot_bounds(ev: Evaluation, data: Dataset, path: pathlib.Path, title: str) -
             ax.plot(ks, y, ls=":", lw=1.2, color=_STYLE.get(name, {}).get("color", "k"), alpha=0.8)
         ax.plot([], [], ls=":", color="k", label="dotted: same, with the exact eps (oracle)")
     if ev.pf_ode is not None:
-        ax.axhline(ev.pf_ode["mean"], color="k", ls="--", lw=1.2,
-                   label=f"{PF_ODE}, {ev.pf_ode['nfe']:.0f} NFE")
+        ax.axhline(
+            ev.pf_ode["mean"],
+            color="k",
+            ls="--",
+            lw=1.2,
+            label=f"{PF_ODE}, {ev.pf_ode['nfe']:.0f} NFE",
+        )
         lo, hi = min(lo, ev.pf_ode["mean"]), max(hi, ev.pf_ode["mean"])
     for label, v in ev.reference.items():
         if label.startswith("PF-ODE"):
@@ -87,8 +100,13 @@ def plot_samples(ev: Evaluation, data: Dataset, path: pathlib.Path, title: str) 
     names = [n for n in SAMPLERS if n in ev.samples]
     image = data.image_shape is not None
     size = 2.3 if image else 2.2
-    fig, axes = plt.subplots(len(ks), len(names), figsize=(size * len(names), size * len(ks) + 0.6),
-                             squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        len(ks),
+        len(names),
+        figsize=(size * len(names), size * len(ks) + 0.6),
+        squeeze=False,
+        layout="constrained",
+    )
     cmap = plt.get_cmap("gray_r").with_extremes(bad="white")
     lim = None
     if not image:
@@ -100,14 +118,24 @@ def plot_samples(ev: Evaluation, data: Dataset, path: pathlib.Path, title: str) 
             ax = axes[i, j]
             x = ev.samples[name][K]
             if image:
-                ax.imshow(_mosaic(np.clip(x, -1, 1), data.image_shape), cmap=cmap, vmin=-1, vmax=1,
-                          interpolation="nearest")
+                ax.imshow(
+                    _mosaic(np.clip(x, -1, 1), data.image_shape),
+                    cmap=cmap,
+                    vmin=-1,
+                    vmax=1,
+                    interpolation="nearest",
+                )
                 ax.set_xticks([])
                 ax.set_yticks([])
             else:
                 ax.scatter(data.test[:, 0], data.test[:, 1], s=2, color="0.8", rasterized=True)
-                ax.scatter(x[:, 0], x[:, 1], s=2, color=_STYLE.get(name, {}).get("color", "k"),
-                           rasterized=True)
+                ax.scatter(
+                    x[:, 0],
+                    x[:, 1],
+                    s=2,
+                    color=_STYLE.get(name, {}).get("color", "k"),
+                    rasterized=True,
+                )
                 ax.set_xlim(lim)
                 ax.set_ylim(lim)
                 ax.set_aspect("equal")

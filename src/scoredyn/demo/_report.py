@@ -64,7 +64,8 @@ def _footnotes(ev: Evaluation, data: Dataset) -> list[str]:
         "its bound is +inf at every K, whatever the reverse variance (Analytic-DDIM's too); "
         "Bao et al. report likelihoods for the DDPM forward process only. DDIM's K -> infinity "
         "limit is the PF-ODE below; both appear in samples.png.",
-        "All finite rows: DDPM forward process; even trajectory tau_k = round(1 + (k-1)(N-1)/(K-1)) "
+        "All finite rows: DDPM forward process; even trajectory "
+        "tau_k = round(1 + (k-1)(N-1)/(K-1)) "
         "(the last step starts from x_1), or Analytic-DPM's optimal trajectory (same Gamma).",
     ]
     if data.levels is not None:
@@ -74,59 +75,84 @@ def _footnotes(ev: Evaluation, data: Dataset) -> list[str]:
             f"log2({data.levels}) = {math.log2(data.levels):.2f}."
         )
     else:
-        notes.append("Bits/dim of a continuous density (Gaussian decoder), so values can be negative.")
+        notes.append(
+            "Bits/dim of a continuous density (Gaussian decoder), so values can be negative."
+        )
     return notes
 
 
 def pf_line(ev: Evaluation, data: Dataset) -> str:
     pf = ev.pf_ode
-    kind = ("uniformly dequantised, Hutchinson trace" if data.levels is not None
-            else "exact trace")
-    return (f"{PF_ODE} likelihood: {pf['mean']:.2f} +/- {pf['stderr']:.2f} bits/dim on {pf['n']} "
-            f"held-out examples ({kind}, adaptive Tsit5, {pf['nfe']:.0f} function evaluations, "
-            f"from t_eps = {pf['t_eps']:.4f} where sigma = {pf['sigma_t_eps']:.3f})")
+    kind = "uniformly dequantised, Hutchinson trace" if data.levels is not None else "exact trace"
+    return (
+        f"{PF_ODE} likelihood: {pf['mean']:.2f} +/- {pf['stderr']:.2f} bits/dim on {pf['n']} "
+        f"held-out examples ({kind}, adaptive Tsit5, {pf['nfe']:.0f} function evaluations, "
+        f"from t_eps = {pf['t_eps']:.4f} where sigma = {pf['sigma_t_eps']:.3f})"
+    )
 
 
 def console_summary(cfg: Config, data: Dataset, ev: Evaluation) -> str:
     what = "held-out digits" if data.levels is not None else "held-out points"
-    head = (f"Negative ELBO, bits/dim, mean over {ev.num_eval} {what} "
-            f"(lower is better; N = {ev.ks[-1]} steps)")
+    head = (
+        f"Negative ELBO, bits/dim, mean over {ev.num_eval} {what} "
+        f"(lower is better; N = {ev.ks[-1]} steps)"
+    )
     parts = [head, text_table(ev), *_footnotes(ev, data), pf_line(ev, data)]
     for label, v in ev.reference.items():
         parts.append(f"reference: {label} = {v:.3f}")
+    if ev.oracle_bounds is not None:
+        parts.append("same bounds with the exact eps of the mixture (oracle):")
+        for m, d in ev.oracle_bounds.items():
+            parts.append(f"  {m:<28s}" + "".join(f"{_fmt(d[k]):>8s}" for k in ev.ks))
     if ev.eps_error is not None:
         e = ev.eps_error
-        parts.append(f"trained eps vs exact eps: mean squared error per dim {e['mse']:.4f} "
-                     f"(predicting zero: {e['mse_of_zero']:.4f})")
+        parts.append(
+            f"trained eps vs exact eps: mean squared error per dim {e['mse']:.4f} "
+            f"(predicting zero: {e['mse_of_zero']:.4f})"
+        )
     return "\n".join(parts)
 
 
-def write_results(folder: pathlib.Path, cfg: Config, data: Dataset, ev: Evaluation,
-                  training: dict, total_seconds: float) -> dict:
+def write_results(
+    folder: pathlib.Path,
+    cfg: Config,
+    data: Dataset,
+    ev: Evaluation,
+    training: dict,
+    total_seconds: float,
+) -> dict:
     res = {
-        "config": {k: (list(v) if isinstance(v, tuple) else v)
-                   for k, v in cfg.__dict__.items()},
-        "data": {"name": data.name, "description": data.description, "dim": data.dim,
-                 "levels": data.levels, "num_train": int(data.train.shape[0]),
-                 "num_test": int(data.test.shape[0])},
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()},
+        "data": {
+            "name": data.name,
+            "description": data.description,
+            "dim": data.dim,
+            "levels": data.levels,
+            "num_train": int(data.train.shape[0]),
+            "num_test": int(data.test.shape[0]),
+        },
         "training": training,
         "ks": ev.ks,
         "bounds_bits_per_dim": {m: {str(k): v for k, v in d.items()} for m, d in ev.bounds.items()},
         "bounds_stderr": {m: {str(k): v for k, v in d.items()} for m, d in ev.stderr.items()},
-        "infinite_bounds": {m: "inf (DDIM forward process: deterministic posterior)"
-                            for m in INFINITE_BOUND},
+        "infinite_bounds": {
+            m: "inf (DDIM forward process: deterministic posterior)" for m in INFINITE_BOUND
+        },
         "pf_ode_bits_per_dim": ev.pf_ode,
         "reference": ev.reference,
-        "gamma": {"num_samples": ev.gamma["num_samples"], "ms_eps": ev.gamma["ms_eps"]},
+        "gamma": ev.gamma,
         "optimal_trajectories": {str(k): v for k, v in ev.trajectories.items()},
-        "seconds": {**{k: round(v, 2) for k, v in ev.seconds.items()},
-                    "total": round(total_seconds, 2)},
+        "seconds": {
+            **{k: round(v, 2) for k, v in ev.seconds.items()},
+            "total": round(total_seconds, 2),
+        },
         "machine": machine(),
         "num_eval": ev.num_eval,
     }
     if ev.oracle_bounds is not None:
-        res["oracle_bounds_bits_per_dim"] = {m: {str(k): v for k, v in d.items()}
-                                             for m, d in ev.oracle_bounds.items()}
+        res["oracle_bounds_bits_per_dim"] = {
+            m: {str(k): v for k, v in d.items()} for m, d in ev.oracle_bounds.items()
+        }
     if ev.eps_error is not None:
         res["eps_error"] = ev.eps_error
     (folder / "results.json").write_text(json.dumps(res, indent=1))
@@ -145,17 +171,26 @@ def machine() -> str:
     except AttributeError:
         pass
     dev = jax.devices()[0]
-    return f"{platform.processor() or platform.machine()}, {cpus} CPU cores, JAX {jax.__version__} on {dev.platform}"
+    cpu = platform.processor() or platform.machine()
+    return f"{cpu}, {cpus} CPU cores, JAX {jax.__version__} on {dev.platform}"
 
 
-def write_report(folder: pathlib.Path, cfg: Config, data: Dataset, ev: Evaluation,
-                 training: dict, total_seconds: float, command: str) -> None:
+def write_report(
+    folder: pathlib.Path,
+    cfg: Config,
+    data: Dataset,
+    ev: Evaluation,
+    training: dict,
+    total_seconds: float,
+    command: str,
+) -> None:
     lines = [
         f"# scoredyn demo: {data.name}",
         "",
         f"Command: `{command}`  ",
         f"Machine: {machine()}; wall time {total_seconds:.0f} s "
-        f"(training {training['seconds']:.0f} s{', re-used checkpoint' if training['reused'] else ''}).",
+        f"(training {training['seconds']:.0f} s"
+        f"{', re-used checkpoint' if training['reused'] else ''}).",
         "",
         "## Setup",
         "",
@@ -185,23 +220,32 @@ def write_report(folder: pathlib.Path, cfg: Config, data: Dataset, ev: Evaluatio
     if ev.oracle_bounds is not None:
         lines += ["Same bounds with the exact (oracle) eps of the mixture:", ""]
         ks = ev.ks
-        lines += ["| sampler | " + " | ".join(f"K={k}" for k in ks) + " |",
-                  "|" + "---|" * (len(ks) + 1)]
+        lines += [
+            "| sampler | " + " | ".join(f"K={k}" for k in ks) + " |",
+            "|" + "---|" * (len(ks) + 1),
+        ]
         for m, d in ev.oracle_bounds.items():
             lines.append(f"| {m} | " + " | ".join(_fmt(d[k]) for k in ks) + " |")
         lines.append("")
     if ev.eps_error is not None:
-        lines += [f"Trained eps against the exact eps: mean squared error per dimension "
-                  f"{ev.eps_error['mse']:.4f} (a network predicting zero: "
-                  f"{ev.eps_error['mse_of_zero']:.4f}).", ""]
+        lines += [
+            f"Trained eps against the exact eps: mean squared error per dimension "
+            f"{ev.eps_error['mse']:.4f} (a network predicting zero: "
+            f"{ev.eps_error['mse_of_zero']:.4f}).",
+            "",
+        ]
     lines += [
         "![negative ELBO against K](nll_vs_steps.png)",
         "",
         "## Samples",
         "",
         f"Same starting noise for every sampler; K = {', '.join(map(str, cfg.sample_ks))}. "
-        + ("x0 predictions clipped to [-1, 1]; Analytic-DPM's step into tau_1 has its noise "
-           "capped at one grid bin, as in the paper." if data.levels is not None else ""),
+        + (
+            "x0 predictions clipped to [-1, 1]; Analytic-DPM's step into tau_1 has its noise "
+            "capped at one grid bin, as in the paper."
+            if data.levels is not None
+            else ""
+        ),
         "",
         "![samples](samples.png)",
         "",

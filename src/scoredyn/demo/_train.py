@@ -20,14 +20,25 @@ def build_network(cfg: Config, data: Dataset, sde, key):
     if cfg.net == "grid":
         if data.levels is None:
             raise ValueError("the grid head needs data on a grid (--data digits)")
-        logits = nn.MLP(data.dim, width=cfg.width, depth=cfg.depth, key=key, dtype=jnp.float32,
-                        out_size=data.dim * data.levels)
+        logits = nn.MLP(
+            data.dim,
+            width=cfg.width,
+            depth=cfg.depth,
+            key=key,
+            dtype=jnp.float32,
+            out_size=data.dim * data.levels,
+        )
         return nn.GridEps(logits, sde, data.levels, *data.data_range)
     if cfg.net == "conv":
         if data.image_shape is None:
             raise ValueError("the conv net needs image data")
-        return nn.ConvNet(data.image_shape, channels=max(cfg.width // 4, 8), depth=cfg.depth,
-                          key=key, dtype=jnp.float32)
+        return nn.ConvNet(
+            data.image_shape,
+            channels=max(cfg.width // 4, 8),
+            depth=cfg.depth,
+            key=key,
+            dtype=jnp.float32,
+        )
     return nn.MLP(data.dim, width=cfg.width, depth=cfg.depth, key=key, dtype=jnp.float32)
 
 
@@ -51,8 +62,9 @@ def build_loss(cfg: Config, sched, sde):
     eps-loss on the SDE with times drawn uniformly in the log-SNR (Song et al. 2021b)."""
     if cfg.weighting == "likelihood":
         t_eps = 0.5 * float(sched.time(1))
-        return nn.diffusion_batch_loss(sde, weighting="likelihood", time_sampling="importance",
-                                       t_eps=t_eps)
+        return nn.diffusion_batch_loss(
+            sde, weighting="likelihood", time_sampling="importance", t_eps=t_eps
+        )
     return nn.diffusion_batch_loss(sched)
 
 
@@ -84,8 +96,9 @@ def train(cfg: Config, data: Dataset, sched, sde, key, log=print):
     if cfg.progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=cfg.train_steps, desc="training", unit="step", dynamic_ncols=True,
-                   leave=True)
+        bar = tqdm(
+            total=cfg.train_steps, desc="training", unit="step", dynamic_ncols=True, leave=True
+        )
     running = []
 
     def callback(done, losses):
@@ -95,14 +108,29 @@ def train(cfg: Config, data: Dataset, sched, sde, key, log=print):
             bar.set_postfix(loss=f"{np.mean(running[-5:]):.4f}")
 
     t0 = time.perf_counter()
-    state, losses = nn.fit(k_train, state, step, train_x, num_steps=cfg.train_steps,
-                           batch_size=cfg.batch_size, chunk=chunk, callback=callback)
+    state, losses = nn.fit(
+        k_train,
+        state,
+        step,
+        train_x,
+        num_steps=cfg.train_steps,
+        batch_size=cfg.batch_size,
+        chunk=chunk,
+        callback=callback,
+    )
     losses = np.asarray(losses)
     seconds = time.perf_counter() - t0
     if bar is not None:
         bar.close()
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     eqx.tree_serialise_leaves(ckpt, state)
-    meta.write_text(json.dumps({**cfg.training_settings(), "seconds": seconds,
-                                "losses": [round(float(v), 6) for v in losses]}))
+    meta.write_text(
+        json.dumps(
+            {
+                **cfg.training_settings(),
+                "seconds": seconds,
+                "losses": [round(float(v), 6) for v in losses],
+            }
+        )
+    )
     return state, losses, seconds, False

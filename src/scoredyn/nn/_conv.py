@@ -42,7 +42,7 @@ class _ConvBlock(eqx.Module):
 
 
 class ConvNet(eqx.Module):
-    r"""A small residual convolutional $\hat\varepsilon_\theta(t, x)$ for tiny images (e.g. 8x8 digits).
+    r"""A small residual convolutional $\hat\varepsilon_\theta(t, x)$ for tiny images (8x8 digits).
 
     The input is ONE flat vector of length $C H W$ (the library's convention), reshaped
     internally to `image_shape = (C, H, W)`. A $3\times3$ convolution lifts it to `channels`
@@ -89,7 +89,9 @@ class ConvNet(eqx.Module):
         if len(shape) == 2:
             shape = (1, *shape)
         if len(shape) != 3 or not all(isinstance(s, int) and s >= 1 for s in shape):
-            raise ValueError(f"`image_shape` must be (C, H, W) or (H, W) of positive ints, got {image_shape!r}.")
+            raise ValueError(
+                f"`image_shape` must be (C, H, W) or (H, W) of positive ints, got {image_shape!r}."
+            )
         if not isinstance(channels, int) or channels < 1:
             raise ValueError(f"`channels` must be a positive int, got {channels!r}.")
         if not isinstance(depth, int) or depth < 0:

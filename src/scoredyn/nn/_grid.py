@@ -21,8 +21,9 @@ class GridEps(eqx.Module):
     per-entry prior over the levels, and the head combines them with the exact Gaussian
     likelihood of the noisy entry, $x_i = \alpha g_k + \sigma\varepsilon$:
 
-    $$\pi_{ik} = \operatorname{softmax}_k\Big(\ell_{ik} - \frac{(x_i - \alpha g_k)^2}{2\sigma^2}\Big),
-      \qquad \hat x_{0,i} = \sum_k \pi_{ik}\,g_k,\qquad
+    $$\pi_{ik} = \operatorname{softmax}_k\Big(\ell_{ik}
+        - \frac{(x_i - \alpha g_k)^2}{2\sigma^2}\Big),\qquad
+      \hat x_{0,i} = \sum_k \pi_{ik}\,g_k,\qquad
       \hat\varepsilon = \frac{x - \alpha\,\hat x_0}{\sigma},$$
 
     with $(\alpha, \sigma) = $ `sde.marginal(t)`. If the entries were independent with
@@ -39,8 +40,9 @@ class GridEps(eqx.Module):
             of entry 0 first), e.g. [`MLP`][scoredyn.nn.MLP] with `out_size=d * levels`.
         sde: the linear SDE that gives $\alpha(t), \sigma(t)$.
         levels: $L \ge 2$.
-        low, high: the grid $g_k = \mathrm{low} + k(\mathrm{high} - \mathrm{low})/(L - 1)$
-            (default $[-1, 1]$).
+        low: the first grid point $g_0$; the grid is
+            $g_k = \mathrm{low} + k(\mathrm{high} - \mathrm{low})/(L - 1)$.
+        high: the last grid point $g_{L-1}$ (the default grid is $[-1, 1]$).
 
     Example:
         ```python
@@ -68,7 +70,9 @@ class GridEps(eqx.Module):
     def posterior(self, t: Float[ArrayLike, ""], x: Float[Array, " d"]) -> Float[Array, "d L"]:
         r"""The level probabilities $\pi_{ik}$, shape `(d, levels)`."""
         if jnp.ndim(x) != 1:
-            raise ValueError(f"`x` must be one flat example of shape (d,), got {jnp.shape(x)}; use vmap.")
+            raise ValueError(
+                f"`x` must be one flat example of shape (d,), got {jnp.shape(x)}; use vmap."
+            )
         d, L = x.shape[0], self.levels
         logits = jnp.asarray(self.net(t, x))
         if logits.shape != (d * L,):

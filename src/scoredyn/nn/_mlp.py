@@ -27,7 +27,7 @@ def _check_size(width: int, depth: int, time_dim: int):
 
 
 def _zero_linear(lin: eqx.nn.Linear, bias: float = 0.0) -> eqx.nn.Linear:
-    """Return `lin` with zero weights and a constant bias (an output layer that starts at `bias`)."""
+    """`lin` with zero weights and a constant bias (an output layer that starts at `bias`)."""
     lin = eqx.tree_at(lambda m: m.weight, lin, jnp.zeros_like(lin.weight))
     return eqx.tree_at(lambda m: m.bias, lin, jnp.full_like(lin.bias, bias))
 
@@ -113,11 +113,12 @@ class MLP(eqx.Module):
     $\tau(t)$ (see [`SinusoidalEmbedding`][scoredyn.nn.SinusoidalEmbedding]). With
     $h_0 = W_{\mathrm{in}} x + \tau(t)$, each of the `depth` pre-norm residual blocks computes
 
-    $$h_{i+1} = h_i + W_2\,\mathrm{silu}\big(W_1\,\mathrm{silu}(\mathrm{LN}(h_i)) + U_i\,\tau(t)\big),$$
+    $$h_{i+1} = h_i
+      + W_2\,\mathrm{silu}\big(W_1\,\mathrm{silu}(\mathrm{LN}(h_i)) + U_i\,\tau(t)\big),$$
 
-    and the output is $\hat\varepsilon = W_{\mathrm{out}}\,\mathrm{silu}(\mathrm{LN}(h_L))$. The output
-    layer starts at zero, so the untrained network predicts $\hat\varepsilon = 0$ (the optimum
-    for pure data, $t = 0$) and its loss starts at $\mathbb E\|\varepsilon\|^2/d = 1$.
+    and the output is $\hat\varepsilon = W_{\mathrm{out}}\,\mathrm{silu}(\mathrm{LN}(h_L))$. The
+    output layer starts at zero, so the untrained network predicts $\hat\varepsilon = 0$ (the
+    optimum for pure data, $t = 0$) and its loss starts at $\mathbb E\|\varepsilon\|^2/d = 1$.
 
     The call signature is the library's vector-field convention, `net(t, x) -> array like x`,
     for ONE example `x` of shape `(data_dim,)`; batch with `jax.vmap(net, (0, 0))` or
@@ -201,7 +202,9 @@ class TwoHeadMLP(eqx.Module):
 
     Args:
         data_dim: $d$, the length of `x`.
-        width, depth, time_dim: as for [`MLP`][scoredyn.nn.MLP].
+        width: hidden width, as for [`MLP`][scoredyn.nn.MLP].
+        depth: number of residual blocks.
+        time_dim: number of sinusoidal time features (even).
         key: PRNG key.
         dtype: parameter dtype.
         time_scale: factor applied to $t$ before the sinusoidal features.

@@ -134,7 +134,7 @@ def fit(
     key: PRNGKeyArray,
     state: TrainState,
     step: Callable,
-    data: Float[ArrayLike, "n *shape"],
+    data: Float[ArrayLike, "n ..."],
     *,
     num_steps: int,
     batch_size: int,
@@ -203,6 +203,7 @@ def diffusion_batch_loss(schedule, *, per_entry: bool = True, **loss_kwargs) -> 
         `loss_fn(model, key, batch) -> scalar`, for
         [`make_train_step`][scoredyn.nn.make_train_step].
     """
+
     def per_example(key, model, x0):
         loss = diffusion_loss(key, schedule, model, x0, **loss_kwargs)
         return loss / x0.size if per_entry else loss

@@ -1,0 +1,278 @@
+"""Numerical reliability: finiteness and monotonicity at both ends of every interval, finite
+gradients, float64 honoured end to end, float32 without overflow, and determinism.
+
+The facts checked are structural and independent of the formulas' implementation: alpha is
+non-increasing and sigma non-decreasing in t, the log-SNR is strictly decreasing, DDPM
+posterior variances lie in [0, 1 - alpha_bar_m], and float64 inputs give a program (jaxpr)
+with no float32 value anywhere in it.
+"""
+
+import functools
+import hashlib
+import os
+import subprocess
+import sys
+import textwrap
+
+import diffrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import scoredyn as sd
+from helpers import ALL_LINEAR_SDES, SDE_IDS, mixture_2d
+
+DTYPES = [jnp.float32, jnp.float64]
+
+
+def _on_interval(sde, n=257, dtype=jnp.float64):
+    """Times 0 = t_0 < ... < t_n = T, both ends included, in `dtype`."""
+    return jnp.linspace(0.0, sde.T, n, dtype=dtype).at[-1].set(jnp.asarray(sde.T, dtype))
+
+
+def _all_finite(*xs):
+    return all(bool(jnp.all(jnp.isfinite(x))) for x in xs)
+
+
+# ------------------------------------------------------------------ continuous SDEs
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("sde", ALL_LINEAR_SDES, ids=SDE_IDS)
+def test_sde_quantities_finite_and_monotone_on_closed_interval(sde, dtype):
+    """alpha, sigma, f, g finite on [0, T] (both ends); log-SNR finite on (0, T] and +inf at 0
+    (sigma(0) = 0 exactly); alpha non-increasing, sigma non-decreasing, lambda decreasing."""
+    with jax.enable_x64(dtype == jnp.float64):
+        t = _on_interval(sde, dtype=dtype)
+        alpha, sigma = jax.vmap(sde.marginal)(t)
+        f, g = jax.vmap(sde.coefficients)(t)
+        lam = jax.vmap(sde.log_snr)(t)
+        for a in (alpha, sigma, f, g, lam):
+            assert a.dtype == dtype
+        assert _all_finite(alpha, sigma, f, g, lam[1:])
+        assert float(sigma[0]) == 0.0 and float(lam[0]) == np.inf
+        assert bool(jnp.all(alpha > 0)) and bool(jnp.all(g > 0))
+        assert bool(jnp.all(jnp.diff(alpha) <= 0)) and bool(jnp.all(jnp.diff(sigma) >= 0))
+        dlam = jnp.diff(lam[1:])
+        # strictly decreasing in float64; in float32 rounding may tie adjacent values
+        assert bool(jnp.all(dlam < 0)) if dtype == jnp.float64 else bool(jnp.all(dlam <= 0))
+        # the prior is finite and the drift/diffusion follow the state's dtype
+        x = jnp.ones((2,), dtype)
+        assert np.isfinite(float(sde.prior_log_prob(x)))
+        assert sde.drift(sde.T, x).dtype == dtype and sde.diffusion(0.0, x).dtype == dtype
+
+
+@pytest.mark.parametrize("sde", ALL_LINEAR_SDES, ids=SDE_IDS)
+def test_sde_gradients_finite_on_closed_interval(sde):
+    """d/dt of alpha, sigma^2, f, g^2 is finite on [0, T]; of sigma and lambda on (0, T]
+    (sigma ~ sqrt(t) and lambda ~ -log t have infinite slope at t = 0)."""
+    t = _on_interval(sde, n=65)
+    smooth = lambda s: (sde.marginal(s)[0], sde.marginal(s)[1] ** 2, *sde.coefficients(s)[:1],
+                        sde.coefficients(s)[1] ** 2)
+    grads = jax.vmap(jax.jacfwd(smooth))(t)
+    assert _all_finite(*grads)
+    rough = jax.vmap(jax.grad(lambda s: sde.marginal(s)[1] + sde.log_snr(s)))(t[1:])
+    assert _all_finite(rough)
+
+
+@pytest.mark.parametrize("sde", ALL_LINEAR_SDES, ids=SDE_IDS)
+def test_exact_score_finite_at_both_ends(sde):
+    """The mixture oracle's score and eps are finite at t = T and at the smallest t_eps used by
+    the samplers (1e-5), in float32 and float64."""
+    for dtype in DTYPES:
+        with jax.enable_x64(dtype == jnp.float64):
+            gm = mixture_2d(dtype)
+            x = jnp.array([0.4, -0.3], dtype)
+            for t in (1e-5, sde.T):
+                tt = jnp.asarray(t, dtype)
+                assert _all_finite(gm.score_fn(sde)(tt, x), gm.eps_fn(sde)(tt, x))
+
+
+# ------------------------------------------------------------------ discrete schedules
+def _schedules(dtype):
+    out = {
+        "linear": sd.DiscreteSchedule.linear(1000, dtype=dtype),
+        "cosine": sd.DiscreteSchedule.cosine(1000, dtype=dtype),
+    }
+    for name, sde in zip(SDE_IDS, ALL_LINEAR_SDES):
+        out["from_" + name] = sd.DiscreteSchedule.from_sde(sde, 1000, dtype=dtype)
+    return out
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_discrete_schedules_finite_and_monotone(dtype):
+    with jax.enable_x64(dtype == jnp.float64):
+        for name, s in _schedules(dtype).items():
+            ab, lam, betas = s.alpha_bar, s.log_snr, s.betas
+            assert ab.dtype == dtype, name
+            assert float(ab[0]) == 1.0 and _all_finite(ab, betas, lam[1:]), name
+            assert bool(jnp.all(jnp.diff(ab) < 0)) and bool(jnp.all(ab[1:] > 0)), name
+            assert bool(jnp.all((betas[1:] > 0) & (betas[1:] < 1))), name
+            assert bool(jnp.all(jnp.diff(lam[1:]) < 0)), name
+            n = jnp.arange(s.num_steps + 1)
+            alpha, sigma = jax.vmap(s.marginal)(n)
+            assert _all_finite(alpha, sigma) and float(sigma[0]) == 0.0, name
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_posterior_coefficients_and_variances_finite_for_all_pairs(dtype):
+    """Every pair m < n of a 1000-step schedule, including m = 0 and n = N: coefficients finite,
+    0 <= tilde beta_{m|n} <= 1 - alpha_bar_m, and the DDPM/DDIM variances sandwich it."""
+    with jax.enable_x64(dtype == jnp.float64):
+        for name, s in _schedules(dtype).items():
+            N = s.num_steps
+            n = jnp.array([1, 2, 10, 500, 999, N, N, N, N, 700])
+            m = jnp.array([0, 1, 0, 499, 0, 0, N - 1, 1, 500, 300])
+            c0, cn, var = sd.forward_posterior(s, n, m)
+            assert _all_finite(c0, cn, var), name
+            assert c0.dtype == dtype
+            om_m = 1.0 - s.alpha_bar[m]
+            tol = 4 * float(jnp.finfo(dtype).eps)
+            assert bool(jnp.all((var >= 0) & (var <= om_m * (1 + tol)))), name
+            # DDIM (lam2 = 0) coefficients, and the eta sweep of the reverse variances
+            assert _all_finite(*sd.forward_posterior(s, n, m, jnp.zeros_like(var))), name
+            tau = sd.respace(N, 50, "quadratic")
+            for kind in ("ddim", "ddpm", "ddpm_beta", "eta"):
+                v = sd.reverse_variances(s, tau, kind, eta=0.5)
+                assert _all_finite(v) and bool(jnp.all(v >= 0)), (name, kind)
+            lo, hi = sd.analytic.variance_bounds(s, tau)
+            opt = sd.analytic.optimal_variances(s, tau, jnp.linspace(0.0, 1.0, N + 1, dtype=dtype))
+            assert _all_finite(lo, hi, opt), name
+            assert bool(jnp.all((opt >= lo * (1 - tol)) & (opt <= hi * (1 + tol)))), name
+
+
+# ------------------------------------------------------------------ float64 end to end
+def _float_dtypes_in(jaxpr, found=None):
+    """Every floating dtype of every value in a (closed) jaxpr, sub-jaxprs included."""
+    found = set() if found is None else found
+    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+    for v in list(jaxpr.invars) + list(jaxpr.constvars):
+        dt = getattr(v.aval, "dtype", None)
+        if dt is not None and jnp.issubdtype(dt, jnp.floating):
+            found.add(jnp.dtype(dt).name)
+    for eqn in jaxpr.eqns:
+        for v in eqn.outvars:
+            dt = getattr(v.aval, "dtype", None)
+            if dt is not None and jnp.issubdtype(dt, jnp.floating):
+                found.add(jnp.dtype(dt).name)
+        for p in eqn.params.values():
+            for q in p if isinstance(p, (tuple, list)) else (p,):
+                if hasattr(q, "eqns") or hasattr(getattr(q, "jaxpr", None), "eqns"):
+                    _float_dtypes_in(q, found)
+    return found
+
+
+def test_float64_honoured_end_to_end_in_every_public_function():
+    """For every case of the composability registry, the float64 program contains no float32
+    (or lower) value anywhere: no constant, intermediate or sub-computation is silently
+    downcast. Checked on the traced program (`jax.make_jaxpr`), so nothing is compiled."""
+    from test_transforms import REGISTRY
+
+    offenders = {}
+    for name, case in sorted(REGISTRY.items()):
+        fn, a1, _ = case.build(jnp.float64)
+        found = _float_dtypes_in(jax.make_jaxpr(fn)(*a1))
+        low = found - {"float64"}
+        if low:
+            offenders[name] = sorted(low)
+    print(f"\nfloat64 end to end: {len(REGISTRY)} public callables traced, offenders {offenders}")
+    assert not offenders, offenders
+
+
+def test_float64_pipeline_accuracy():
+    """A float64 pipeline reaches float64 accuracy (a float32 step would cap it near 1e-7):
+    encode then decode with a tight-tolerance solver returns the point to 1e-9."""
+    gm = mixture_2d()
+    sde = sd.VPSDE()
+    score = gm.score_fn(sde)
+    x = jnp.array([0.3, -0.2])
+    tight = dict(stepsize_controller=diffrax.PIDController(rtol=1e-11, atol=1e-11),
+                 max_steps=100_000)
+    z = sd.encode(sde, score, x, **tight)
+    back = sd.decode(sde, score, z, **tight)
+    assert back.dtype == jnp.float64
+    assert float(jnp.max(jnp.abs(back - x))) < 1e-9
+
+
+# ------------------------------------------------------------------ determinism
+def _samplers():
+    """Functions of a key drawing something with every random public entry point."""
+    gm = mixture_2d()
+    vp = sd.VPSDE()
+    score, eps = gm.score_fn(vp), gm.eps_fn(vp)
+    sched = sd.DiscreteSchedule.linear(100, 1e-3, 0.1)
+    deps = sd.toy.discrete_eps_fn(gm, sched)
+    tau = sd.respace(100, 10)
+    pm = sd.reparam.PerturbMax(jnp.array([0.3, -0.2, 0.5]), sd.reparam.Gaussian())
+    x = jnp.array([0.3, -0.2])
+    return {
+        "sample_ode": lambda k: sd.sample_ode(k, vp, score, (2,)),
+        "sample_sde": lambda k: sd.sample_sde(k, vp, score, (2,), num_steps=20),
+        "sample_pc": lambda k: sd.sample_pc(k, vp, score, (2,), num_steps=10),
+        "sample_dpm_solver": lambda k: sd.sample_dpm_solver(k, vp, eps, (2,), num_steps=5),
+        "simulate_sde": lambda k: sd.simulate_sde(k, vp, x, 0.0, 1.0, num_steps=20),
+        "sample_discrete": lambda k: sd.sample_discrete(k, sched, deps, x, tau),
+        "perturb": lambda k: sd.perturb(k, vp, x, 0.5),
+        "gm.sample": lambda k: gm.sample(k, 4),
+        "hutchinson_probes": lambda k: sd.hutchinson_probes(k, (2,), num_probes=3),
+        "log_likelihood(hutchinson)": lambda k: sd.log_likelihood(
+            vp, score, x, key=k, estimator="hutchinson", rtol=1e-3, atol=1e-3),
+        "diffusion_loss": lambda k: sd.diffusion_loss(k, vp, eps, x, time_sampling="importance"),
+        "variational_bound": lambda k: sd.variational_bound(k, sched, deps, x, tau,
+                                                            decoder="gaussian").total,
+        "PerturbMax.sample": lambda k: pm.sample(k, (5,)),
+        "PerturbMax.relaxed_sample": lambda k: pm.relaxed_sample(k, 0.5, (2,)),
+    }
+
+
+def _digest(tree) -> str:
+    h = hashlib.sha256()
+    for leaf in jax.tree_util.tree_leaves(tree):
+        a = np.asarray(leaf)
+        h.update(str(a.dtype).encode() + str(a.shape).encode() + a.tobytes())
+    return h.hexdigest()
+
+
+KEY_SEED = 1234
+
+
+@functools.cache
+def _jitted_digests() -> dict:
+    key = jax.random.key(KEY_SEED)
+    return {n: _digest(jax.jit(f)(key)) for n, f in _samplers().items()}
+
+
+def test_same_key_bit_identical_jitted_and_eager():
+    """Every sampler gives bit-identical draws from the same key, eager and under jax.jit,
+    and twice in a row."""
+    key = jax.random.key(KEY_SEED)
+    jitted = _jitted_digests()
+    for name, f in _samplers().items():
+        assert _digest(f(key)) == _digest(f(key)) == jitted[name], name
+
+
+_CHILD = textwrap.dedent(
+    """
+    import json, sys
+    import jax
+    jax.config.update("jax_enable_x64", True)
+    sys.path.insert(0, {tests!r})
+    from test_reliability import KEY_SEED, _digest, _samplers
+    key = jax.random.key(KEY_SEED)
+    print(json.dumps({{n: _digest(jax.jit(f)(key)) for n, f in _samplers().items()}}))
+    """
+)
+
+
+@pytest.mark.slow
+def test_same_key_bit_identical_across_processes():
+    """A fresh Python process draws exactly the same bits from the same key."""
+    import json
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD.format(tests=here)],
+        capture_output=True, text=True, timeout=600, check=True,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
+    child = json.loads(out.stdout.strip().splitlines()[-1])
+    assert child == _jitted_digests()
