@@ -217,5 +217,19 @@ def report(res: dict) -> str:
         "",
     ]
     text.append("Targets missed (wall time): " + ("; ".join(miss) + "." if miss else "none."))
+    cpu_miss = [
+        f"{s} at B={r['B']}, K={r['K']} ({what} {v:.3f})"
+        for r in rows
+        for s in samplers
+        for what, v, lim in (
+            ("/ hand loop", r["cpu_vs_hand"][s], 1.05),
+            ("/ floor", r["cpu_vs_floor"][s], 1.10 if r["B"] >= 512 else float("inf")),
+        )
+        if v > lim
+    ]
+    text.append("")
+    text.append(
+        "Targets missed by CPU time: " + ("; ".join(cpu_miss) + "." if cpu_miss else "none.")
+    )
     text.append("")
     return "\n".join(text)

@@ -61,7 +61,7 @@ def plot(results: dict, path: str) -> str:
         elif kind == "ode":
             for name, pts in res["sampling"]["curves"].items():
                 pts = sorted(pts)
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=3, label=name)
+                ax.plot([p[0] for p in pts], [max(p[1], 1e-12) for p in pts], "o-", ms=3, label=name)
             ax.set_xscale("log")
             ax.set_yscale("log")
             ax.set_xlabel("NFE")
@@ -69,9 +69,16 @@ def plot(results: dict, path: str) -> str:
             ax.set_title("3. PF-ODE solvers (2-D oracle)")
             ax.legend(fontsize=6)
         elif kind == "quality":
-            for name, r in res["results"].items():
+            for j, (name, r) in enumerate(res["results"].items()):
                 ns = sorted(r)
-                ax.plot([r[k]["nfe"] for k in ns], [max(abs(r[k]["gap"]), 1e-4) for k in ns], "o-", ms=3, label=name)
+                ax.plot(
+                    [r[k]["nfe"] for k in ns],
+                    [max(abs(r[k]["gap"]), 1e-4) for k in ns],
+                    marker="o" if j < 10 else "s",
+                    ls="-" if j < 10 else "--",
+                    ms=3,
+                    label=name,
+                )
             ax.axhline(0.03, color="k", ls="--", lw=0.8)
             ax.axhline(0.01, color="gray", ls=":", lw=0.8)
             ax.set_xscale("log")

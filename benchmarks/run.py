@@ -8,6 +8,7 @@ import datetime
 import json
 import math
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -107,6 +108,9 @@ def main(argv=None) -> int:
         reports.append(mod.report(res))
         jax.clear_caches()
     total = time.perf_counter() - t_all
+    ru_self = resource.getrusage(resource.RUSAGE_SELF)
+    ru_kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_total = ru_self.ru_utime + ru_self.ru_stime + ru_kids.ru_utime + ru_kids.ru_stime
     load_end = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
 
     head = [
@@ -120,7 +124,9 @@ def main(argv=None) -> int:
         "within one run; ratios are measured against baselines in the same run.",
         f"- Total wall time {total:.0f} s ("
         + ", ".join(f"section {i}: {s:.0f} s" for i, s in seconds.items())
-        + f"). Command: `python -m benchmarks.run {' '.join(sys.argv[1:] if argv is None else argv)}`.",
+        + f"); CPU time {cpu_total:.0f} s (all threads), an upper bound on the wall time of the "
+        "same run on an otherwise idle machine. Command: "
+        f"`python -m benchmarks.run {' '.join(sys.argv[1:] if argv is None else argv)}`.",
         "",
     ]
     text = "\n".join(head) + "\n" + "\n".join(reports)

@@ -1,5 +1,6 @@
 """Tests for scoredyn.nn: score networks and the training step."""
 
+import functools
 import math
 
 import equinox as eqx
@@ -15,7 +16,9 @@ from helpers import mixture_2d
 KEY = jax.random.key(0)
 
 
+@functools.cache
 def _nets(dtype=jnp.float64):
+    """Small untrained networks (built once per module)."""
     k1, k2, k3 = jax.random.split(KEY, 3)
     return {
         "mlp": sd.nn.MLP(5, width=32, depth=2, time_dim=16, key=k1, dtype=dtype),
@@ -24,19 +27,19 @@ def _nets(dtype=jnp.float64):
     }
 
 
-@eqx.filter_jit
-def _randomise(net, key, scale=0.3):
-    """Give every weight (including the zero-initialised output layers) random values."""
+def _randomise(net, seed, scale=0.3):
+    """Give every weight (including the zero-initialised output layers) random values (numpy, so
+    nothing is compiled)."""
+    rng = np.random.default_rng(seed)
     params, static = eqx.partition(net, eqx.is_inexact_array)
     leaves, treedef = jax.tree_util.tree_flatten(params)
-    keys = jax.random.split(key, len(leaves))
-    leaves = [scale * jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)]
+    leaves = [jnp.asarray(scale * rng.standard_normal(x.shape), x.dtype) for x in leaves]
     return eqx.combine(jax.tree_util.tree_unflatten(treedef, leaves), static)
 
 
 @pytest.fixture(scope="module")
 def nets():
-    return {k: _randomise(v, jax.random.key(i)) for i, (k, v) in enumerate(_nets().items())}
+    return {k: _randomise(v, i) for i, (k, v) in enumerate(_nets().items())}
 
 
 def _x(name):
@@ -192,11 +195,17 @@ def test_train_step_is_sgd_on_known_gradient():
 
 
 def test_fit_chunking_and_determinism():
-    net = sd.nn.MLP(2, width=16, depth=1, time_dim=8, key=KEY, dtype=jnp.float32)
+    """`fit` draws the same minibatches and keys whatever the chunk size, and is deterministic."""
     opt = optax.adam(1e-2)
-    step = sd.nn.make_train_step(sd.nn.diffusion_batch_loss(sd.VPSDE()), opt)
-    data = jax.random.normal(jax.random.key(1), (50, 2), jnp.float32)
-    s0 = sd.nn.init_train_state(net, opt)
+
+    def loss(m, key, batch):  # depends on the minibatch and on the key
+        return jnp.sum((m.w - jnp.mean(batch, 0)) ** 2) + 0.1 * jnp.sum(
+            m.w * jax.random.normal(key, m.w.shape)
+        )
+
+    step = sd.nn.make_train_step(loss, opt)
+    data = jax.random.normal(jax.random.key(1), (50, 2))
+    s0 = sd.nn.init_train_state(_Quad(jnp.zeros(2)), opt)
     seen = []
     s1, l1 = sd.nn.fit(
         KEY,
@@ -210,13 +219,12 @@ def test_fit_chunking_and_determinism():
     )
     s2, l2 = sd.nn.fit(KEY, s0, step, data, num_steps=10, batch_size=8, chunk=10)
     assert seen == [(4, 4), (8, 4), (10, 2)]
-    np.testing.assert_array_equal(np.asarray(l1), np.asarray(l2))
+    np.testing.assert_allclose(np.asarray(l1), np.asarray(l2), rtol=1e-12)
     assert int(s1.step) == 10
-    la, lb = (
-        jax.tree_util.tree_leaves(eqx.filter(s1, eqx.is_array)),
-        jax.tree_util.tree_leaves(eqx.filter(s2, eqx.is_array)),
-    )
-    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(la, lb))
+    np.testing.assert_allclose(np.asarray(s1.model.w), np.asarray(s2.model.w), rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(s1.ema.w), np.asarray(s2.ema.w), rtol=1e-12)
+    s3, l3 = sd.nn.fit(KEY, s0, step, data, num_steps=10, batch_size=8, chunk=4)
+    np.testing.assert_array_equal(np.asarray(l1), np.asarray(l3))
     with pytest.raises(ValueError, match="num_steps"):
         sd.nn.fit(KEY, s0, step, data, num_steps=0, batch_size=8)
 
@@ -224,7 +232,7 @@ def test_fit_chunking_and_determinism():
 def test_checkpoint_round_trip(tmp_path):
     net = sd.nn.MLP(3, width=8, depth=1, time_dim=4, key=KEY)
     opt = optax.adam(1e-3)
-    state = sd.nn.init_train_state(_randomise(net, jax.random.key(9)), opt)
+    state = sd.nn.init_train_state(_randomise(net, 9), opt)
     path = tmp_path / "state.eqx"
     eqx.tree_serialise_leaves(path, state)
     like = sd.nn.init_train_state(net, opt)
@@ -235,9 +243,9 @@ def test_checkpoint_round_trip(tmp_path):
 
 @pytest.mark.slow
 def test_training_learns_the_mixture_eps():
-    r"""A short run on the 2-D mixture lowers the loss and moves $\hat\varepsilon$ towards the exact
-    oracle $\varepsilon^*(t, x) = -\sigma(t)\nabla\log p_t(x)$: the mean squared error over
-    $t$ on a grid and $x \sim p_t$ must fall below a quarter of its value at initialisation
+    r"""A 1,000-step run on the 2-D mixture lowers the loss and moves $\hat\varepsilon$ towards
+    the exact oracle $\varepsilon^*(t, x) = -\sigma(t)\nabla\log p_t(x)$: the mean squared error
+    over $t$ on a grid and $x \sim p_t$ must fall below a quarter of its value at initialisation
     (where $\hat\varepsilon = 0$, so the error is $\mathbb E\|\varepsilon^*\|^2$)."""
     sde = sd.VPSDE()
     gm = mixture_2d(jnp.float32)
@@ -247,9 +255,9 @@ def test_training_learns_the_mixture_eps():
     opt = optax.adam(3e-3)
     state = sd.nn.init_train_state(net, opt)
     step = sd.nn.make_train_step(sd.nn.diffusion_batch_loss(sde), opt, ema_decay=0.99)
-    state, losses = sd.nn.fit(jax.random.key(2), state, step, data, num_steps=1500, batch_size=256)
+    state, losses = sd.nn.fit(jax.random.key(2), state, step, data, num_steps=1000, batch_size=256)
 
-    ts = jnp.linspace(0.02, 1.0, 25, dtype=jnp.float32)
+    ts = jnp.linspace(0.02, 1.0, 16, dtype=jnp.float32)
 
     def err(model):
         def at(t, key):

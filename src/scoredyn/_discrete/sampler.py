@@ -209,7 +209,8 @@ def sample_discrete(
     xs = {"c": coeffs, "t": times}
     if stochastic:
         xs["std"] = std
-        xs["key"] = jax.random.split(key, K)
+        # fold the step index into the key inside the loop: O(1) keys per example, not O(K)
+        xs["k"] = jnp.arange(K, dtype=jnp.int32)
     if var_fn is not None:
         xs["n"], xs["m"] = n_arr, m_arr
     xs = jax.tree_util.tree_map(lambda a: a[::-1], xs)  # scan from k = K down to 1
@@ -224,7 +225,7 @@ def sample_discrete(
         )
         x_new = apply_step(s["c"], x, eps, clip)
         if stochastic:
-            z = jax.random.normal(s["key"], shape, dtype)
+            z = jax.random.normal(jax.random.fold_in(key, s["k"]), shape, dtype)
             if var_fn is None:
                 x_new = x_new + s["std"] * z
             else:

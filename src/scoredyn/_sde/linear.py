@@ -143,21 +143,39 @@ class VESDE(AbstractLinearSDE):
         check_positive(self.T, "T")
 
     def _log_ratio(self):
-        return _scalar_fn(math.log, jnp.log, self.sigma_max / self.sigma_min)
+        # log(sigma_max) - log(sigma_min), not log(sigma_max / sigma_min): the ratio may overflow
+        return _scalar_fn(math.log, jnp.log, self.sigma_max) - self._log_sigma_min()
+
+    def _log_sigma_min(self):
+        return _scalar_fn(math.log, jnp.log, self.sigma_min)
+
+    def _log_expm1(self, y):
+        r"""$\log(e^y - 1)$ for $y \ge 0$: direct below 1, $y + \log(1 - e^{-y})$ above (no
+        overflow of $e^y$), with both branches kept finite for the gradient."""
+        small = y < 1.0
+        direct = jnp.log(jnp.expm1(jnp.where(small, y, 0.5)))
+        large = jnp.where(small, 1.0, y)
+        return jnp.where(small, direct, large + log1mexp(-large))
 
     def marginal(self, t: Time) -> tuple[Scalar, Scalar]:
         t = check_times(t, self.T)
-        var = self.sigma_min**2 * jnp.expm1(2.0 * t * self._log_ratio())
-        return jnp.ones_like(t), jnp.sqrt(var)
+        y = 2.0 * t * self._log_ratio()
+        small = y < 1.0
+        # sigma_min^2 expm1(y) is exact near t = 0; for large y it is evaluated in log space,
+        # so a tiny sigma_min and a huge sigma_max never give 0 * inf
+        var_small = self.sigma_min**2 * jnp.expm1(jnp.where(small, y, 0.0))
+        sigma_large = jnp.exp(self._log_sigma_min() + 0.5 * self._log_expm1(jnp.where(small, 1.0, y)))
+        return jnp.ones_like(t), jnp.where(small, jnp.sqrt(var_small), sigma_large)
 
     def coefficients(self, t: Time) -> tuple[Scalar, Scalar]:
         t = check_times(t, self.T)
-        s = self.sigma_min * jnp.exp(t * self._log_ratio())
-        return jnp.zeros_like(t), s * _scalar_fn(math.sqrt, jnp.sqrt, 2.0 * self._log_ratio())
+        L = self._log_ratio()
+        s = jnp.exp(self._log_sigma_min() + t * L)
+        return jnp.zeros_like(t), s * _scalar_fn(math.sqrt, jnp.sqrt, 2.0 * L)
 
     def log_snr(self, t: Time) -> Scalar:
         t = check_times(t, self.T)
-        return -2.0 * _scalar_fn(math.log, jnp.log, self.sigma_min) - jnp.log(jnp.expm1(2.0 * t * self._log_ratio()))
+        return -2.0 * self._log_sigma_min() - self._log_expm1(2.0 * t * self._log_ratio())
 
 
 class CosineVPSDE(AbstractLinearSDE):

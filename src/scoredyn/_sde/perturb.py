@@ -1,5 +1,6 @@
 """Sampling the forward marginal q(x_t | x_0)."""
 
+import equinox as eqx
 import jax
 from jaxtyping import Array, ArrayLike, Float
 
@@ -29,6 +30,13 @@ def perturb(
         raise TypeError(f"`sde` must be a linear SDE, got {type(sde).__name__}.")
     x0 = as_float(x0, "x0")
     t = check_time(t, sde.T)
+    return _perturb(key, sde, x0, t)
+
+
+@eqx.filter_jit
+def _perturb(key, sde, x0, t):
+    # compiled whole, so an eager call and a call under the user's jit run the same program and
+    # draw bit-identical samples (XLA may fuse `a * x + b * e` into an FMA only when compiled)
     alpha, sigma = sde.marginal(t)
     eps = jax.random.normal(key, x0.shape, x0.dtype)
     return alpha.astype(x0.dtype) * x0 + sigma.astype(x0.dtype) * eps

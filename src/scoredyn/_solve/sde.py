@@ -176,7 +176,7 @@ def _simulate(
     ts,
     return_stats,
 ):
-    """`simulate_sde` once the direction `sign` of time is known."""
+    """`simulate_sde` once the direction `sign` of time is known: checks, then the kernel."""
     check_solver(solver)
     dtype = x.dtype
     if stepsize_controller is None:
@@ -187,13 +187,27 @@ def _simulate(
         if num_steps is not None:
             num_steps = check_num_steps(num_steps)
     ts = check_ts(ts, t0, t1, dtype, decreasing=sign < 0)
+    if brownian_tol is None and num_steps is None:
+        raise ValueError("`brownian_tol` must be given when `num_steps` is None.")
+    return _simulate_kernel(
+        key, sde, x, t0, t1, sign, solver, num_steps, stepsize_controller, brownian_tol,
+        max_steps, throw, ts, return_stats,
+    )
+
+
+@eqx.filter_jit
+def _simulate_kernel(
+    key, sde, x, t0, t1, sign, solver, num_steps, stepsize_controller, brownian_tol, max_steps,
+    throw, ts, return_stats,
+):
+    """The simulation, compiled whole: eager calls and calls under the user's `jax.jit` run the
+    same program, so the same key gives bit-identical paths."""
+    dtype = x.dtype
     t0 = jnp.asarray(t0, dtype)
     t1 = jnp.asarray(t1, dtype)
     span = jnp.abs(t1 - t0)
     dt0 = None if num_steps is None else span / num_steps
     if brownian_tol is None:
-        if dt0 is None:
-            raise ValueError("`brownian_tol` must be given when `num_steps` is None.")
         brownian_tol = dt0 / 2
     saveat = diffrax.SaveAt(t1=True) if ts is None else diffrax.SaveAt(ts=sign * (ts - t0))
     zero = jnp.zeros((), dtype)

@@ -162,6 +162,7 @@ class MLP(eqx.Module):
         out_size: int | None = None,
     ):
         dtype = default_float() if dtype is None else dtype
+        _check_dim(data_dim)
         out_size = data_dim if out_size is None else out_size
         _check_dim(out_size, "out_size")
         kt, ko = jax.random.split(key)
