@@ -161,11 +161,12 @@ def report(res: dict) -> str:
             head,
             "",
             f"The same MLP (weights copied) and the same linear schedule in PyTorch {res['torch']} "
-            "(`inference_mode`; timed with 1 thread and with all cores, the faster kept) with the diffusers {res['diffusers']} "
-            f"`DDIMScheduler` loop (eta = 0, {res['K']} steps, `trailing` timesteps, which end at t = N - 1 like our trajectory), against "
+            "(`inference_mode`; timed with 1 thread and with all cores, the faster kept) with the "
+            f"diffusers {res['diffusers']} `DDIMScheduler` loop (eta = 0, {res['K']} steps, "
+            "`trailing` timesteps, which end at t = N - 1 like our trajectory), against "
             "`jax.vmap(sd.sample_discrete(..., lam2=\"ddim\"))` on the same trajectory "
-            "(diffusers' timestep t is our n = t + 1). Time per step in ms (fastest of the interleaved "
-            "rounds); ratio < 1 means "
+            "(diffusers' timestep t is our n = t + 1). Time per step in ms (fastest of the "
+            "interleaved rounds); ratio < 1 means "
             "scoredyn is faster. The two outputs agree to the last column (float32).",
             "",
             md_table(

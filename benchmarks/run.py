@@ -126,7 +126,7 @@ def main(argv=None) -> int:
         + ", ".join(f"section {i}: {s:.0f} s" for i, s in seconds.items())
         + f"); CPU time {cpu_total:.0f} s (all threads), an upper bound on the wall time of the "
         "same run on an otherwise idle machine. Command: "
-        f"`python -m benchmarks.run {' '.join(sys.argv[1:] if argv is None else argv)}`.",
+        f"`{' '.join(['python -m benchmarks.run', *(sys.argv[1:] if argv is None else argv)])}`.",
         "",
     ]
     text = "\n".join(head) + "\n" + "\n".join(reports)

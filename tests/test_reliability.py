@@ -109,7 +109,11 @@ def test_discrete_schedules_finite_and_monotone(dtype):
             ab, lam, betas = s.alpha_bar, s.log_snr, s.betas
             assert ab.dtype == dtype, name
             assert float(ab[0]) == 1.0 and _all_finite(ab, betas, lam[1:]), name
-            assert bool(jnp.all(jnp.diff(ab) < 0)) and bool(jnp.all(ab[1:] > 0)), name
+            # stored as log(alpha_bar), strictly decreasing; alpha_bar itself may round to 1 in
+            # float32 for the first steps (1 - alpha_bar ~ 1e-8 for sub-VP), so non-increasing
+            assert bool(jnp.all(jnp.diff(s.log_alpha_bar) < 0)), name
+            assert bool(jnp.all(jnp.diff(ab) <= 0)) and bool(jnp.all(ab[1:] > 0)), name
+            assert bool(jnp.all(s.one_minus_alpha_bar[1:] > 0)), name
             assert bool(jnp.all((betas[1:] > 0) & (betas[1:] < 1))), name
             assert bool(jnp.all(jnp.diff(lam[1:]) < 0)), name
             n = jnp.arange(s.num_steps + 1)
@@ -129,8 +133,8 @@ def test_posterior_coefficients_and_variances_finite_for_all_pairs(dtype):
             c0, cn, var = sd.forward_posterior(s, n, m)
             assert _all_finite(c0, cn, var), name
             assert c0.dtype == dtype
-            om_m = 1.0 - s.alpha_bar[m]
-            tol = 4 * float(jnp.finfo(dtype).eps)
+            om_m = s.one_minus_alpha_bar[m]
+            tol = 64 * float(jnp.finfo(dtype).eps)
             assert bool(jnp.all((var >= 0) & (var <= om_m * (1 + tol)))), name
             # DDIM (lam2 = 0) coefficients, and the eta sweep of the reverse variances
             assert _all_finite(*sd.forward_posterior(s, n, m, jnp.zeros_like(var))), name
@@ -199,7 +203,7 @@ def test_float64_pipeline_accuracy():
 
 # ------------------------------------------------------------------ determinism
 def _samplers():
-    """Functions of a key drawing something with every random public entry point."""
+    """Functions `f(key, x)` drawing something with every random public entry point."""
     gm = mixture_2d()
     vp = sd.VPSDE()
     score, eps = gm.score_fn(vp), gm.eps_fn(vp)
@@ -207,25 +211,30 @@ def _samplers():
     deps = sd.toy.discrete_eps_fn(gm, sched)
     tau = sd.respace(100, 10)
     pm = sd.reparam.PerturbMax(jnp.array([0.3, -0.2, 0.5]), sd.reparam.Gaussian())
-    x = jnp.array([0.3, -0.2])
+    loose = diffrax.PIDController(rtol=1e-3, atol=1e-3)
     return {
-        "sample_ode": lambda k: sd.sample_ode(k, vp, score, (2,)),
-        "sample_sde": lambda k: sd.sample_sde(k, vp, score, (2,), num_steps=20),
-        "sample_pc": lambda k: sd.sample_pc(k, vp, score, (2,), num_steps=10),
-        "sample_dpm_solver": lambda k: sd.sample_dpm_solver(k, vp, eps, (2,), num_steps=5),
-        "simulate_sde": lambda k: sd.simulate_sde(k, vp, x, 0.0, 1.0, num_steps=20),
-        "sample_discrete": lambda k: sd.sample_discrete(k, sched, deps, x, tau),
-        "perturb": lambda k: sd.perturb(k, vp, x, 0.5),
-        "gm.sample": lambda k: gm.sample(k, 4),
-        "hutchinson_probes": lambda k: sd.hutchinson_probes(k, (2,), num_probes=3),
-        "log_likelihood(hutchinson)": lambda k: sd.log_likelihood(
-            vp, score, x, key=k, estimator="hutchinson", rtol=1e-3, atol=1e-3),
-        "diffusion_loss": lambda k: sd.diffusion_loss(k, vp, eps, x, time_sampling="importance"),
-        "variational_bound": lambda k: sd.variational_bound(k, sched, deps, x, tau,
-                                                            decoder="gaussian").total,
-        "PerturbMax.sample": lambda k: pm.sample(k, (5,)),
-        "PerturbMax.relaxed_sample": lambda k: pm.relaxed_sample(k, 0.5, (2,)),
+        "sample_ode": lambda k, x: sd.sample_ode(k, vp, score, (2,), solver=diffrax.Heun(),
+                                                 stepsize_controller=loose),
+        "sample_sde": lambda k, x: sd.sample_sde(k, vp, score, (2,), num_steps=8),
+        "sample_pc": lambda k, x: sd.sample_pc(k, vp, score, (2,), num_steps=4),
+        "sample_dpm_solver": lambda k, x: sd.sample_dpm_solver(k, vp, eps, (2,), num_steps=5),
+        "simulate_sde": lambda k, x: sd.simulate_sde(k, vp, x, 0.0, 1.0, num_steps=8),
+        "sample_discrete": lambda k, x: sd.sample_discrete(k, sched, deps, x, tau),
+        "perturb": lambda k, x: sd.perturb(k, vp, x, 0.5),
+        "gm.sample": lambda k, x: gm.sample(k, 4),
+        "hutchinson_probes": lambda k, x: sd.hutchinson_probes(k, (2,), num_probes=3),
+        "log_likelihood(hutchinson)": lambda k, x: sd.log_likelihood(
+            vp, score, x, key=k, estimator="hutchinson", solver=diffrax.Heun(),
+            stepsize_controller=loose),
+        "diffusion_loss": lambda k, x: sd.diffusion_loss(k, vp, eps, x, time_sampling="importance"),
+        "variational_bound": lambda k, x: sd.variational_bound(k, sched, deps, x, tau,
+                                                               decoder="gaussian").total,
+        "PerturbMax.sample": lambda k, x: pm.sample(k, (5,)),
+        "PerturbMax.relaxed_sample": lambda k, x: pm.relaxed_sample(k, 0.5, (2,)),
     }
+
+
+X_DET = (0.3, -0.2)
 
 
 def _digest(tree) -> str:
@@ -241,17 +250,18 @@ KEY_SEED = 1234
 
 @functools.cache
 def _jitted_digests() -> dict:
-    key = jax.random.key(KEY_SEED)
-    return {n: _digest(jax.jit(f)(key)) for n, f in _samplers().items()}
+    key, x = jax.random.key(KEY_SEED), jnp.asarray(X_DET)
+    return {n: _digest(jax.jit(f)(key, x)) for n, f in _samplers().items()}
 
 
 def test_same_key_bit_identical_jitted_and_eager():
-    """Every sampler gives bit-identical draws from the same key, eager and under jax.jit,
+    """Every sampler gives bit-identical draws from the same key, eager and under jax.jit
+    (with the data as an argument of the jitted function, as in a training or sampling loop),
     and twice in a row."""
-    key = jax.random.key(KEY_SEED)
+    key, x = jax.random.key(KEY_SEED), jnp.asarray(X_DET)
     jitted = _jitted_digests()
     for name, f in _samplers().items():
-        assert _digest(f(key)) == _digest(f(key)) == jitted[name], name
+        assert _digest(f(key, x)) == _digest(f(key, x)) == jitted[name], name
 
 
 _CHILD = textwrap.dedent(
@@ -260,23 +270,33 @@ _CHILD = textwrap.dedent(
     import jax
     jax.config.update("jax_enable_x64", True)
     sys.path.insert(0, {tests!r})
-    from test_reliability import KEY_SEED, _digest, _samplers
-    key = jax.random.key(KEY_SEED)
-    print(json.dumps({{n: _digest(jax.jit(f)(key)) for n, f in _samplers().items()}}))
+    from test_reliability import _draw_digests
+    print(json.dumps(_draw_digests({names!r})))
     """
 )
 
+# a cheap subset for the second process (the PRNG is counter-based; what matters is that
+# nothing in the library draws from hidden state, e.g. a seed taken from the clock)
+CROSS_PROCESS = ("perturb", "sample_discrete", "simulate_sde", "gm.sample",
+                 "PerturbMax.relaxed_sample", "hutchinson_probes")
 
-@pytest.mark.slow
+
+def _draw_digests(names) -> dict:
+    key, x = jax.random.key(KEY_SEED), jnp.asarray(X_DET)
+    fs = _samplers()
+    return {n: _digest(fs[n](key, x)) for n in names}
+
+
 def test_same_key_bit_identical_across_processes():
     """A fresh Python process draws exactly the same bits from the same key."""
     import json
 
     here = os.path.dirname(os.path.abspath(__file__))
     out = subprocess.run(
-        [sys.executable, "-c", _CHILD.format(tests=here)],
+        [sys.executable, "-c", _CHILD.format(tests=here, names=CROSS_PROCESS)],
         capture_output=True, text=True, timeout=600, check=True,
         env={**os.environ, "JAX_PLATFORMS": "cpu"},
     )
     child = json.loads(out.stdout.strip().splitlines()[-1])
-    assert child == _jitted_digests()
+    mine = _jitted_digests()
+    assert child == {n: mine[n] for n in CROSS_PROCESS}

@@ -7,6 +7,7 @@ See [the DDIM family](../derivations/ddim.md#sampling).
 
 from collections.abc import Callable
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -178,6 +179,25 @@ def sample_discrete(
     check_vector_field(eps_fn, "eps_fn", jnp.asarray(sched.T, x_T.dtype), x_T)
     clip = check_clip(clip_x0)
 
+    # validation on concrete values (the kernel below sees tracers)
+    t = pair_terms(sched, tau[1:], tau[:-1])
+    resolve_variances(t, variances, resolve_lam2(t, lam2, eta, K), K)
+    stochastic = not (variances_are_zero(lam2, variances, eta) or (K == 1 and not final_noise))
+    if stochastic and key is None:
+        raise ValueError("`key` is None but the sampler adds noise (some variance is non-zero).")
+    return _sample_discrete_kernel(
+        key, sched, eps_fn, x_T, tau, lam2, variances, eta, clip, prediction, return_trajectory,
+        final_noise, stochastic,
+    )
+
+
+@eqx.filter_jit
+def _sample_discrete_kernel(
+    key, sched, eps_fn, x_T, tau, lam2, variances, eta, clip, prediction, return_trajectory,
+    final_noise, stochastic,
+):
+    """Coefficients and the scan, compiled whole: eager and jitted calls draw the same bits."""
+    K = tau.shape[0] - 1
     n_arr, m_arr = tau[1:], tau[:-1]
     t = pair_terms(sched, n_arr, m_arr)
     lam2_arr = resolve_lam2(t, lam2, eta, K)
@@ -202,9 +222,6 @@ def sample_discrete(
         std = safe_sqrt(var.astype(dtype)) * mask  # d/dv sqrt(v) at v = 0 would be inf * 0
     else:
         std = mask
-    stochastic = not (variances_are_zero(lam2, variances, eta) or (K == 1 and not final_noise))
-    if stochastic and key is None:
-        raise ValueError("`key` is None but the sampler adds noise (some variance is non-zero).")
 
     xs = {"c": coeffs, "t": times}
     if stochastic:

@@ -29,8 +29,9 @@ def perturb(
     if not isinstance(sde, AbstractLinearSDE):
         raise TypeError(f"`sde` must be a linear SDE, got {type(sde).__name__}.")
     x0 = as_float(x0, "x0")
-    t = check_time(t, sde.T)
-    return _perturb(key, sde, x0, t)
+    t_arr = check_time(t, sde.T)
+    # a Python number stays static (a compile-time constant, as under the caller's jit)
+    return _perturb(key, sde, x0, t if isinstance(t, (int, float)) else t_arr)
 
 
 @eqx.filter_jit

@@ -1,5 +1,6 @@
 """Predictor–corrector sampling: Euler–Maruyama predictor, Langevin corrector."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -104,10 +105,20 @@ def sample_pc(
     if is_concrete(snr) and not float(snr) > 0:
         raise ValueError(f"`snr` must be > 0, got {snr}.")
     t_eps = check_t_eps(t_eps, sde)
+    check_score(score, "score", sde.T, jnp.zeros(shape, dtype))
+    return _pc_kernel(
+        key, sde, score, shape, dtype, snr, t_eps, num_steps, num_corrector_steps, axis_name
+    )
+
+
+@eqx.filter_jit
+def _pc_kernel(key, sde, score, shape, dtype, snr, t_eps, num_steps, num_corrector_steps,
+               axis_name):
+    """The prior draw and the loop, compiled whole: an eager call and a call under the user's
+    `jax.jit` run the same program, so the same key gives bit-identical samples."""
     k_prior, k_loop = jax.random.split(key)
     x_T = sde.prior_sample(k_prior, shape, dtype)
-    check_score(score, "score", sde.T, x_T)
-    snr = as_float(snr, "snr").astype(dtype)
+    snr = as_float(snr, "snr").astype(dtype)  # a Python float stays a compile-time constant
     ts = jnp.linspace(jnp.asarray(sde.T, dtype), jnp.asarray(t_eps, dtype), num_steps + 1)
 
     def corrector(t, a, x, k):

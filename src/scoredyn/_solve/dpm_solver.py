@@ -11,6 +11,7 @@ exactly; DPM-Solver-$k$ approximates $\hat\varepsilon$ along the step by a Taylo
 degree $k - 1$ in $\ell$ built from intermediate evaluations.
 """
 
+import equinox as eqx
 import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array, ArrayLike, Float
@@ -170,6 +171,12 @@ def dpm_solver(
         raise TypeError(f"`x_T` must be a floating array, got dtype {x_T.dtype}.")
     t_eps = check_t_eps(t_eps, sde)
     check_score(eps_fn, "eps_fn", sde.T, x_T)
+    return _dpm_kernel(sde, eps_fn, x_T, num_steps, order, t_eps, skip)
+
+
+@eqx.filter_jit
+def _dpm_kernel(sde, eps_fn, x_T, num_steps, order, t_eps, skip):
+    """The grid and the steps, compiled whole (eager and jitted calls give the same bits)."""
     ts = time_grid(sde, num_steps, t_eps, skip, x_T.dtype)
     t_s, t_t, h, stage_t = _step_tables(sde, ts, order)
 
@@ -217,8 +224,16 @@ def sample_dpm_solver(
         xs = jax.vmap(draw)(keys)   # (1000, 2)
         ```
     """
-    _check_common(sde, order, skip, num_steps)
+    num_steps = _check_common(sde, order, skip, num_steps)
     shape = check_shape(shape)
     dtype = check_dtype(dtype)
+    t_eps = check_t_eps(t_eps, sde)
+    check_score(eps_fn, "eps_fn", sde.T, jnp.zeros(shape, dtype))
+    return _sample_dpm_kernel(key, sde, eps_fn, shape, dtype, num_steps, order, t_eps, skip)
+
+
+@eqx.filter_jit
+def _sample_dpm_kernel(key, sde, eps_fn, shape, dtype, num_steps, order, t_eps, skip):
+    """The prior draw and the solver, compiled whole (eager and jitted calls give the same bits)."""
     x_T = sde.prior_sample(key, shape, dtype)
-    return dpm_solver(sde, eps_fn, x_T, num_steps=num_steps, order=order, t_eps=t_eps, skip=skip)
+    return _dpm_kernel(sde, eps_fn, x_T, num_steps, order, t_eps, skip)

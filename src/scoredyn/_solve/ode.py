@@ -148,6 +148,23 @@ def sample_ode(
     shape = check_shape(shape)
     dtype = check_dtype(dtype)
     t_eps = check_t_eps(t_eps, sde)
+    # checks on concrete values first; the kernel below sees tracers
+    check_solver(solver)
+    check_controller(stepsize_controller)
+    check_score(score, "score", sde.T, jnp.zeros(shape, dtype))
+    check_ts(ts, sde.T, t_eps, dtype, decreasing=True)
+    return _sample_ode_kernel(
+        key, sde, score, shape, dtype, t_eps, solver, stepsize_controller, dt0, max_steps, throw,
+        ts, return_stats,
+    )
+
+
+@eqx.filter_jit
+def _sample_ode_kernel(
+    key, sde, score, shape, dtype, t_eps, solver, stepsize_controller, dt0, max_steps, throw, ts,
+    return_stats,
+):
+    """The prior draw and the solve, compiled whole (eager and jitted calls give the same bits)."""
     x_T = sde.prior_sample(key, shape, dtype)
     return solve_flow(
         sde,

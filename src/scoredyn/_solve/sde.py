@@ -177,8 +177,18 @@ def _simulate(
     return_stats,
 ):
     """`simulate_sde` once the direction `sign` of time is known: checks, then the kernel."""
+    stepsize_controller, num_steps, ts = _check_simulation(
+        solver, stepsize_controller, num_steps, brownian_tol, ts, t0, t1, x.dtype, sign
+    )
+    return _simulate_kernel(
+        key, sde, x, t0, t1, sign, solver, num_steps, stepsize_controller, brownian_tol,
+        max_steps, throw, ts, return_stats,
+    )
+
+
+def _check_simulation(solver, stepsize_controller, num_steps, brownian_tol, ts, t0, t1, dtype,
+                      sign):
     check_solver(solver)
-    dtype = x.dtype
     if stepsize_controller is None:
         stepsize_controller = diffrax.ConstantStepSize()
         num_steps = check_num_steps(num_steps)
@@ -189,10 +199,7 @@ def _simulate(
     ts = check_ts(ts, t0, t1, dtype, decreasing=sign < 0)
     if brownian_tol is None and num_steps is None:
         raise ValueError("`brownian_tol` must be given when `num_steps` is None.")
-    return _simulate_kernel(
-        key, sde, x, t0, t1, sign, solver, num_steps, stepsize_controller, brownian_tol,
-        max_steps, throw, ts, return_stats,
-    )
+    return stepsize_controller, num_steps, ts
 
 
 @eqx.filter_jit
@@ -302,22 +309,26 @@ def sample_sde(
     dtype = check_dtype(dtype)
     num_steps = check_num_steps(num_steps)
     t_eps = check_t_eps(t_eps, sde)
+    check_score(score, "score", sde.T, jnp.zeros(shape, dtype))
+    stepsize_controller, num_steps, ts = _check_simulation(
+        solver, stepsize_controller, num_steps, brownian_tol, ts, sde.T, t_eps, dtype, -1.0
+    )
+    return _sample_sde_kernel(
+        key, sde, score, shape, dtype, t_eps, solver, num_steps, stepsize_controller,
+        brownian_tol, max_steps, throw, ts, return_stats,
+    )
+
+
+@eqx.filter_jit
+def _sample_sde_kernel(
+    key, sde, score, shape, dtype, t_eps, solver, num_steps, stepsize_controller, brownian_tol,
+    max_steps, throw, ts, return_stats,
+):
+    """The prior draw and the reverse-time simulation, compiled whole (eager and jitted calls
+    give the same bits)."""
     k_prior, k_bm = jax.random.split(key)
     x_T = sde.prior_sample(k_prior, shape, dtype)
-    check_score(score, "score", sde.T, x_T)
-    return _simulate(
-        k_bm,
-        reverse_sde(sde, score),
-        x_T,
-        sde.T,
-        t_eps,
-        -1.0,
-        solver=solver,
-        num_steps=num_steps,
-        stepsize_controller=stepsize_controller,
-        brownian_tol=brownian_tol,
-        max_steps=max_steps,
-        throw=throw,
-        ts=ts,
-        return_stats=return_stats,
+    return _simulate_kernel(
+        k_bm, reverse_sde(sde, score), x_T, sde.T, t_eps, -1.0, solver, num_steps,
+        stepsize_controller, brownian_tol, max_steps, throw, ts, return_stats,
     )
