@@ -92,6 +92,26 @@ def test_pf_ode_start_matches_the_bin_width():
     assert abs(float(sde.marginal(t)[1]) - 0.125 / math.sqrt(12)) < 1e-6
 
 
+def test_monotone_ms_eps_only_raises_dipping_variances():
+    r"""The implied $\bar\sigma_n^2 = \frac{1 - \bar\alpha_n}{\bar\alpha_n}(1 - \texttt{ms\_eps}_n)$
+    becomes non-decreasing; values that already were are kept; nothing is lowered."""
+    sched = sd.DiscreteSchedule.linear(100, dtype=jnp.float64)
+    abar = np.asarray(sched.alpha_bar)
+    snr_inv = (1 - abar) / abar
+    var_true = 0.3 * (1 - abar)  # increasing in n and below (1 - abar) / abar
+    ms = 1 - var_true[1:] / snr_inv[1:]
+    ms = np.concatenate([[0.0], ms])
+    noisy = ms.copy()
+    noisy[[60, 90, 100]] = [1.0, 1.2, 0.9999999]  # Monte Carlo estimates touching 1
+    out = np.asarray(_evaluate.monotone_ms_eps(sched, jnp.asarray(noisy)))
+    var_out = snr_inv[1:] * (1 - out[1:])
+    assert np.all(np.diff(var_out) >= -1e-12 * var_out[1:])
+    assert out.max() <= 1 - 1e-5
+    clean = np.asarray(_evaluate.monotone_ms_eps(sched, jnp.asarray(ms)))
+    np.testing.assert_allclose(clean[1:], ms[1:], rtol=1e-9, atol=1e-12)
+    assert np.all(out[1:] <= np.minimum(noisy[1:], 1 - 1e-5) + 1e-12)  # variances only go up
+
+
 # ----------------------------------------------------------------------------- the demo itself
 @pytest.mark.slow
 def test_quick_demo_end_to_end(tmp_path, capsys):

@@ -382,8 +382,7 @@ bad("reparam.PerturbMax", "noise not an AbstractNoise",
     lambda: sd.reparam.PerturbMax(jnp.ones(3), noise="gumbel"), TypeError, "noise", "str")
 bad("reparam.PerturbMax.log_prob", "float class index", lambda: PM.log_prob(1.0), TypeError, "i",
     "float")
-bad("nn.MLP", "data_dim = 0", lambda: sd.nn.MLP(0, key=K0), ValueError, "data_dim", "0",
-    xfail="owner still working: the message names `out_size`, which the user did not pass")
+bad("nn.MLP", "data_dim = 0", lambda: sd.nn.MLP(0, key=K0), ValueError, "data_dim", "0")
 bad("nn.MLP", "odd time_dim", lambda: sd.nn.MLP(2, time_dim=3, key=K0), ValueError, "time_dim",
     "3")
 bad("nn.SinusoidalEmbedding", "odd dim", lambda: sd.nn.SinusoidalEmbedding(3), ValueError, "dim",

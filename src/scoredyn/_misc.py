@@ -81,9 +81,13 @@ def check_times(t: ArrayLike, T, name: str = "t") -> Array:
         if bad.any():
             first = v.reshape(-1)[int(np.argmax(bad.reshape(-1)))]
             raise ValueError(f"`{name}` must lie in [0, T] = [0, {Tv}], got {first}.")
-        return t
-    bad = jnp.isnan(t) | (t < -slack) | (t > jnp.asarray(T, t.dtype) + slack)
-    return eqx.error_if(t, bad, f"`{name}` must lie in [0, T] (the SDE's time interval).")
+    else:
+        bad = jnp.isnan(t) | (t < -slack) | (t > jnp.asarray(T, t.dtype) + slack)
+        t = eqx.error_if(t, bad, f"`{name}` must lie in [0, T] (the SDE's time interval).")
+    # move a time within the slack onto the interval (t = -1e-300 would otherwise give
+    # sigma^2 < 0); `where`, not `clip`, keeps d/dt = 1 at the end points themselves
+    T_ = jnp.asarray(T, t.dtype)
+    return jnp.where(t < 0, jnp.zeros_like(t), jnp.where(t > T_, T_, t))
 
 
 def check_time(t: ArrayLike, T: float, name: str = "t") -> Array:
