@@ -8,7 +8,6 @@ paper's published clipping thresholds, and brute-force enumeration of trajectori
 
 import itertools
 import math
-import time
 
 import chex
 import jax
@@ -439,18 +438,12 @@ def test_cost_matrix_is_the_kl_ratio(sched, est):
 
 
 @pytest.mark.slow
-def test_dp_speed_n1000_k100():
-    """N = 1000, K = 100: compiled DP well under a second (reported in the final summary)."""
+def test_dp_full_size_path_is_valid():
+    """N = 1000, K = 100: a valid strictly increasing path (timing lives in benchmarks/)."""
     sched = sd.DiscreteSchedule.linear(1000)
     ms = jnp.linspace(0.0, 1.0, 1001) ** 0.5
     tau = sd.analytic.optimal_trajectory(sched, ms, 100)
-    tau.block_until_ready()
-    t0 = time.perf_counter()
-    tau = sd.analytic.optimal_trajectory(sched, ms, 100)
-    tau.block_until_ready()
-    elapsed = time.perf_counter() - t0
-    print(f"DP N=1000 K=100: {elapsed:.3f} s")
-    assert elapsed < 2.0  # generous for shared CI cores; ~0.2 s unloaded
+    assert tau.shape == (101,)
     assert int(tau[1]) == 1 and int(tau[-1]) == 1000 and bool(jnp.all(jnp.diff(tau) > 0))
 
 

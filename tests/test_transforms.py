@@ -67,7 +67,7 @@ def public_names() -> list[str]:
     return sorted(names)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity: names share a Case
 class Case:
     """`build(dtype) -> (fn, args, args2)`; `diff` are the argnums that `grad` differentiates."""
 
@@ -83,8 +83,9 @@ REGISTRY: dict[str, Case] = {}
 
 def case(*names, diff=(), fd=True, xfail=None, **skip):
     def deco(build):
+        shared = Case(build, tuple(diff), dict(skip), fd, dict(xfail or {}))
         for name in names:
-            REGISTRY[name] = Case(build, tuple(diff), dict(skip), fd, dict(xfail or {}))
+            REGISTRY[name] = shared
         return build
 
     return deco
@@ -123,67 +124,45 @@ EULER = dict(solver=diffrax.Euler(), stepsize_controller=diffrax.ConstantStepSiz
 
 
 # ------------------------------------------------------------------------------ SDEs
-def _sde_build(make, p1, p2):
-    def build(dt):
-        def fn(params, t, x):
-            sde = make(*params)
+# Names that are used together share one case (one compilation per transform): the case's
+# function calls every one of them, so each is exercised under every transform.
+@case("VPSDE", "SubVPSDE", "VESDE", "CosineVPSDE", diff=(0, 1, 2))
+def _(dt):
+    makers = (lambda a, b: sd.VPSDE(a, b), lambda a, b: sd.SubVPSDE(a, b),
+              lambda a, b: sd.VESDE(a, b), lambda s: sd.CosineVPSDE(s))
+
+    def fn(params, t, x):
+        out = []
+        for make, p in zip(makers, params):
+            sde = make(*p)
             a, s = sde.marginal(t)
             f, g = sde.coefficients(t)
-            return dict(
-                a=a, s=s, f=f, g=g, lam=sde.log_snr(t), drift=sde.drift(t, x),
-                diff=sde.diffusion(t, x), plp=sde.prior_log_prob(x),
-            )
+            out.append(dict(a=a, s=s, f=f, g=g, lam=sde.log_snr(t), drift=sde.drift(t, x),
+                            diff=sde.diffusion(t, x), plp=sde.prior_log_prob(x)))
+        return out
 
-        P = lambda p: tuple(arr(v, dt) for v in p)
-        return (
-            fn,
-            (P(p1), arr(0.3, dt), arr([0.5, -1.0], dt)),
-            (P(p2), arr(0.7, dt), arr([1.5, 0.2], dt)),
-        )
-
-    return build
+    P = lambda *ps: tuple(tuple(arr(v, dt) for v in p) for p in ps)
+    p1 = P((0.1, 20.0), (0.1, 20.0), (0.01, 50.0), (0.008,))
+    p2 = P((0.2, 10.0), (0.2, 10.0), (0.1, 10.0), (0.02,))
+    return fn, (p1, arr(0.3, dt), arr([0.5, -1.0], dt)), (p2, arr(0.7, dt), arr([1.5, 0.2], dt))
 
 
-case("VPSDE", diff=(0, 1, 2))(_sde_build(lambda a, b: sd.VPSDE(a, b), (0.1, 20.0), (0.2, 10.0)))
-case("SubVPSDE", diff=(0, 1, 2))(
-    _sde_build(lambda a, b: sd.SubVPSDE(a, b), (0.1, 20.0), (0.2, 10.0))
-)
-case("VESDE", diff=(0, 1, 2))(_sde_build(lambda a, b: sd.VESDE(a, b), (0.01, 50.0), (0.1, 10.0)))
-case("CosineVPSDE", diff=(0, 1, 2))(_sde_build(lambda s: sd.CosineVPSDE(s), (0.008,), (0.02,)))
-
-
-@case("SDE", diff=(0, 1))
+@case("SDE", "probability_flow", "ProbabilityFlow", "reverse_sde", "ReverseSDE", diff=(0, 1))
 def _(dt):
+    score = gm(dt).score_fn(VP)
+
     def fn(t, x):
-        sde = sd.SDE(lambda t, x: -t * x, lambda t, x: jnp.sqrt(1.0 + x**2),
-                     state_dependent_diffusion=True)
-        rs = sd.reverse_sde(sde, lambda t, x: -x)
-        return sde.drift(t, x), sde.diffusion(t, x), rs.drift(t, x)
+        general = sd.SDE(lambda t, x: -t * x, lambda t, x: jnp.sqrt(1.0 + x**2),
+                         state_dependent_diffusion=True)
+        out = [general.drift(t, x), general.diffusion(t, x)]
+        for sde in (VP, general):  # the state-dependent case adds the divergence correction
+            s = score if sde is VP else (lambda t, x: -x)
+            rs, RS = sd.reverse_sde(sde, s), sd.ReverseSDE(sde, s)
+            out += [sd.probability_flow(sde, s)(t, x), sd.ProbabilityFlow(sde, s)(t, x),
+                    rs.drift(t, x), rs.diffusion(t, x), RS.drift(t, x)]
+        return out
 
-    return fn, (arr(0.3, dt), arr([0.5, -1.0], dt)), (arr(0.6, dt), arr([1.0, 2.0], dt))
-
-
-def _flow_build(which):
-    def build(dt):
-        score = gm(dt).score_fn(VP)
-
-        def fn(t, x):
-            if which == "pf":
-                return sd.probability_flow(VP, score)(t, x)
-            if which == "PF":
-                return sd.ProbabilityFlow(VP, score)(t, x)
-            rs = sd.reverse_sde(VP, score) if which == "rs" else sd.ReverseSDE(VP, score)
-            return rs.drift(t, x), rs.diffusion(t, x)
-
-        return fn, (arr(0.3, dt), arr([0.5, -1.0], dt)), (arr(0.8, dt), arr([1.0, 0.0], dt))
-
-    return build
-
-
-case("probability_flow", diff=(0, 1))(_flow_build("pf"))
-case("ProbabilityFlow", diff=(0, 1))(_flow_build("PF"))
-case("reverse_sde", diff=(0, 1))(_flow_build("rs"))
-case("ReverseSDE", diff=(0, 1))(_flow_build("RS"))
+    return fn, (arr(0.3, dt), arr([0.5, -1.0], dt)), (arr(0.8, dt), arr([1.0, 0.0], dt))
 
 
 @case("perturb", diff=(1, 2))
@@ -192,28 +171,20 @@ def _(dt):
     return fn, (key(0), arr([0.5, -1.0], dt), arr(0.3, dt)), (key(1), arr([1, 2], dt), arr(0.9, dt))
 
 
-def _convert_build(name):
-    def build(dt):
-        eps = gm(dt).eps_fn(VP)
+@case("convert", "eps_to_score", "score_to_eps", "x0_to_eps", "v_to_eps", diff=(0, 1))
+def _(dt):
+    eps = gm(dt).eps_fn(VP)
 
-        def fn(t, x):
-            if name == "convert":
-                return sd.convert(VP, eps, "eps", "v")(t, x)
-            if name == "eps_to_score":
-                return sd.eps_to_score(VP, eps)(t, x)
-            if name == "score_to_eps":
-                return sd.score_to_eps(VP, gm(dt).score_fn(VP))(t, x)
-            if name == "x0_to_eps":
-                return sd.x0_to_eps(VP, sd.convert(VP, eps, "eps", "x0"))(t, x)
-            return sd.v_to_eps(VP, sd.convert(VP, eps, "eps", "v"))(t, x)
+    def fn(t, x):
+        return (
+            sd.convert(VP, eps, "eps", "v")(t, x),
+            sd.eps_to_score(VP, eps)(t, x),
+            sd.score_to_eps(VP, gm(dt).score_fn(VP))(t, x),
+            sd.x0_to_eps(VP, sd.convert(VP, eps, "eps", "x0"))(t, x),
+            sd.v_to_eps(VP, sd.convert(VP, eps, "eps", "v"))(t, x),
+        )
 
-        return fn, (arr(0.3, dt), arr([0.5, -1.0], dt)), (arr(0.8, dt), arr([1.0, 0.0], dt))
-
-    return build
-
-
-for _n in ("convert", "eps_to_score", "score_to_eps", "x0_to_eps", "v_to_eps"):
-    case(_n, diff=(0, 1))(_convert_build(_n))
+    return fn, (arr(0.3, dt), arr([0.5, -1.0], dt)), (arr(0.8, dt), arr([1.0, 0.0], dt))
 
 
 # ------------------------------------------------------------------------------ toy
@@ -234,23 +205,17 @@ def _(dt):
     )
 
 
-def _mixture_fn_build(name):
-    def build(dt):
-        g = gm(dt)
-        if name == "toy.MixtureScore":
-            f = sd.toy.MixtureScore(g, VP, "eps")
-        elif name == "toy.DiscreteMixtureEps":
-            f = sd.toy.DiscreteMixtureEps(g, sched(dt))
-        else:
-            f = sd.toy.discrete_eps_fn(g, sched(dt))
-        return (lambda t, x: f(t, x)), (arr(0.375, dt), arr([0.3, -0.2], dt)), (arr(0.75, dt), arr([1.0, 0.5], dt))
+# the discrete oracle rounds t to a step index: it is differentiated in x only
+@case("toy.MixtureScore", "toy.DiscreteMixtureEps", "toy.discrete_eps_fn", diff=(0, 2))
+def _(dt):
+    g, s = gm(dt), sched(dt)
 
-    return build
+    def fn(t, t_n, x):
+        return (sd.toy.MixtureScore(g, VP, "eps")(t, x), sd.toy.DiscreteMixtureEps(g, s)(t_n, x),
+                sd.toy.discrete_eps_fn(g, s)(t_n, x))
 
-
-case("toy.MixtureScore", diff=(0, 1))(_mixture_fn_build("toy.MixtureScore"))
-case("toy.DiscreteMixtureEps", diff=(1,))(_mixture_fn_build("toy.DiscreteMixtureEps"))
-case("toy.discrete_eps_fn", diff=(1,))(_mixture_fn_build("toy.discrete_eps_fn"))
+    return (fn, (arr(0.3, dt), arr(0.375, dt), arr([0.3, -0.2], dt)),
+            (arr(0.6, dt), arr(0.75, dt), arr([1.0, 0.5], dt)))
 
 
 # ------------------------------------------------------------------------------ discrete
@@ -282,93 +247,64 @@ def _(dt):
     return fn, (jnp.array([10, 6, 2, 0]),), (jnp.array([0, 1, 5, 10]),)
 
 
-@case("forward_posterior", diff=(0, 3))
+@case("forward_posterior", "posterior_variance", "reverse_variances", diff=(0, 3, 4))
 def _(dt):
-    def fn(b, n, m, frac):
+    def fn(b, n, m, frac, eta):
         s = sd.DiscreteSchedule.from_betas(b)
-        return sd.forward_posterior(s, n, m, frac * sd.posterior_variance(s, n, m))
+        tau = sd.respace(8, 4)
+        return (
+            sd.forward_posterior(s, n, m, frac * sd.posterior_variance(s, n, m)),
+            sd.forward_posterior(s, n, m),
+            [sd.reverse_variances(s, tau, k, eta) for k in ("ddim", "ddpm", "ddpm_beta", "eta")],
+        )
 
     return (
         fn,
-        (betas(dt), jnp.asarray(5), jnp.asarray(2), arr(0.5, dt)),
-        (betas(dt, shift=0.01), jnp.asarray(8), jnp.asarray(0), arr(0.3, dt)),
+        (betas(dt), jnp.asarray(5), jnp.asarray(2), arr(0.5, dt), arr(0.5, dt)),
+        (betas(dt, shift=0.01), jnp.asarray(8), jnp.asarray(0), arr(0.3, dt), arr(1.0, dt)),
     )
 
 
-@case("posterior_variance", diff=(0,))
+@case("ddim_step", "reverse_step", diff=(1, 2, 3))
 def _(dt):
-    fn = lambda b, n, m: sd.posterior_variance(sd.DiscreteSchedule.from_betas(b), n, m)
-    return fn, (betas(dt), jnp.asarray(5), jnp.asarray(2)), (betas(dt, 8, 0.01), 7, 6)
-
-
-@case("reverse_variances", diff=(0, 1))
-def _(dt):
-    def fn(b, eta):
+    def fn(k, b, x, e, n, m):
         s = sd.DiscreteSchedule.from_betas(b)
-        tau = sd.respace(8, 4)
-        return [sd.reverse_variances(s, tau, k, eta) for k in ("ddim", "ddpm", "ddpm_beta", "eta")]
+        return (sd.ddim_step(k, s, n, m, x, e, 0.5 * sd.posterior_variance(s, n, m)),
+                sd.reverse_step(k, s, n, m, x, e, clip_x0=3.0))
 
-    return fn, (betas(dt), arr(0.5, dt)), (betas(dt, shift=0.01), arr(1.0, dt))
-
-
-def _step_build(name):
-    def build(dt):
-        def fn(k, b, x, e, n, m):
-            s = sd.DiscreteSchedule.from_betas(b)
-            if name == "ddim_step":
-                return sd.ddim_step(k, s, n, m, x, e, 0.5 * sd.posterior_variance(s, n, m))
-            return sd.reverse_step(k, s, n, m, x, e, clip_x0=3.0)
-
-        a1 = (key(0), betas(dt), arr([0.5, -1.0], dt), arr([0.1, 0.2], dt), jnp.asarray(6),
-              jnp.asarray(3))
-        a2 = (key(1), betas(dt, shift=0.01), arr([1, 0], dt), arr([-0.3, 0.2], dt),
-              jnp.asarray(8), jnp.asarray(7))
-        return fn, a1, a2
-
-    return build
+    a1 = (key(0), betas(dt), arr([0.5, -1.0], dt), arr([0.1, 0.2], dt), jnp.asarray(6),
+          jnp.asarray(3))
+    a2 = (key(1), betas(dt, shift=0.01), arr([1, 0], dt), arr([-0.3, 0.2], dt), jnp.asarray(8),
+          jnp.asarray(7))
+    return fn, a1, a2
 
 
-case("ddim_step", diff=(1, 2, 3))(_step_build("ddim_step"))
-case("reverse_step", diff=(1, 2, 3))(_step_build("reverse_step"))
-
-
-@case("sample_discrete", diff=(1, 2))
+@case("sample_discrete", "variational_bound", diff=(1, 2))
 def _(dt):
     g = gm(dt)
 
     def fn(k, b, x):
         s = sd.DiscreteSchedule.from_betas(b)
-        return sd.sample_discrete(k, s, sd.toy.discrete_eps_fn(g, s), x, sd.respace(8, 4),
-                                  return_trajectory=True)
+        eps = sd.toy.discrete_eps_fn(g, s)
+        tau = sd.respace(8, 4)
+        return (sd.sample_discrete(k, s, eps, x, tau, return_trajectory=True),
+                sd.variational_bound(k, s, eps, x, tau, decoder="gaussian"))
 
     return (fn, (key(0), betas(dt), arr([0.5, -1.0], dt)),
             (key(1), betas(dt, shift=0.01), arr([1.0, 0.2], dt)))
 
 
-@case("variational_bound", diff=(1, 2))
+@case("gaussian_kl", "discretized_gaussian_log_likelihood", diff=(0, 1, 2, 3, 5, 6))
 def _(dt):
-    g = gm(dt)
+    def fn(mq, vq, mp, vp, x, mu, v):
+        return sd.gaussian_kl(mq, vq, mp, vp), sd.discretized_gaussian_log_likelihood(x, mu, v, 4)
 
-    def fn(k, b, x0):
-        s = sd.DiscreteSchedule.from_betas(b)
-        return sd.variational_bound(k, s, sd.toy.discrete_eps_fn(g, s), x0, sd.respace(8, 4),
-                                    decoder="gaussian")
-
-    return fn, (key(0), betas(dt), arr([0.5, -0.5], dt)), (key(1), betas(dt, 8, 0.01), arr([0, 1], dt))
-
-
-@case("gaussian_kl", diff=(0, 1, 2, 3))
-def _(dt):
-    a1 = (arr([0.1, 0.2], dt), arr([1.0, 0.5], dt), arr([0.0, 0.3], dt), arr(0.7, dt))
-    a2 = (arr([1.0, 0.0], dt), arr([2.0, 0.1], dt), arr([0.5, 0.3], dt), arr(1.5, dt))
-    return sd.gaussian_kl, a1, a2
-
-
-@case("discretized_gaussian_log_likelihood", diff=(1, 2))
-def _(dt):
     x = arr([-1.0, 1.0 / 3.0, 1.0], dt)
-    fn = lambda x, mu, v: sd.discretized_gaussian_log_likelihood(x, mu, v, 4)
-    return fn, (x, arr([-0.8, 0.2, 0.9], dt), arr(0.1, dt)), (-x, arr([0.5, 0, 0], dt), arr(0.3, dt))
+    a1 = (arr([0.1, 0.2], dt), arr([1.0, 0.5], dt), arr([0.0, 0.3], dt), arr(0.7, dt), x,
+          arr([-0.8, 0.2, 0.9], dt), arr(0.1, dt))
+    a2 = (arr([1.0, 0.0], dt), arr([2.0, 0.1], dt), arr([0.5, 0.3], dt), arr(1.5, dt), -x,
+          arr([0.5, 0, 0], dt), arr(0.3, dt))
+    return fn, a1, a2
 
 
 @case("diffusion_loss", diff=(1, 2))
@@ -386,18 +322,11 @@ def _(dt):
 _W = np.array([[0.9, -0.3], [0.4, 1.1]])
 
 
-@case("divergence", diff=(0,))
+@case("divergence", "hutchinson_divergence", diff=(0, 1))
 def _(dt):
     W = arr(_W, dt)
-    return (lambda x: sd.divergence(lambda y: jnp.tanh(W @ y), x)), (arr([0.5, -1], dt),), (
-        arr([0.1, 0.3], dt),
-    )
-
-
-@case("hutchinson_divergence", diff=(0, 1))
-def _(dt):
-    W = arr(_W, dt)
-    fn = lambda x, p: sd.hutchinson_divergence(lambda y: jnp.tanh(W @ y), x, p)
+    f = lambda y: jnp.tanh(W @ y)
+    fn = lambda x, p: (sd.divergence(f, x), sd.hutchinson_divergence(f, x, p))
     p = sd.hutchinson_probes(key(0), (2,), num_probes=3, dtype=dt)
     return fn, (arr([0.5, -1], dt), p), (arr([0.1, 0.3], dt), -p)
 
@@ -408,18 +337,16 @@ def _(dt):
     return fn, (key(0),), (key(1),)
 
 
-@case("log_likelihood", diff=(0,))
+@case("log_likelihood", "bits_per_dim", diff=(1, 2))
 def _(dt):
     score = gm(dt).score_fn(VP)
-    fn = lambda x: sd.log_likelihood(VP, score, x, dt0=0.25, **EULER)
-    return fn, (arr([0.5, -1.0], dt),), (arr([1.0, 0.5], dt),)
 
+    def fn(k, x, xq):
+        return (sd.log_likelihood(VP, score, x, dt0=0.25, **EULER),
+                sd.bits_per_dim(VP, score, xq, key=k, levels=4, dt0=0.25, **EULER))
 
-@case("bits_per_dim", diff=(1,))
-def _(dt):
-    score = gm(dt).score_fn(VP)
-    fn = lambda k, x: sd.bits_per_dim(VP, score, x, key=k, levels=4, dt0=0.25, **EULER)
-    return fn, (key(0), arr([-1.0, 1.0 / 3.0], dt)), (key(1), arr([1.0, -1.0 / 3.0], dt))
+    return (fn, (key(0), arr([0.5, -1.0], dt), arr([-1.0, 1.0 / 3.0], dt)),
+            (key(1), arr([1.0, 0.5], dt), arr([1.0, -1.0 / 3.0], dt)))
 
 
 # ------------------------------------------------------------------------------ solvers
@@ -427,55 +354,36 @@ def _lin_score(w):
     return lambda t, x: -w * x
 
 
-@case("sample_ode", diff=(1,))
-def _(dt):
-    fn = lambda k, w: sd.sample_ode(k, VP, _lin_score(w), (2,), dt0=-0.25, dtype=dt, **EULER)
-    return fn, (key(0), arr(1.0, dt)), (key(1), arr(0.5, dt))
-
-
-@case("sample_sde", diff=(1,))
-def _(dt):
-    fn = lambda k, w: sd.sample_sde(k, VP, _lin_score(w), (2,), num_steps=4, dtype=dt)
-    return fn, (key(0), arr(1.0, dt)), (key(1), arr(0.5, dt))
-
-
-@case("simulate_sde", diff=(1,))
-def _(dt):
-    fn = lambda k, x: sd.simulate_sde(k, VP, x, 0.0, 0.5, num_steps=4)
-    return fn, (key(0), arr([0.5, -1.0], dt)), (key(1), arr([1.0, 0.2], dt))
-
-
-@case("sample_pc", diff=(1,))
-def _(dt):
-    fn = lambda k, w: sd.sample_pc(k, VP, _lin_score(w), (2,), num_steps=3, dtype=dt)
-    return fn, (key(0), arr(1.0, dt)), (key(1), arr(0.5, dt))
-
-
-@case("dpm_solver", diff=(0, 1))
-def _(dt):
-    fn = lambda x, w: sd.dpm_solver(VP, lambda t, y: w * y, x, num_steps=3, order=2)
-    return fn, (arr([0.5, -1.0], dt), arr(0.3, dt)), (arr([1.0, 0.2], dt), arr(0.6, dt))
-
-
-@case("sample_dpm_solver", diff=(1,))
-def _(dt):
-    fn = lambda k, w: sd.sample_dpm_solver(k, VP, lambda t, y: w * y, (2,), num_steps=3,
-                                           order=3, dtype=dt)
-    return fn, (key(0), arr(0.3, dt)), (key(1), arr(0.6, dt))
-
-
-@case("decode", diff=(0,))
+@case("sample_ode", "decode", "encode", diff=(1, 2))
 def _(dt):
     score = gm(dt).score_fn(VP)
-    fn = lambda z: sd.decode(VP, score, z, dt0=-0.25, **EULER)
-    return fn, (arr([0.5, -1.0], dt),), (arr([1.0, 0.2], dt),)
+
+    def fn(k, w, x):
+        return (sd.sample_ode(k, VP, _lin_score(w), (2,), dt0=-0.25, dtype=dt, **EULER),
+                sd.decode(VP, score, x, dt0=-0.25, **EULER),
+                sd.encode(VP, score, x, dt0=0.25, **EULER))
+
+    return fn, (key(0), arr(1.0, dt), arr([0.5, -1.0], dt)), (key(1), arr(0.5, dt), arr([1, 0], dt))
 
 
-@case("encode", diff=(0,))
+@case("sample_sde", "simulate_sde", diff=(1, 2))
 def _(dt):
-    score = gm(dt).score_fn(VP)
-    fn = lambda x: sd.encode(VP, score, x, dt0=0.25, **EULER)
-    return fn, (arr([0.5, -1.0], dt),), (arr([1.0, 0.2], dt),)
+    def fn(k, w, x):
+        return (sd.sample_sde(k, VP, _lin_score(w), (2,), num_steps=4, dtype=dt),
+                sd.simulate_sde(k, VP, x, 0.0, 0.5, num_steps=4))
+
+    return fn, (key(0), arr(1.0, dt), arr([0.5, -1.0], dt)), (key(1), arr(0.5, dt), arr([1, 0], dt))
+
+
+@case("sample_pc", "dpm_solver", "sample_dpm_solver", diff=(1, 2))
+def _(dt):
+    def fn(k, w, x):
+        eps = lambda t, y: w * y
+        return (sd.sample_pc(k, VP, _lin_score(w), (2,), num_steps=3, dtype=dt),
+                sd.dpm_solver(VP, eps, x, num_steps=3, order=2),
+                sd.sample_dpm_solver(k, VP, eps, (2,), num_steps=3, order=3, dtype=dt))
+
+    return fn, (key(0), arr(0.3, dt), arr([0.5, -1.0], dt)), (key(1), arr(0.6, dt), arr([1, 0], dt))
 
 
 @case("sharded_vmap", diff=(0,))
@@ -499,118 +407,59 @@ def _(dt):
     return fn, (key(0), d1), (key(1), d1 * 0.5)
 
 
-@case("analytic.optimal_variance", diff=(0, 1))
+@case("analytic.optimal_variance", "analytic.optimal_variances", "analytic.variance_bounds",
+      "analytic.x0_variance", "analytic.step_variance", "analytic.trajectory_costs",
+      "analytic.trajectory_cost", diff=(0, 1, 2, 3))
 def _(dt):
-    fn = lambda b, ms: [
-        sd.analytic.optimal_variance(sd.DiscreteSchedule.from_betas(b), 6, 3, ms, forward=f)
-        for f in ("ddpm", "ddim")
-    ]
-    return fn, (betas(dt), arr(0.5, dt)), (betas(dt, shift=0.01), arr(0.7, dt))
+    A = sd.analytic
+
+    def fn(b, ms, ms_n, c):
+        s = sd.DiscreteSchedule.from_betas(b)
+        tau = sd.respace(8, 4)
+        J = A.trajectory_costs(s, ms)
+        return dict(
+            one=[A.optimal_variance(s, 6, 3, ms_n, forward=f) for f in ("ddpm", "ddim")],
+            many=A.optimal_variances(s, tau, ms, data_range=(-1.0, 1.0)),
+            bounds=A.variance_bounds(s, tau, data_range=(-1.0, 1.0)),
+            x0=A.x0_variance(s, ms)[1:],
+            step=A.step_variance(s, 6, 3, c, forward="ddim", eta=0.5),
+            J=jnp.where(jnp.isfinite(J), J, 0.0),
+            cost=A.trajectory_cost(s, ms, jnp.array([0, 1, 4, 8])),
+        )
+
+    return (fn, (betas(dt), _ms(dt), arr(0.5, dt), arr([0.1, 0.3], dt)),
+            (betas(dt, shift=0.01), _ms(dt, 0.2), arr(0.7, dt), arr([0.5, 0.2], dt)))
 
 
-@case("analytic.optimal_variances", diff=(0, 1))
-def _(dt):
-    fn = lambda b, ms: sd.analytic.optimal_variances(
-        sd.DiscreteSchedule.from_betas(b), sd.respace(8, 4), ms, data_range=(-1.0, 1.0)
-    )
-    return fn, (betas(dt), _ms(dt)), (betas(dt, shift=0.01), _ms(dt, 0.2))
-
-
-@case("analytic.variance_bounds", diff=(0,))
-def _(dt):
-    fn = lambda b: sd.analytic.variance_bounds(
-        sd.DiscreteSchedule.from_betas(b), sd.respace(8, 4), data_range=(-1.0, 1.0)
-    )
-    return fn, (betas(dt),), (betas(dt, shift=0.01),)
-
-
-@case("analytic.x0_variance", diff=(0, 1))
-def _(dt):
-    fn = lambda b, ms: sd.analytic.x0_variance(sd.DiscreteSchedule.from_betas(b), ms)[1:]
-    return fn, (betas(dt), _ms(dt)), (betas(dt, shift=0.01), _ms(dt, 0.2))
-
-
-@case("analytic.trajectory_costs", diff=(0, 1))
+@case("analytic.optimal_trajectory", "analytic.optimal_trajectories",
+      grad="integer output (an argmin)", x64="integer output only")
 def _(dt):
     def fn(b, ms):
-        J = sd.analytic.trajectory_costs(sd.DiscreteSchedule.from_betas(b), ms)
-        return jnp.where(jnp.isfinite(J), J, 0.0)
+        s = sd.DiscreteSchedule.from_betas(b)
+        return (sd.analytic.optimal_trajectory(s, ms, 4),
+                sd.analytic.optimal_trajectories(s, ms, [2, 4]))
 
     return fn, (betas(dt), _ms(dt)), (betas(dt, shift=0.01), _ms(dt, 0.2))
 
 
-@case("analytic.trajectory_cost", diff=(0, 1))
+@case("analytic.sn_covariance", "analytic.npr_covariance", "analytic.sn_variance_fn",
+      "analytic.npr_variance_fn", "analytic.DiagonalVariance", diff=(0, 1, 2))
 def _(dt):
-    fn = lambda b, ms: sd.analytic.trajectory_cost(
-        sd.DiscreteSchedule.from_betas(b), ms, jnp.array([0, 1, 4, 8])
-    )
-    return fn, (betas(dt), _ms(dt)), (betas(dt, shift=0.01), _ms(dt, 0.2))
+    A = sd.analytic
+    head = lambda t, x: x**2 + 0.5
+    s = sched(dt)
 
+    def fn(e, h, x):
+        return (
+            A.sn_covariance(s, 3, e, h, data_range=(-1.0, 1.0)),
+            A.npr_covariance(s, 3, h),
+            A.sn_variance_fn(s, head, data_range=(-1.0, 1.0))(6, 3, x, e),
+            A.npr_variance_fn(s, head)(6, 3, x, e),
+            A.DiagonalVariance(s, head, "sn", "ddpm")(6, 3, x, e),
+        )
 
-def _traj_build(name):
-    def build(dt):
-        def fn(b, ms):
-            s = sd.DiscreteSchedule.from_betas(b)
-            if name == "analytic.optimal_trajectory":
-                return sd.analytic.optimal_trajectory(s, ms, 4)
-            return sd.analytic.optimal_trajectories(s, ms, [2, 4])
-
-        return fn, (betas(dt), _ms(dt)), (betas(dt, shift=0.01), _ms(dt, 0.2))
-
-    return build
-
-
-case("analytic.optimal_trajectory", grad="integer output (an argmin)",
-     x64="integer output only")(
-    _traj_build("analytic.optimal_trajectory")
-)
-case("analytic.optimal_trajectories", grad="integer output (an argmin)",
-     x64="integer output only")(
-    _traj_build("analytic.optimal_trajectories")
-)
-
-
-@case("analytic.sn_covariance", diff=(0, 1))
-def _(dt):
-    fn = lambda e, h: sd.analytic.sn_covariance(sched(dt), 3, e, h, data_range=(-1.0, 1.0))
-    return fn, (arr([0.1, 0.3], dt), arr([0.5, 0.6], dt)), (arr([0.2, 0], dt), arr([0.3, 1.0], dt))
-
-
-@case("analytic.npr_covariance", diff=(0,))
-def _(dt):
-    fn = lambda g: sd.analytic.npr_covariance(sched(dt), 3, g)
-    return fn, (arr([0.1, 0.3], dt),), (arr([0.5, 0.2], dt),)
-
-
-@case("analytic.step_variance", diff=(0, 1))
-def _(dt):
-    fn = lambda b, c: sd.analytic.step_variance(
-        sd.DiscreteSchedule.from_betas(b), 6, 3, c, forward="ddim", eta=0.5
-    )
-    return fn, (betas(dt), arr([0.1, 0.3], dt)), (betas(dt, shift=0.01), arr([0.5, 0.2], dt))
-
-
-def _varfn_build(name):
-    def build(dt):
-        head = lambda t, x: x**2 + 0.5
-        s = sched(dt)
-
-        def fn(x, e):
-            if name == "analytic.sn_variance_fn":
-                vf = sd.analytic.sn_variance_fn(s, head, data_range=(-1.0, 1.0))
-            elif name == "analytic.npr_variance_fn":
-                vf = sd.analytic.npr_variance_fn(s, head)
-            else:
-                vf = sd.analytic.DiagonalVariance(s, head, "sn", "ddpm")
-            return vf(6, 3, x, e)
-
-        return fn, (arr([0.5, -0.2], dt), arr([0.1, 0.3], dt)), (arr([1, 0], dt), arr([0, 1], dt))
-
-    return build
-
-
-for _n in ("analytic.sn_variance_fn", "analytic.npr_variance_fn", "analytic.DiagonalVariance"):
-    case(_n, diff=(0, 1))(_varfn_build(_n))
+    return (fn, (arr([0.1, 0.3], dt), arr([0.5, 0.6], dt), arr([0.5, -0.2], dt)),
+            (arr([0.2, 0], dt), arr([0.3, 1.0], dt), arr([1, 0], dt)))
 
 
 def _two_head_loss(name):
@@ -631,26 +480,27 @@ case("analytic.npr_dpm_loss", diff=(1, 2), fd=False)(_two_head_loss("analytic.np
 
 
 # ------------------------------------------------------------------------------ reparam
-def _noise_build(cls):
-    def build(dt):
-        def fn(scale, x, u, mu):
+@case("reparam.Gaussian", "reparam.Gumbel", "reparam.Laplace", "reparam.Logistic",
+      "reparam.Uniform", diff=(0, 1, 2, 3))
+def _(dt):
+    classes = (sd.reparam.Gaussian, sd.reparam.Gumbel, sd.reparam.Laplace, sd.reparam.Logistic,
+               sd.reparam.Uniform)
+
+    def fn(scale, x, u, mu):
+        out = []
+        for cls in classes:
             nz = cls(scale)
-            return dict(
+            out.append(dict(
                 lpdf=nz.log_pdf(x), cdf=nz.cdf(x), lcdf=nz.log_cdf(x), q=nz.quantile(u),
                 ldiff=nz.log_diff_cdf(x), probs=nz.argmax_log_probs(mu),
-            )
+            ))
+        return out
 
-        # two classes: every family has a closed form (PerturbMax's case covers quadrature)
-        a1 = (arr(1.0, dt), arr([-0.3, 0.2], dt), arr([0.2, 0.7], dt), arr([0.1, -0.2], dt))
-        a2 = (arr(2.0, dt), arr([0.4, -0.1], dt), arr([0.5, 0.9], dt), arr([0.0, 0.2], dt))
-        return fn, a1, a2
-
-    return build
-
-
-for _cls in (sd.reparam.Gaussian, sd.reparam.Gumbel, sd.reparam.Laplace, sd.reparam.Logistic,
-             sd.reparam.Uniform):
-    case("reparam." + _cls.__name__, diff=(0, 1, 2, 3))(_noise_build(_cls))
+    # two classes: every family has a closed form (the quadrature path is compiled by
+    # test_fuzz and test_reparam); x inside the uniform's support [-s/2, s/2], away from kinks
+    a1 = (arr(1.0, dt), arr([-0.3, 0.2], dt), arr([0.2, 0.7], dt), arr([0.1, -0.2], dt))
+    a2 = (arr(2.0, dt), arr([0.4, -0.1], dt), arr([0.5, 0.9], dt), arr([0.0, 0.2], dt))
+    return fn, a1, a2
 
 
 @case("reparam.PerturbMax", diff=(0, 2))
@@ -673,41 +523,27 @@ def _(dt):
 
 # ------------------------------------------------------------------------------ nn
 @functools.cache
-def _net(name, dtn):
-    dt = jnp.dtype(dtn)
-    k = key(3)
-    if name == "nn.MLP":
-        return sd.nn.MLP(2, width=8, depth=1, time_dim=4, key=k, dtype=dt)
-    if name == "nn.TwoHeadMLP":
-        return sd.nn.TwoHeadMLP(2, width=8, depth=1, time_dim=4, key=k, dtype=dt)
-    if name == "nn.ConvNet":
-        return sd.nn.ConvNet((1, 4, 4), channels=4, depth=1, time_dim=4, key=k, dtype=dt)
-    if name == "nn.TimeMLP":
-        return sd.nn.TimeMLP(4, 8, key=k, dtype=dt)
-    raise KeyError(name)
+def _nets(dtn):
+    dt, k = jnp.dtype(dtn), key(3)
+    return (
+        sd.nn.MLP(2, width=8, depth=1, time_dim=4, key=k, dtype=dt),
+        sd.nn.TwoHeadMLP(2, width=8, depth=1, time_dim=4, key=k, dtype=dt),
+        sd.nn.ConvNet((1, 4, 4), channels=4, depth=1, time_dim=4, key=k, dtype=dt),
+        sd.nn.TimeMLP(4, 8, key=k, dtype=dt),
+        sd.nn.SinusoidalEmbedding(6),
+    )
 
 
-def _nn_build(name):
-    def build(dt):
-        net = _net(name, jnp.dtype(dt).name)
-        if name == "nn.TimeMLP":
-            return (lambda t: net(t)), (arr(0.3, dt),), (arr(0.7, dt),)
-        d = 16 if name == "nn.ConvNet" else 2
-        x1 = jnp.linspace(-1.0, 1.0, d, dtype=dt)
-        fn = (lambda t, x: net.both(t, x)) if name == "nn.TwoHeadMLP" else (lambda t, x: net(t, x))
-        return fn, (arr(0.3, dt), x1), (arr(0.7, dt), -0.5 * x1)
-
-    return build
-
-
-for _n in ("nn.MLP", "nn.TwoHeadMLP", "nn.ConvNet", "nn.TimeMLP"):
-    case(_n, diff=(0, 1) if _n != "nn.TimeMLP" else (0,))(_nn_build(_n))
-
-
-@case("nn.SinusoidalEmbedding", diff=(0,))
+@case("nn.MLP", "nn.TwoHeadMLP", "nn.ConvNet", "nn.TimeMLP", "nn.SinusoidalEmbedding",
+      diff=(0, 1, 2))
 def _(dt):
-    emb = sd.nn.SinusoidalEmbedding(6)
-    return (lambda t: emb(t)), (arr(0.3, dt),), (arr(0.7, dt),)
+    mlp, two, conv, tmlp, emb = _nets(jnp.dtype(dt).name)
+
+    def fn(t, x, img):
+        return mlp(t, x), two.both(t, x), conv(t, img), tmlp(t), emb(t)
+
+    img = jnp.linspace(-1.0, 1.0, 16, dtype=dt)
+    return fn, (arr(0.3, dt), arr([0.5, -1], dt), img), (arr(0.7, dt), arr([1, 0], dt), -0.5 * img)
 
 
 @case("nn.GridEps", diff=(0, 1))
@@ -733,35 +569,20 @@ def _(dt):
     return fn, (arr([0.5, -1.0], dt),), (arr([1.0, 2.0], dt),)
 
 
-@case("nn.ema_update", diff=(0, 1, 2))
-def _(dt):
-    fn = lambda e, w, d: sd.nn.ema_update(_model(e), _model(w), d)
-    return fn, (arr([0.5, -1], dt), arr([1, 2], dt), arr(0.9, dt)), (
-        arr([0, 1], dt), arr([3, 2], dt), arr(0.5, dt))
-
-
-@case("nn.make_train_step", diff=(1, 2))
+@case("nn.ema_update", "nn.make_train_step", "nn.diffusion_batch_loss", diff=(1, 2, 3))
 def _(dt):
     opt = optax.adam(1e-2)
     step = sd.nn.make_train_step(_toy_loss, opt, ema_decay=0.9)
-
-    def fn(k, w, batch):
-        state, loss = step(sd.nn.init_train_state(_model(w), opt), k, batch)
-        return state.model, state.ema, loss
-
-    b = jnp.linspace(-1.0, 1.0, 6, dtype=dt).reshape(3, 2)
-    return fn, (key(0), arr([0.5, -1], dt), b), (key(1), arr([1, 2], dt), -b)
-
-
-@case("nn.diffusion_batch_loss", diff=(1, 2))
-def _(dt):
     loss = sd.nn.diffusion_batch_loss(sched(dt))
 
-    def fn(k, w, batch):
-        return loss(lambda t, x: w * x * t, k, batch)
+    def fn(k, w, batch, d):
+        state, l1 = step(sd.nn.init_train_state(_model(w), opt), k, batch)
+        ema = sd.nn.ema_update(_model(w), state.model, d)
+        return state.model, state.ema, l1, ema, loss(lambda t, x: w[None, :1] * x * t, k, batch)
 
     b = jnp.linspace(-1.0, 1.0, 6, dtype=dt).reshape(3, 2)
-    return fn, (key(0), arr(0.5, dt), b), (key(1), arr(1.0, dt), -b)
+    return (fn, (key(0), arr([0.5, -1], dt), b, arr(0.9, dt)),
+            (key(1), arr([1, 2], dt), -b, arr(0.5, dt)))
 
 
 @case(
@@ -816,8 +637,12 @@ def _functional(out):
     return total
 
 
-@functools.cache
 def compiled64(name):
+    return _compiled64(REGISTRY[name])
+
+
+@functools.cache
+def _compiled64(c):
     """The float64 case, compiled once and shared by the jit, vmap, grad and x64 cells.
 
     For a differentiable case this is `jax.jit(jax.value_and_grad(L o fn, has_aux=True))`, whose
@@ -825,7 +650,6 @@ def compiled64(name):
     the very computation the grad cell checks, and the finite difference reuses it.
     Returns `(fn, a1, a2, run, value_and_grad)`, `run(*args) -> fn(*args)` compiled.
     """
-    c = REGISTRY[name]
     fn, a1, a2 = c.build(jnp.float64)
     if "grad" in c.skip:
         jfn = jax.jit(fn)
@@ -868,29 +692,49 @@ def _params():
     ]
 
 
+@functools.cache
+def _vmapped64(c):
+    fn, a1, a2, _, _ = _compiled64(c)
+    stacked = jax.tree_util.tree_map(lambda x, y: jnp.stack([jnp.asarray(x), jnp.asarray(y)]),
+                                     a1, a2)
+    return jax.jit(jax.vmap(fn))(*stacked)
+
+
+@functools.cache
+def _out32(c):
+    with jax.enable_x64(False):
+        fn32, b1, _ = c.build(jnp.float32)
+        out = jax.jit(fn32)(*b1)
+        return [(x.dtype, bool(jnp.all(jnp.isfinite(x)))) for x in _float_leaves(out)]
+
+
+@functools.cache
+def _grad_checked(c):
+    fn, a1, _, _, vg = _compiled64(c)
+    _check_grad(vg, a1, c.diff, c.fd)
+    return True
+
+
 @pytest.mark.parametrize("name,transform", _params(), ids=[f"{n}-{t}" for n, t in CELLS])
 def test_composability(name, transform):
+    """One cell. Names sharing a case share its compilations (cached), so the first cell of a
+    group compiles and the others reuse the result: each name was exercised in that program."""
     c = REGISTRY[name]
     fn, a1, a2, run, vg = compiled64(name)
     if transform == "jit":
         _assert_finite(run(*a1))
         _assert_finite(run(*a2))
     elif transform == "vmap":
-        stacked = jax.tree_util.tree_map(lambda x, y: jnp.stack([jnp.asarray(x), jnp.asarray(y)]),
-                                         a1, a2)
-        batched = jax.jit(jax.vmap(fn))(*stacked)
+        batched = _vmapped64(c)
         for i, a in enumerate((a1, a2)):
             one = jax.tree_util.tree_map(lambda b: b[i], batched)
             _assert_close(one, run(*a), rtol=1e-9, atol=1e-12)
     elif transform == "grad":
-        _check_grad(vg, a1, c.diff, c.fd)
+        assert _grad_checked(c)
     elif transform == "x32":
-        with jax.enable_x64(False):
-            fn32, b1, _ = c.build(jnp.float32)
-            out = jax.jit(fn32)(*b1)
-            leaves = _float_leaves(out)
-            assert all(x.dtype == jnp.float32 for x in leaves), [x.dtype for x in leaves]
-            _assert_finite(out)
+        leaves = _out32(c)
+        assert all(dt == jnp.float32 for dt, _ in leaves), leaves
+        assert all(ok for _, ok in leaves), "non-finite float32 output"
     elif transform == "x64":
         leaves = _float_leaves(run(*a1))
         assert leaves, "no floating output to check"

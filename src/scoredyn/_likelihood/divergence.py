@@ -58,6 +58,10 @@ def divergence(fn: Callable, x: Float[ArrayLike, "*shape"]) -> Scalar:
 
     Returns:
         The scalar $\nabla\cdot F(x)$.
+
+    Raises:
+        TypeError: if `fn` is not callable.
+        ValueError: if `fn(x)` is not shaped like `x` (checked abstractly, before any work).
     """
     x = as_float(x, "x")
     _check_field(fn, x)

@@ -49,6 +49,11 @@ class AbstractLinearSDE(AbstractSDE):
     so that $\mathrm{d}x = f(t)\,x\,\mathrm{d}t + g(t)\,\mathrm{d}W$ has exactly these marginals.
     The log-SNR is $\lambda(t) = \log(\alpha^2/\sigma^2)$, decreasing in $t$.
 
+    Every method of time (`marginal`, `coefficients`, `log_snr`, `drift`, `diffusion`) accepts
+    $t \in [0, T]$ (up to a few float ulps): a concrete `t` outside it, or NaN, raises
+    `ValueError` at once; a traced one raises at run time (`equinox.error_if`). Parameters may be
+    arrays, and traced, so an SDE can be vmapped over or differentiated in its parameters.
+
     See [linear-SDE marginals](../derivations/linear-sde.md#linear-sde-marginals).
     """
 
