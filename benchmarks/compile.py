@@ -22,7 +22,7 @@ def _samplers(net, sched, sde):
             tau = sd.respace(N, K)
             stochastic = kw.get("lam2") != "ddim"
 
-            def f(key, x_T):
+            def f(net, key, x_T):
                 keys = jax.random.split(key, x_T.shape[0])
                 g = lambda k, x: sd.sample_discrete(k if stochastic else None, sched, net, x, tau, **kw)
                 return jax.vmap(g)(keys, x_T)
@@ -32,7 +32,7 @@ def _samplers(net, sched, sde):
         return build
 
     def ode(K):
-        def f(key, x_T):
+        def f(net, key, x_T):
             g = lambda z: sd.decode(
                 sde, net, z, solver=diffrax.Euler(), stepsize_controller=diffrax.ConstantStepSize(),
                 dt0=-(1.0 - 1e-3) / K, t_eps=1e-3, max_steps=K + 1,
@@ -45,9 +45,8 @@ def _samplers(net, sched, sde):
         # what a naive Python for-loop costs: the trace grows with K
         tau = np.asarray(sd.respace(N, K))
         ab = np.asarray(sched.alpha_bar, np.float64)
-        batched = jax.vmap(net, in_axes=(None, 0))
-
-        def f(key, x_T):
+        def f(net, key, x_T):
+            batched = jax.vmap(net, in_axes=(None, 0))
             x = x_T
             for k in range(K, 0, -1):
                 n, m = tau[k], tau[k - 1]
@@ -67,7 +66,7 @@ def _samplers(net, sched, sde):
     if hasattr(sd, "dpm_solver"):
 
         def dpm(K):
-            def f(key, x_T):
+            def f(net, key, x_T):
                 g = lambda z: sd.dpm_solver(sde, net, z, num_steps=K, order=2, t_eps=1e-3)
                 return jax.vmap(g)(x_T)
 
@@ -90,7 +89,7 @@ def run(*, ks=KS, log=print) -> dict:
         for K in ks:
             if name.startswith("naive") and K > UNROLLED_MAX_K:
                 continue
-            st = compile_stats(build(K), key, x_T)
+            st = compile_stats(build(K), net, key, x_T)
             results[name][K] = st
         log(
             f"  [2] {name:36s} "
@@ -121,7 +120,8 @@ def report(res: dict) -> str:
             "## 2. Compile time and peak memory against K",
             "",
             f"Batch {res['batch']} of the 64-D MLP, `jax.jit(f).lower(...).compile()`: trace + compile "
-            "seconds, and XLA's `memory_analysis()` peak = temp + output bytes (arguments excluded; the "
+            "seconds, and XLA's `memory_analysis()` peak = temp + output bytes (arguments, the "
+            "network's weights included, excluded; the "
             "CPU backend has no device memory statistics). Flat rows mean no unrolled Python loops and "
             "no stored trajectories; `return_trajectory=True` stores K + 1 states by request, and the "
             "naive Python loop is shown for contrast (only up to "

@@ -40,13 +40,19 @@ def _coefficients(sched, tau, kind: str, var=None):
     return f(t), f(a), f(b), f(std)
 
 
-def make_hand(net, coeffs, stochastic: bool):
+# Every variant takes the network as an argument of the jitted function, as user code does
+# (`jax.jit(f)(net, ...)`): closing over it would bake the weights in as constants, which XLA on
+# CPU runs measurably slower (about 12 % at batch 512 here), and would make the comparison unfair.
+
+
+def make_hand(coeffs, stochastic: bool):
     t, a, b, std = coeffs
     K = t.shape[0]
-    batched = jax.vmap(net, in_axes=(None, 0))
 
     @jax.jit
-    def hand(key, x_T):
+    def hand(net, key, x_T):
+        batched = jax.vmap(net, in_axes=(None, 0))
+
         def body(x, s):
             eps = batched(s[0], x)
             x = s[1] * x + s[2] * eps
@@ -60,21 +66,21 @@ def make_hand(net, coeffs, stochastic: bool):
     return hand
 
 
-def make_floor(net, K: int):
+def make_floor(K: int):
     """K chained network evaluations at batch B, nothing else: the floor."""
-    batched = jax.vmap(net, in_axes=(None, 0))
     ts = jnp.linspace(1.0, 1.0 / K, K, dtype=jnp.float32)
 
     @jax.jit
-    def floor(key, x_T):
+    def floor(net, key, x_T):
+        batched = jax.vmap(net, in_axes=(None, 0))
         return lax.scan(lambda x, t: (batched(t, x), None), x_T, ts)[0]
 
     return floor
 
 
-def make_scoredyn(net, sched, tau, **kw):
+def make_scoredyn(sched, tau, **kw):
     @jax.jit
-    def run(key, x_T):
+    def run(net, key, x_T):
         keys = jax.random.split(key, x_T.shape[0])
         stochastic = kw.get("lam2") != "ddim"
         f = lambda k, x: sd.sample_discrete(k if stochastic else None, sched, net, x, tau, **kw)
@@ -102,19 +108,19 @@ def run(*, batches=(16, 512), steps=(50, 1000), repeats=3, budget_s=20.0, log=pr
             x_T = jax.random.normal(jax.random.key(2), (B, DIM), jnp.float32)
             var_a, have_analytic = analytic_variances(sched, tau)
             fns = {
-                "floor": make_floor(net, K),
-                "hand_ddim": make_hand(net, _coefficients(sched, tau, "ddim"), False),
-                "hand_ddpm": make_hand(net, _coefficients(sched, tau, "ddpm"), True),
-                "DDIM": make_scoredyn(net, sched, tau, lam2="ddim"),
-                "DDPM": make_scoredyn(net, sched, tau, lam2="ddpm"),
+                "floor": make_floor(K),
+                "hand_ddim": make_hand(_coefficients(sched, tau, "ddim"), False),
+                "hand_ddpm": make_hand(_coefficients(sched, tau, "ddpm"), True),
+                "DDIM": make_scoredyn(sched, tau, lam2="ddim"),
+                "DDPM": make_scoredyn(sched, tau, lam2="ddpm"),
             }
             if have_analytic:
                 # same arithmetic as DDPM with other variances: compared with the DDPM hand loop
-                fns["Analytic-DPM"] = make_scoredyn(net, sched, tau, lam2="ddpm", variances=var_a)
-            args = {name: (key, x_T) for name in fns}
+                fns["Analytic-DPM"] = make_scoredyn(sched, tau, lam2="ddpm", variances=var_a)
+            args = {name: (net, key, x_T) for name in fns}
             # correctness: scoredyn DDIM equals the hand loop (same maths, same net)
-            ref = fns["hand_ddim"](key, x_T)
-            err = float(jnp.max(jnp.abs(fns["DDIM"](key, x_T) - ref)) / jnp.max(jnp.abs(ref)))
+            ref = fns["hand_ddim"](net, key, x_T)
+            err = float(jnp.max(jnp.abs(fns["DDIM"](net, key, x_T) - ref)) / jnp.max(jnp.abs(ref)))
             cpu = {}
             times = time_interleaved(fns, args, repeats=repeats, budget_s=budget_s, cpu_out=cpu)
             fl = times["floor"]
@@ -188,7 +194,9 @@ def report(res: dict) -> str:
         "Wall time of `jax.vmap(sd.sample_discrete)` over a batch (jitted, compile excluded) for the "
         "64-D MLP eps-network (3 hidden SiLU layers of 256), as a ratio to (a) a hand-written "
         "`lax.scan` loop with the same network and the same update, and (b) the floor: `K` chained "
-        "network evaluations and nothing else. The variants run interleaved (A, B, C, A, B, C, ...) "
+        "network evaluations and nothing else. Every variant takes the network as an argument of "
+        "the jitted function (closing over it bakes the weights in as constants, which XLA on CPU "
+        "ran about 12 % slower at batch 512). The variants run interleaved (A, B, C, A, B, C, ...) "
         "for the given number of rounds after a warm-up; each ratio is fastest run over fastest "
         "run (load from other processes only adds time). Analytic-DPM is compared with the DDPM "
         "hand loop (the same arithmetic with other variances). The samplers draw noise with one "

@@ -85,11 +85,11 @@ def run(*, batches=(16, 512), repeats=5, budget_s=15.0, log=print) -> dict:
         x_np = np.asarray(jax.random.normal(jax.random.key(2), (B, DIM), jnp.float32))
         x_j = jnp.asarray(x_np)
         x_t = torch.from_numpy(x_np.copy())
-        ours = make_scoredyn(net, sched, tau, lam2="ddim")
-        jfloor = make_floor(net, K)
+        ours = make_scoredyn(sched, tau, lam2="ddim")
+        jfloor = make_floor(K)
         # equivalence: the same trajectory, the same network, the same DDIM update
-        diff = float(np.max(np.abs(np.asarray(ours(key, x_j)) - diffusers_loop(x_t).numpy())))
-        scale = float(np.max(np.abs(np.asarray(ours(key, x_j)))))
+        diff = float(np.max(np.abs(np.asarray(ours(net, key, x_j)) - diffusers_loop(x_t).numpy())))
+        scale = float(np.max(np.abs(np.asarray(ours(net, key, x_j)))))
         def threads(n, f):
             def g():
                 torch.set_num_threads(n)
@@ -100,8 +100,8 @@ def run(*, batches=(16, 512), repeats=5, budget_s=15.0, log=print) -> dict:
         # PyTorch runs with 1 thread and with all cores; the faster is kept (its OpenMP threads
         # spin-wait, which a shared machine punishes; XLA's thread pool does not)
         fns = {
-            "scoredyn": lambda: jax.block_until_ready(ours(key, x_j)),
-            "jax floor": lambda: jax.block_until_ready(jfloor(key, x_j)),
+            "scoredyn": lambda: jax.block_until_ready(ours(net, key, x_j)),
+            "jax floor": lambda: jax.block_until_ready(jfloor(net, key, x_j)),
         }
         for n in sorted({1, num_cpus()}):
             fns[f"diffusers@{n}"] = threads(n, lambda: diffusers_loop(x_t))
