@@ -163,7 +163,9 @@ class VESDE(AbstractLinearSDE):
         small = y < 1.0
         # sigma_min^2 expm1(y) is exact near t = 0; for large y it is evaluated in log space,
         # so a tiny sigma_min and a huge sigma_max never give 0 * inf
-        var_small = self.sigma_min**2 * jnp.expm1(jnp.where(small, y, 0.0))
+        # (unselected branches get harmless placeholders: sqrt(0) there would make the
+        # reverse-mode gradient 0 * inf = NaN)
+        var_small = self.sigma_min**2 * jnp.expm1(jnp.where(small, y, 0.5))
         sigma_large = jnp.exp(self._log_sigma_min() + 0.5 * self._log_expm1(jnp.where(small, 1.0, y)))
         return jnp.ones_like(t), jnp.where(small, jnp.sqrt(var_small), sigma_large)
 
