@@ -185,8 +185,10 @@ def test_float64_honoured_end_to_end_in_every_public_function():
         low = found - {"float64"}
         if low:
             offenders[name] = sorted(low)
-    print(f"\nfloat64 end to end: {len(REGISTRY)} public callables traced in {len(done)} "
-          f"programs, offenders {offenders}")
+    print(
+        f"\nfloat64 end to end: {len(REGISTRY)} public callables traced in {len(done)} "
+        f"programs, offenders {offenders}"
+    )
     assert not offenders, offenders
 
 
@@ -197,8 +199,9 @@ def test_float64_pipeline_accuracy():
     sde = sd.VPSDE()
     score = gm.score_fn(sde)
     x = jnp.array([0.3, -0.2])
-    tight = dict(stepsize_controller=diffrax.PIDController(rtol=1e-11, atol=1e-11),
-                 max_steps=100_000)
+    tight = dict(
+        stepsize_controller=diffrax.PIDController(rtol=1e-11, atol=1e-11), max_steps=100_000
+    )
     z = sd.encode(sde, score, x, **tight)
     back = sd.decode(sde, score, z, **tight)
     assert back.dtype == jnp.float64
@@ -217,8 +220,9 @@ def _samplers():
     pm = sd.reparam.PerturbMax(jnp.array([0.3, -0.2, 0.5]), sd.reparam.Gaussian())
     loose = diffrax.PIDController(rtol=1e-3, atol=1e-3)
     return {
-        "sample_ode": lambda k, x: sd.sample_ode(k, vp, score, (2,), solver=diffrax.Heun(),
-                                                 stepsize_controller=loose),
+        "sample_ode": lambda k, x: sd.sample_ode(
+            k, vp, score, (2,), solver=diffrax.Heun(), stepsize_controller=loose
+        ),
         "sample_sde": lambda k, x: sd.sample_sde(k, vp, score, (2,), num_steps=8),
         "sample_pc": lambda k, x: sd.sample_pc(k, vp, score, (2,), num_steps=4),
         "sample_dpm_solver": lambda k, x: sd.sample_dpm_solver(k, vp, eps, (2,), num_steps=5),
@@ -228,11 +232,18 @@ def _samplers():
         "gm.sample": lambda k, x: gm.sample(k, 4),
         "hutchinson_probes": lambda k, x: sd.hutchinson_probes(k, (2,), num_probes=3),
         "log_likelihood(hutchinson)": lambda k, x: sd.log_likelihood(
-            vp, score, x, key=k, estimator="hutchinson", solver=diffrax.Heun(),
-            stepsize_controller=loose),
+            vp,
+            score,
+            x,
+            key=k,
+            estimator="hutchinson",
+            solver=diffrax.Heun(),
+            stepsize_controller=loose,
+        ),
         "diffusion_loss": lambda k, x: sd.diffusion_loss(k, vp, eps, x, time_sampling="importance"),
-        "variational_bound": lambda k, x: sd.variational_bound(k, sched, deps, x, tau,
-                                                               decoder="gaussian").total,
+        "variational_bound": lambda k, x: (
+            sd.variational_bound(k, sched, deps, x, tau, decoder="gaussian").total
+        ),
         "PerturbMax.sample": lambda k, x: pm.sample(k, (5,)),
         "PerturbMax.relaxed_sample": lambda k, x: pm.relaxed_sample(k, 0.5, (2,)),
     }
@@ -281,8 +292,14 @@ _CHILD = textwrap.dedent(
 
 # a cheap subset for the second process (the PRNG is counter-based; what matters is that
 # nothing in the library draws from hidden state, e.g. a seed taken from the clock)
-CROSS_PROCESS = ("perturb", "sample_discrete", "simulate_sde", "gm.sample",
-                 "PerturbMax.relaxed_sample", "hutchinson_probes")
+CROSS_PROCESS = (
+    "perturb",
+    "sample_discrete",
+    "simulate_sde",
+    "gm.sample",
+    "PerturbMax.relaxed_sample",
+    "hutchinson_probes",
+)
 
 
 def _draw_digests(names) -> dict:
@@ -298,7 +315,10 @@ def test_same_key_bit_identical_across_processes():
     here = os.path.dirname(os.path.abspath(__file__))
     out = subprocess.run(
         [sys.executable, "-c", _CHILD.format(tests=here, names=CROSS_PROCESS)],
-        capture_output=True, text=True, timeout=600, check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
         env={**os.environ, "JAX_PLATFORMS": "cpu"},
     )
     child = json.loads(out.stdout.strip().splitlines()[-1])

@@ -25,7 +25,6 @@ import inspect
 from collections.abc import Callable
 
 import diffrax
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,7 +34,13 @@ import pytest
 import scoredyn as sd
 from helpers import mixture_2d
 
-NAMESPACES = {"": sd, "toy.": sd.toy, "analytic.": sd.analytic, "reparam.": sd.reparam, "nn.": sd.nn}
+NAMESPACES = {
+    "": sd,
+    "toy.": sd.toy,
+    "analytic.": sd.analytic,
+    "reparam.": sd.reparam,
+    "nn.": sd.nn,
+}
 SKIP_NAMESPACES = {"demo"}  # the demo is an application (its own tests), not library API
 
 # Public names with no cell, and why (abstract bases and plain result containers have no
@@ -43,9 +48,10 @@ SKIP_NAMESPACES = {"demo"}  # the demo is an application (its own tests), not li
 EXCLUDED = {
     "AbstractSDE": "abstract base; its concrete subclasses SDE, VPSDE, ... have cases",
     "AbstractLinearSDE": "abstract base; VPSDE, SubVPSDE, VESDE, CosineVPSDE have cases",
-    "reparam.AbstractNoise": "abstract base; Gaussian, Gumbel, Laplace, Logistic, Uniform have cases",
-    "VariationalBound": "NamedTuple of results; produced under every transform by variational_bound",
-    "analytic.GammaEstimate": "container of results; produced under every transform by estimate_gamma",
+    "reparam.AbstractNoise": "abstract base; Gaussian, Gumbel, Laplace, Logistic, Uniform "
+    "have cases",
+    "VariationalBound": "NamedTuple of results, produced in every cell of variational_bound",
+    "analytic.GammaEstimate": "container of results, produced in every cell of estimate_gamma",
     "nn.TrainState": "container; built and transformed by init_train_state / make_train_step",
     "batch_mesh": "returns a jax.sharding.Mesh (no arrays in or out); tests/test_sharding.py",
 }
@@ -128,8 +134,12 @@ EULER = dict(solver=diffrax.Euler(), stepsize_controller=diffrax.ConstantStepSiz
 # function calls every one of them, so each is exercised under every transform.
 @case("VPSDE", "SubVPSDE", "VESDE", "CosineVPSDE", diff=(0, 1, 2))
 def _(dt):
-    makers = (lambda a, b: sd.VPSDE(a, b), lambda a, b: sd.SubVPSDE(a, b),
-              lambda a, b: sd.VESDE(a, b), lambda s: sd.CosineVPSDE(s))
+    makers = (
+        lambda a, b: sd.VPSDE(a, b),
+        lambda a, b: sd.SubVPSDE(a, b),
+        lambda a, b: sd.VESDE(a, b),
+        lambda s: sd.CosineVPSDE(s),
+    )
 
     def fn(params, t, x):
         out = []
@@ -137,8 +147,18 @@ def _(dt):
             sde = make(*p)
             a, s = sde.marginal(t)
             f, g = sde.coefficients(t)
-            out.append(dict(a=a, s=s, f=f, g=g, lam=sde.log_snr(t), drift=sde.drift(t, x),
-                            diff=sde.diffusion(t, x), plp=sde.prior_log_prob(x)))
+            out.append(
+                dict(
+                    a=a,
+                    s=s,
+                    f=f,
+                    g=g,
+                    lam=sde.log_snr(t),
+                    drift=sde.drift(t, x),
+                    diff=sde.diffusion(t, x),
+                    plp=sde.prior_log_prob(x),
+                )
+            )
         return out
 
     P = lambda *ps: tuple(tuple(arr(v, dt) for v in p) for p in ps)
@@ -152,14 +172,20 @@ def _(dt):
     score = gm(dt).score_fn(VP)
 
     def fn(t, x):
-        general = sd.SDE(lambda t, x: -t * x, lambda t, x: jnp.sqrt(1.0 + x**2),
-                         state_dependent_diffusion=True)
+        general = sd.SDE(
+            lambda t, x: -t * x, lambda t, x: jnp.sqrt(1.0 + x**2), state_dependent_diffusion=True
+        )
         out = [general.drift(t, x), general.diffusion(t, x)]
         for sde in (VP, general):  # the state-dependent case adds the divergence correction
             s = score if sde is VP else (lambda t, x: -x)
             rs, RS = sd.reverse_sde(sde, s), sd.ReverseSDE(sde, s)
-            out += [sd.probability_flow(sde, s)(t, x), sd.ProbabilityFlow(sde, s)(t, x),
-                    rs.drift(t, x), rs.diffusion(t, x), RS.drift(t, x)]
+            out += [
+                sd.probability_flow(sde, s)(t, x),
+                sd.ProbabilityFlow(sde, s)(t, x),
+                rs.drift(t, x),
+                rs.diffusion(t, x),
+                RS.drift(t, x),
+            ]
         return out
 
     return fn, (arr(0.3, dt), arr([0.5, -1.0], dt)), (arr(0.8, dt), arr([1.0, 0.0], dt))
@@ -195,8 +221,12 @@ def _(dt):
     def fn(means, x, t, k):
         m = sd.toy.GaussianMixture(g.weights, means, g.covs)
         a, s = VP.marginal(t)
-        return dict(lp=m.log_prob(x), lpt=m.marginal(VP, t).log_prob(x),
-                    em=m.eps_moments(a, s, x), draw=m.sample(k, 3))
+        return dict(
+            lp=m.log_prob(x),
+            lpt=m.marginal(VP, t).log_prob(x),
+            em=m.eps_moments(a, s, x),
+            draw=m.sample(k, 3),
+        )
 
     return (
         fn,
@@ -211,11 +241,17 @@ def _(dt):
     g, s = gm(dt), sched(dt)
 
     def fn(t, t_n, x):
-        return (sd.toy.MixtureScore(g, VP, "eps")(t, x), sd.toy.DiscreteMixtureEps(g, s)(t_n, x),
-                sd.toy.discrete_eps_fn(g, s)(t_n, x))
+        return (
+            sd.toy.MixtureScore(g, VP, "eps")(t, x),
+            sd.toy.DiscreteMixtureEps(g, s)(t_n, x),
+            sd.toy.discrete_eps_fn(g, s)(t_n, x),
+        )
 
-    return (fn, (arr(0.3, dt), arr(0.375, dt), arr([0.3, -0.2], dt)),
-            (arr(0.6, dt), arr(0.75, dt), arr([1.0, 0.5], dt)))
+    return (
+        fn,
+        (arr(0.3, dt), arr(0.375, dt), arr([0.3, -0.2], dt)),
+        (arr(0.6, dt), arr(0.75, dt), arr([1.0, 0.5], dt)),
+    )
 
 
 # ------------------------------------------------------------------------------ discrete
@@ -226,8 +262,13 @@ def _(dt):
         cos = sd.DiscreteSchedule.cosine(8, s, dtype=dt)
         fs = sd.DiscreteSchedule.from_sde(sd.VPSDE(0.1, beta_max), 8, dtype=dt)
         return dict(
-            lab=lin.log_alpha_bar, betas=lin.betas, lam=lin.log_snr[1:], marg=lin.marginal(n),
-            time=lin.time(n), cos=cos.alpha_bar, fs=fs.one_minus_alpha_bar,
+            lab=lin.log_alpha_bar,
+            betas=lin.betas,
+            lam=lin.log_snr[1:],
+            marg=lin.marginal(n),
+            time=lin.time(n),
+            cos=cos.alpha_bar,
+            fs=fs.one_minus_alpha_bar,
         )
 
     a1 = (arr(0.01, dt), arr(0.2, dt), arr(0.008, dt), arr(20.0, dt), jnp.asarray(3))
@@ -235,8 +276,12 @@ def _(dt):
     return fn, a1, a2
 
 
-@case("respace", vmap="integer Python arguments only", grad="integer output",
-      x64="integer output only")
+@case(
+    "respace",
+    vmap="integer Python arguments only",
+    grad="integer output",
+    x64="integer output only",
+)
 def _(dt):
     return (lambda: (sd.respace(10, 3), sd.respace(10, 4, "quadratic"))), (), ()
 
@@ -269,13 +314,27 @@ def _(dt):
 def _(dt):
     def fn(k, b, x, e, n, m):
         s = sd.DiscreteSchedule.from_betas(b)
-        return (sd.ddim_step(k, s, n, m, x, e, 0.5 * sd.posterior_variance(s, n, m)),
-                sd.reverse_step(k, s, n, m, x, e, clip_x0=3.0))
+        return (
+            sd.ddim_step(k, s, n, m, x, e, 0.5 * sd.posterior_variance(s, n, m)),
+            sd.reverse_step(k, s, n, m, x, e, clip_x0=3.0),
+        )
 
-    a1 = (key(0), betas(dt), arr([0.5, -1.0], dt), arr([0.1, 0.2], dt), jnp.asarray(6),
-          jnp.asarray(3))
-    a2 = (key(1), betas(dt, shift=0.01), arr([1, 0], dt), arr([-0.3, 0.2], dt), jnp.asarray(8),
-          jnp.asarray(7))
+    a1 = (
+        key(0),
+        betas(dt),
+        arr([0.5, -1.0], dt),
+        arr([0.1, 0.2], dt),
+        jnp.asarray(6),
+        jnp.asarray(3),
+    )
+    a2 = (
+        key(1),
+        betas(dt, shift=0.01),
+        arr([1, 0], dt),
+        arr([-0.3, 0.2], dt),
+        jnp.asarray(8),
+        jnp.asarray(7),
+    )
     return fn, a1, a2
 
 
@@ -287,11 +346,16 @@ def _(dt):
         s = sd.DiscreteSchedule.from_betas(b)
         eps = sd.toy.discrete_eps_fn(g, s)
         tau = sd.respace(8, 4)
-        return (sd.sample_discrete(k, s, eps, x, tau, return_trajectory=True),
-                sd.variational_bound(k, s, eps, x, tau, decoder="gaussian"))
+        return (
+            sd.sample_discrete(k, s, eps, x, tau, return_trajectory=True),
+            sd.variational_bound(k, s, eps, x, tau, decoder="gaussian"),
+        )
 
-    return (fn, (key(0), betas(dt), arr([0.5, -1.0], dt)),
-            (key(1), betas(dt, shift=0.01), arr([1.0, 0.2], dt)))
+    return (
+        fn,
+        (key(0), betas(dt), arr([0.5, -1.0], dt)),
+        (key(1), betas(dt, shift=0.01), arr([1.0, 0.2], dt)),
+    )
 
 
 @case("gaussian_kl", "discretized_gaussian_log_likelihood", diff=(0, 1, 2, 3, 5, 6))
@@ -300,10 +364,24 @@ def _(dt):
         return sd.gaussian_kl(mq, vq, mp, vp), sd.discretized_gaussian_log_likelihood(x, mu, v, 4)
 
     x = arr([-1.0, 1.0 / 3.0, 1.0], dt)
-    a1 = (arr([0.1, 0.2], dt), arr([1.0, 0.5], dt), arr([0.0, 0.3], dt), arr(0.7, dt), x,
-          arr([-0.8, 0.2, 0.9], dt), arr(0.1, dt))
-    a2 = (arr([1.0, 0.0], dt), arr([2.0, 0.1], dt), arr([0.5, 0.3], dt), arr(1.5, dt), -x,
-          arr([0.5, 0, 0], dt), arr(0.3, dt))
+    a1 = (
+        arr([0.1, 0.2], dt),
+        arr([1.0, 0.5], dt),
+        arr([0.0, 0.3], dt),
+        arr(0.7, dt),
+        x,
+        arr([-0.8, 0.2, 0.9], dt),
+        arr(0.1, dt),
+    )
+    a2 = (
+        arr([1.0, 0.0], dt),
+        arr([2.0, 0.1], dt),
+        arr([0.5, 0.3], dt),
+        arr(1.5, dt),
+        -x,
+        arr([0.5, 0, 0], dt),
+        arr(0.3, dt),
+    )
     return fn, a1, a2
 
 
@@ -342,11 +420,16 @@ def _(dt):
     score = gm(dt).score_fn(VP)
 
     def fn(k, x, xq):
-        return (sd.log_likelihood(VP, score, x, dt0=0.25, **EULER),
-                sd.bits_per_dim(VP, score, xq, key=k, levels=4, dt0=0.25, **EULER))
+        return (
+            sd.log_likelihood(VP, score, x, dt0=0.25, **EULER),
+            sd.bits_per_dim(VP, score, xq, key=k, levels=4, dt0=0.25, **EULER),
+        )
 
-    return (fn, (key(0), arr([0.5, -1.0], dt), arr([-1.0, 1.0 / 3.0], dt)),
-            (key(1), arr([1.0, 0.5], dt), arr([1.0, -1.0 / 3.0], dt)))
+    return (
+        fn,
+        (key(0), arr([0.5, -1.0], dt), arr([-1.0, 1.0 / 3.0], dt)),
+        (key(1), arr([1.0, 0.5], dt), arr([1.0, -1.0 / 3.0], dt)),
+    )
 
 
 # ------------------------------------------------------------------------------ solvers
@@ -359,9 +442,11 @@ def _(dt):
     score = gm(dt).score_fn(VP)
 
     def fn(k, w, x):
-        return (sd.sample_ode(k, VP, _lin_score(w), (2,), dt0=-0.25, dtype=dt, **EULER),
-                sd.decode(VP, score, x, dt0=-0.25, **EULER),
-                sd.encode(VP, score, x, dt0=0.25, **EULER))
+        return (
+            sd.sample_ode(k, VP, _lin_score(w), (2,), dt0=-0.25, dtype=dt, **EULER),
+            sd.decode(VP, score, x, dt0=-0.25, **EULER),
+            sd.encode(VP, score, x, dt0=0.25, **EULER),
+        )
 
     return fn, (key(0), arr(1.0, dt), arr([0.5, -1.0], dt)), (key(1), arr(0.5, dt), arr([1, 0], dt))
 
@@ -369,8 +454,10 @@ def _(dt):
 @case("sample_sde", "simulate_sde", diff=(1, 2))
 def _(dt):
     def fn(k, w, x):
-        return (sd.sample_sde(k, VP, _lin_score(w), (2,), num_steps=4, dtype=dt),
-                sd.simulate_sde(k, VP, x, 0.0, 0.5, num_steps=4))
+        return (
+            sd.sample_sde(k, VP, _lin_score(w), (2,), num_steps=4, dtype=dt),
+            sd.simulate_sde(k, VP, x, 0.0, 0.5, num_steps=4),
+        )
 
     return fn, (key(0), arr(1.0, dt), arr([0.5, -1.0], dt)), (key(1), arr(0.5, dt), arr([1, 0], dt))
 
@@ -379,9 +466,11 @@ def _(dt):
 def _(dt):
     def fn(k, w, x):
         eps = lambda t, y: w * y
-        return (sd.sample_pc(k, VP, _lin_score(w), (2,), num_steps=3, dtype=dt),
-                sd.dpm_solver(VP, eps, x, num_steps=3, order=2),
-                sd.sample_dpm_solver(k, VP, eps, (2,), num_steps=3, order=3, dtype=dt))
+        return (
+            sd.sample_pc(k, VP, _lin_score(w), (2,), num_steps=3, dtype=dt),
+            sd.dpm_solver(VP, eps, x, num_steps=3, order=2),
+            sd.sample_dpm_solver(k, VP, eps, (2,), num_steps=3, order=3, dtype=dt),
+        )
 
     return fn, (key(0), arr(0.3, dt), arr([0.5, -1.0], dt)), (key(1), arr(0.6, dt), arr([1, 0], dt))
 
@@ -407,9 +496,16 @@ def _(dt):
     return fn, (key(0), d1), (key(1), d1 * 0.5)
 
 
-@case("analytic.optimal_variance", "analytic.optimal_variances", "analytic.variance_bounds",
-      "analytic.x0_variance", "analytic.step_variance", "analytic.trajectory_costs",
-      "analytic.trajectory_cost", diff=(0, 1, 2, 3))
+@case(
+    "analytic.optimal_variance",
+    "analytic.optimal_variances",
+    "analytic.variance_bounds",
+    "analytic.x0_variance",
+    "analytic.step_variance",
+    "analytic.trajectory_costs",
+    "analytic.trajectory_cost",
+    diff=(0, 1, 2, 3),
+)
 def _(dt):
     A = sd.analytic
 
@@ -427,23 +523,38 @@ def _(dt):
             cost=A.trajectory_cost(s, ms, jnp.array([0, 1, 4, 8])),
         )
 
-    return (fn, (betas(dt), _ms(dt), arr(0.5, dt), arr([0.1, 0.3], dt)),
-            (betas(dt, shift=0.01), _ms(dt, 0.2), arr(0.7, dt), arr([0.5, 0.2], dt)))
+    return (
+        fn,
+        (betas(dt), _ms(dt), arr(0.5, dt), arr([0.1, 0.3], dt)),
+        (betas(dt, shift=0.01), _ms(dt, 0.2), arr(0.7, dt), arr([0.5, 0.2], dt)),
+    )
 
 
-@case("analytic.optimal_trajectory", "analytic.optimal_trajectories",
-      grad="integer output (an argmin)", x64="integer output only")
+@case(
+    "analytic.optimal_trajectory",
+    "analytic.optimal_trajectories",
+    grad="integer output (an argmin)",
+    x64="integer output only",
+)
 def _(dt):
     def fn(b, ms):
         s = sd.DiscreteSchedule.from_betas(b)
-        return (sd.analytic.optimal_trajectory(s, ms, 4),
-                sd.analytic.optimal_trajectories(s, ms, [2, 4]))
+        return (
+            sd.analytic.optimal_trajectory(s, ms, 4),
+            sd.analytic.optimal_trajectories(s, ms, [2, 4]),
+        )
 
     return fn, (betas(dt), _ms(dt)), (betas(dt, shift=0.01), _ms(dt, 0.2))
 
 
-@case("analytic.sn_covariance", "analytic.npr_covariance", "analytic.sn_variance_fn",
-      "analytic.npr_variance_fn", "analytic.DiagonalVariance", diff=(0, 1, 2))
+@case(
+    "analytic.sn_covariance",
+    "analytic.npr_covariance",
+    "analytic.sn_variance_fn",
+    "analytic.npr_variance_fn",
+    "analytic.DiagonalVariance",
+    diff=(0, 1, 2),
+)
 def _(dt):
     A = sd.analytic
     head = lambda t, x: x**2 + 0.5
@@ -458,18 +569,29 @@ def _(dt):
             A.DiagonalVariance(s, head, "sn", "ddpm")(6, 3, x, e),
         )
 
-    return (fn, (arr([0.1, 0.3], dt), arr([0.5, 0.6], dt), arr([0.5, -0.2], dt)),
-            (arr([0.2, 0], dt), arr([0.3, 1.0], dt), arr([1, 0], dt)))
+    return (
+        fn,
+        (arr([0.1, 0.3], dt), arr([0.5, 0.6], dt), arr([0.5, -0.2], dt)),
+        (arr([0.2, 0], dt), arr([0.3, 1.0], dt), arr([1, 0], dt)),
+    )
 
 
 def _two_head_loss(name):
     def build(dt):
         def fn(k, w, x0):
             model = lambda t, x: (w * x, w**2 * x**2 + t)
-            f = sd.analytic.sn_dpm_loss if name == "analytic.sn_dpm_loss" else sd.analytic.npr_dpm_loss
+            f = (
+                sd.analytic.sn_dpm_loss
+                if name == "analytic.sn_dpm_loss"
+                else sd.analytic.npr_dpm_loss
+            )
             return f(k, sched(dt), model, x0, ratio=0.5)
 
-        return fn, (key(0), arr(0.5, dt), arr([0.5, -1], dt)), (key(1), arr(1.0, dt), arr([1, 0], dt))
+        return (
+            fn,
+            (key(0), arr(0.5, dt), arr([0.5, -1], dt)),
+            (key(1), arr(1.0, dt), arr([1, 0], dt)),
+        )
 
     return build
 
@@ -480,20 +602,37 @@ case("analytic.npr_dpm_loss", diff=(1, 2), fd=False)(_two_head_loss("analytic.np
 
 
 # ------------------------------------------------------------------------------ reparam
-@case("reparam.Gaussian", "reparam.Gumbel", "reparam.Laplace", "reparam.Logistic",
-      "reparam.Uniform", diff=(0, 1, 2, 3))
+@case(
+    "reparam.Gaussian",
+    "reparam.Gumbel",
+    "reparam.Laplace",
+    "reparam.Logistic",
+    "reparam.Uniform",
+    diff=(0, 1, 2, 3),
+)
 def _(dt):
-    classes = (sd.reparam.Gaussian, sd.reparam.Gumbel, sd.reparam.Laplace, sd.reparam.Logistic,
-               sd.reparam.Uniform)
+    classes = (
+        sd.reparam.Gaussian,
+        sd.reparam.Gumbel,
+        sd.reparam.Laplace,
+        sd.reparam.Logistic,
+        sd.reparam.Uniform,
+    )
 
     def fn(scale, x, u, mu):
         out = []
         for cls in classes:
             nz = cls(scale)
-            out.append(dict(
-                lpdf=nz.log_pdf(x), cdf=nz.cdf(x), lcdf=nz.log_cdf(x), q=nz.quantile(u),
-                ldiff=nz.log_diff_cdf(x), probs=nz.argmax_log_probs(mu),
-            ))
+            out.append(
+                dict(
+                    lpdf=nz.log_pdf(x),
+                    cdf=nz.cdf(x),
+                    lcdf=nz.log_cdf(x),
+                    q=nz.quantile(u),
+                    ldiff=nz.log_diff_cdf(x),
+                    probs=nz.argmax_log_probs(mu),
+                )
+            )
         return out
 
     # two classes: every family has a closed form (the quadrature path is compiled by
@@ -509,7 +648,9 @@ def _(dt):
         # Gumbel: closed form (the quadrature path is compiled by test_fuzz and test_reparam)
         pm = sd.reparam.PerturbMax(mu, sd.reparam.Gumbel())
         return dict(
-            probs=pm.probs, lp=pm.log_prob(jnp.asarray(1)), ent=pm.entropy(),
+            probs=pm.probs,
+            lp=pm.log_prob(jnp.asarray(1)),
+            ent=pm.entropy(),
             relaxed=pm.relaxed_sample(k, tau, (2,)),
             # straight-through: value one-hot, gradient that of the relaxed sample, so it is
             # kept out of the finite-difference functional
@@ -517,8 +658,11 @@ def _(dt):
             draw=pm.sample(k, (3,)),
         )
 
-    return fn, (arr([0.1, -0.2, 0.3], dt), key(0), arr(0.5, dt)), (
-        arr([0.0, 0.2, -0.1], dt), key(1), arr(2.0, dt))
+    return (
+        fn,
+        (arr([0.1, -0.2, 0.3], dt), key(0), arr(0.5, dt)),
+        (arr([0.0, 0.2, -0.1], dt), key(1), arr(2.0, dt)),
+    )
 
 
 # ------------------------------------------------------------------------------ nn
@@ -534,8 +678,9 @@ def _nets(dtn):
     )
 
 
-@case("nn.MLP", "nn.TwoHeadMLP", "nn.ConvNet", "nn.TimeMLP", "nn.SinusoidalEmbedding",
-      diff=(0, 1, 2))
+@case(
+    "nn.MLP", "nn.TwoHeadMLP", "nn.ConvNet", "nn.TimeMLP", "nn.SinusoidalEmbedding", diff=(0, 1, 2)
+)
 def _(dt):
     mlp, two, conv, tmlp, emb = _nets(jnp.dtype(dt).name)
 
@@ -560,7 +705,9 @@ def _model(w):
 
 
 def _toy_loss(model, k, batch):
-    return jnp.mean((batch * model["w"][None] - jax.random.normal(k, batch.shape, batch.dtype)) ** 2)
+    return jnp.mean(
+        (batch * model["w"][None] - jax.random.normal(k, batch.shape, batch.dtype)) ** 2
+    )
 
 
 @case("nn.init_train_state", grad="a constructor: returns its input and optimiser zeros")
@@ -578,11 +725,14 @@ def _(dt):
     def fn(k, w, batch, d):
         state, l1 = step(sd.nn.init_train_state(_model(w), opt), k, batch)
         ema = sd.nn.ema_update(_model(w), state.model, d)
-        return state.model, state.ema, l1, ema, loss(lambda t, x: w[None, :1] * x * t, k, batch)
+        return state.model, state.ema, l1, ema, loss(lambda t, x: w[0] * x * t, k, batch)
 
     b = jnp.linspace(-1.0, 1.0, 6, dtype=dt).reshape(3, 2)
-    return (fn, (key(0), arr([0.5, -1], dt), b, arr(0.9, dt)),
-            (key(1), arr([1, 2], dt), -b, arr(0.5, dt)))
+    return (
+        fn,
+        (key(0), arr([0.5, -1], dt), b, arr(0.9, dt)),
+        (key(1), arr([1, 2], dt), -b, arr(0.5, dt)),
+    )
 
 
 @case(
@@ -594,8 +744,15 @@ def _(dt):
     step = sd.nn.make_train_step(_toy_loss, opt, ema_decay=None)
 
     def fn(k, w, data):
-        state, losses = sd.nn.fit(k, sd.nn.init_train_state(_model(w), opt), step, data,
-                                  num_steps=4, batch_size=2, chunk=2)
+        state, losses = sd.nn.fit(
+            k,
+            sd.nn.init_train_state(_model(w), opt),
+            step,
+            data,
+            num_steps=4,
+            batch_size=2,
+            chunk=2,
+        )
         return state.model, losses
 
     data = jnp.linspace(-1.0, 1.0, 8, dtype=dt).reshape(4, 2)
@@ -605,7 +762,8 @@ def _(dt):
 # ------------------------------------------------------------------------------ the cells
 def _float_leaves(tree):
     return [
-        x for x in jax.tree_util.tree_leaves(tree)
+        x
+        for x in jax.tree_util.tree_leaves(tree)
         if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jnp.floating)
     ]
 
@@ -664,10 +822,7 @@ def _compiled64(c):
 
 
 CELLS = [
-    (name, tr)
-    for name in sorted(REGISTRY)
-    for tr in TRANSFORMS
-    if tr not in REGISTRY[name].skip
+    (name, tr) for name in sorted(REGISTRY) for tr in TRANSFORMS if tr not in REGISTRY[name].skip
 ]
 
 
@@ -687,7 +842,8 @@ def test_every_public_name_is_registered():
 def _params():
     return [
         pytest.param(n, t, marks=pytest.mark.xfail(strict=False, reason=REGISTRY[n].xfail[t]))
-        if t in REGISTRY[n].xfail else (n, t)
+        if t in REGISTRY[n].xfail
+        else (n, t)
         for n, t in CELLS
     ]
 
@@ -695,8 +851,9 @@ def _params():
 @functools.cache
 def _vmapped64(c):
     fn, a1, a2, _, _ = _compiled64(c)
-    stacked = jax.tree_util.tree_map(lambda x, y: jnp.stack([jnp.asarray(x), jnp.asarray(y)]),
-                                     a1, a2)
+    stacked = jax.tree_util.tree_map(
+        lambda x, y: jnp.stack([jnp.asarray(x), jnp.asarray(y)]), a1, a2
+    )
     return jax.jit(jax.vmap(fn))(*stacked)
 
 
@@ -750,8 +907,12 @@ def _check_grad(vg, args, diff, fd):
     if not fd:
         return
     rng = np.random.RandomState(1)
-    vs = [jax.tree_util.tree_map(lambda x: jnp.asarray(rng.standard_normal(np.shape(x)), x.dtype),
-                                 args[i]) for i in diff]
+    vs = [
+        jax.tree_util.tree_map(
+            lambda x: jnp.asarray(rng.standard_normal(np.shape(x)), x.dtype), args[i]
+        )
+        for i in diff
+    ]
     h = 1e-6
 
     def shifted(sign):
@@ -762,6 +923,11 @@ def _check_grad(vg, args, diff, fd):
         return float(val)
 
     fd_val = (shifted(1.0) - shifted(-1.0)) / (2 * h)
-    ad_val = float(sum(jnp.vdot(gl, vl) for gi, v in zip(g, vs)
-                       for gl, vl in zip(jax.tree_util.tree_leaves(gi), jax.tree_util.tree_leaves(v))))
+    ad_val = float(
+        sum(
+            jnp.vdot(gl, vl)
+            for gi, v in zip(g, vs)
+            for gl, vl in zip(jax.tree_util.tree_leaves(gi), jax.tree_util.tree_leaves(v))
+        )
+    )
     assert abs(ad_val - fd_val) <= 1e-4 * max(abs(ad_val), abs(fd_val), 1.0), (ad_val, fd_val)

@@ -71,64 +71,141 @@ _VF_ENTRIES = {
     "decode": lambda f: sd.decode(VP, f, X, dt0=-0.5, **FAST),
     "encode": lambda f: sd.encode(VP, f, X, dt0=0.5, **FAST),
     "log_likelihood": lambda f: sd.log_likelihood(VP, f, X, dt0=0.5, **FAST),
-    "bits_per_dim": lambda f: sd.bits_per_dim(VP, f, jnp.array([1.0, -1.0]), key=K0, dt0=0.5,
-                                              **FAST),
+    "bits_per_dim": lambda f: sd.bits_per_dim(
+        VP, f, jnp.array([1.0, -1.0]), key=K0, dt0=0.5, **FAST
+    ),
     "sample_discrete": lambda f: sd.sample_discrete(K0, SCHED, f, X, TAU),
     "variational_bound": lambda f: sd.variational_bound(K0, SCHED, f, X, TAU, decoder="gaussian"),
     "diffusion_loss": lambda f: sd.diffusion_loss(K0, VP, f, X),
     "analytic.estimate_gamma": lambda f: sd.analytic.estimate_gamma(K0, SCHED, f, GM.sample(K0, 8)),
 }
 _VF_ARG = {
-    "sample_ode": "score", "sample_sde": "score", "sample_pc": "score", "decode": "score",
-    "encode": "score", "log_likelihood": "score", "bits_per_dim": "score",
-    "dpm_solver": "eps_fn", "sample_dpm_solver": "eps_fn", "sample_discrete": "eps_fn",
-    "variational_bound": "eps_fn", "diffusion_loss": "model_fn",
+    "sample_ode": "score",
+    "sample_sde": "score",
+    "sample_pc": "score",
+    "decode": "score",
+    "encode": "score",
+    "log_likelihood": "score",
+    "bits_per_dim": "score",
+    "dpm_solver": "eps_fn",
+    "sample_dpm_solver": "eps_fn",
+    "sample_discrete": "eps_fn",
+    "variational_bound": "eps_fn",
+    "diffusion_loss": "model_fn",
     "analytic.estimate_gamma": "eps_fn",
 }
 for _e, _call in _VF_ENTRIES.items():
     _a = _VF_ARG[_e]
     bad(_e, "score returns the wrong shape", lambda c=_call: c(WRONG_SHAPE), ValueError, _a, "(3,)")
-    bad(_e, "score returns the wrong dtype", lambda c=_call: c(WRONG_DTYPE), TypeError, _a,
-        "float32")
+    bad(
+        _e,
+        "score returns the wrong dtype",
+        lambda c=_call: c(WRONG_DTYPE),
+        TypeError,
+        _a,
+        "float32",
+    )
     bad(_e, "score is not callable", lambda c=_call: c(jnp.ones(2)), TypeError, _a)
 
-bad("analytic.sn_dpm_loss", "model returns one array, not (eps, h)",
-    lambda: sd.analytic.sn_dpm_loss(K0, SCHED, lambda t, x: x, X), (TypeError, ValueError),
-    "model_fn")
-bad("analytic.sn_variance_fn", "head returns the wrong shape",
-    lambda: sd.analytic.sn_variance_fn(SCHED, WRONG_SHAPE)(5, 3, X, X), ValueError, "head_fn",
-    "(3,)")
-bad("simulate_sde", "drift returns the wrong shape",
+bad(
+    "analytic.sn_dpm_loss",
+    "model returns one array, not (eps, h)",
+    lambda: sd.analytic.sn_dpm_loss(K0, SCHED, lambda t, x: x, X),
+    (TypeError, ValueError),
+    "model_fn",
+)
+bad(
+    "analytic.sn_variance_fn",
+    "head returns the wrong shape",
+    lambda: sd.analytic.sn_variance_fn(SCHED, WRONG_SHAPE)(5, 3, X, X),
+    ValueError,
+    "head_fn",
+    "(3,)",
+)
+bad(
+    "simulate_sde",
+    "drift returns the wrong shape",
     lambda: sd.simulate_sde(K0, sd.SDE(WRONG_SHAPE, lambda t, x: 1.0), X, 0.0, 1.0, num_steps=2),
-    ValueError, "sde.drift", "(3,)")
-bad("divergence", "fn returns the wrong shape",
-    lambda: sd.divergence(lambda y: jnp.zeros(3), X), ValueError, "fn", "(3,)")
-bad("hutchinson_divergence", "fn returns the wrong shape",
-    lambda: sd.hutchinson_divergence(lambda y: jnp.zeros(3), X, jnp.ones((1, 2))), ValueError,
-    "fn", "(3,)")
-bad("probability_flow", "score is not callable", lambda: sd.probability_flow(VP, 3.0), TypeError,
-    "score", "3.0")
-bad("reverse_sde", "score is not callable", lambda: sd.reverse_sde(VP, None), TypeError, "score",
-    "None")
+    ValueError,
+    "sde.drift",
+    "(3,)",
+)
+bad(
+    "divergence",
+    "fn returns the wrong shape",
+    lambda: sd.divergence(lambda y: jnp.zeros(3), X),
+    ValueError,
+    "fn",
+    "(3,)",
+)
+bad(
+    "hutchinson_divergence",
+    "fn returns the wrong shape",
+    lambda: sd.hutchinson_divergence(lambda y: jnp.zeros(3), X, jnp.ones((1, 2))),
+    ValueError,
+    "fn",
+    "(3,)",
+)
+bad(
+    "probability_flow",
+    "score is not callable",
+    lambda: sd.probability_flow(VP, 3.0),
+    TypeError,
+    "score",
+    "3.0",
+)
+bad(
+    "reverse_sde",
+    "score is not callable",
+    lambda: sd.reverse_sde(VP, None),
+    TypeError,
+    "score",
+    "None",
+)
 bad("convert", "fn is not callable", lambda: sd.convert(VP, 1, "eps", "score"), TypeError, "fn")
-bad("convert", "unknown kind", lambda: sd.convert(VP, EPS, "eps", "noise"), ValueError, "target",
-    "'noise'")
+bad(
+    "convert",
+    "unknown kind",
+    lambda: sd.convert(VP, EPS, "eps", "noise"),
+    ValueError,
+    "target",
+    "'noise'",
+)
 
 # ------------------------------------------------------------------ times outside [0, T]
 for _t in (-0.1, 1.5, float("nan")):
     bad("perturb", f"t = {_t}", lambda t=_t: sd.perturb(K0, VP, X, t), ValueError, "t", str(_t))
     bad("VPSDE.marginal", f"t = {_t}", lambda t=_t: VP.marginal(t), ValueError, "t", str(_t))
-    bad("toy.GaussianMixture.marginal", f"t = {_t}", lambda t=_t: GM.marginal(VP, t), ValueError,
-        "t", str(_t))
+    bad(
+        "toy.GaussianMixture.marginal",
+        f"t = {_t}",
+        lambda t=_t: GM.marginal(VP, t),
+        ValueError,
+        "t",
+        str(_t),
+    )
 bad("CosineVPSDE.log_snr", "t > T", lambda: sd.CosineVPSDE().log_snr(1.0), ValueError, "t", "1.0")
 bad("VESDE.coefficients", "t < 0", lambda: sd.VESDE().coefficients(-1.0), ValueError, "t", "-1.0")
 bad("SubVPSDE.marginal", "t > T", lambda: sd.SubVPSDE().marginal(2.0), ValueError, "t", "2.0")
-bad("perturb", "t > T under jit", jit_call(lambda t: sd.perturb(K0, VP, X, t), 1.5), RuntimeError,
-    "t", runtime=True)
-bad("VPSDE.marginal", "t > T under jit", jit_call(VP.marginal, 1.5), RuntimeError, "t",
-    runtime=True)
-bad("toy.MixtureScore", "t > T under jit", jit_call(lambda t, x: SCORE(t, x), 1.5, X), RuntimeError, "t",
-    runtime=True)
+bad(
+    "perturb",
+    "t > T under jit",
+    jit_call(lambda t: sd.perturb(K0, VP, X, t), 1.5),
+    RuntimeError,
+    "t",
+    runtime=True,
+)
+bad(
+    "VPSDE.marginal", "t > T under jit", jit_call(VP.marginal, 1.5), RuntimeError, "t", runtime=True
+)
+bad(
+    "toy.MixtureScore",
+    "t > T under jit",
+    jit_call(lambda t, x: SCORE(t, x), 1.5, X),
+    RuntimeError,
+    "t",
+    runtime=True,
+)
 for _e, _call, _a in (
     ("sample_ode", lambda v: sd.sample_ode(K0, VP, SCORE, (2,), t_eps=v), "t_eps"),
     ("sample_sde", lambda v: sd.sample_sde(K0, VP, SCORE, (2,), t_eps=v), "t_eps"),
@@ -141,19 +218,46 @@ for _e, _call, _a in (
 ):
     bad(_e, "t_eps = 0", lambda c=_call: c(0.0), ValueError, _a, "0.0")
     bad(_e, "t_eps = T", lambda c=_call: c(1.0), ValueError, _a, "1.0")
-bad("sample_ode", "ts outside [t_eps, T]",
-    lambda: sd.sample_ode(K0, VP, SCORE, (2,), ts=jnp.array([1.0, 2.0])), ValueError, "ts", "2.")
-bad("sample_ode", "ts increasing (integration runs T -> t_eps)",
-    lambda: sd.sample_ode(K0, VP, SCORE, (2,), ts=jnp.array([0.5, 0.9])), ValueError, "ts")
-bad("sample_sde", "ts outside [t_eps, T]",
-    lambda: sd.sample_sde(K0, VP, SCORE, (2,), num_steps=2, ts=jnp.array([-1.0])), ValueError,
-    "ts", "-1.")
-bad("simulate_sde", "t0 == t1", lambda: sd.simulate_sde(K0, VP, X, 0.5, 0.5), ValueError, "t0",
-    "0.5")
-bad("simulate_sde", "t1 > T", lambda: sd.simulate_sde(K0, VP, X, 0.0, 1.5), ValueError, "t1",
-    "1.5")
-bad("simulate_sde", "t0 < 0", lambda: sd.simulate_sde(K0, VP, X, -0.5, 1.0), ValueError, "t0",
-    "-0.5")
+bad(
+    "sample_ode",
+    "ts outside [t_eps, T]",
+    lambda: sd.sample_ode(K0, VP, SCORE, (2,), ts=jnp.array([1.0, 2.0])),
+    ValueError,
+    "ts",
+    "2.",
+)
+bad(
+    "sample_ode",
+    "ts increasing (integration runs T -> t_eps)",
+    lambda: sd.sample_ode(K0, VP, SCORE, (2,), ts=jnp.array([0.5, 0.9])),
+    ValueError,
+    "ts",
+)
+bad(
+    "sample_sde",
+    "ts outside [t_eps, T]",
+    lambda: sd.sample_sde(K0, VP, SCORE, (2,), num_steps=2, ts=jnp.array([-1.0])),
+    ValueError,
+    "ts",
+    "-1.",
+)
+bad(
+    "simulate_sde",
+    "t0 == t1",
+    lambda: sd.simulate_sde(K0, VP, X, 0.5, 0.5),
+    ValueError,
+    "t0",
+    "0.5",
+)
+bad("simulate_sde", "t1 > T", lambda: sd.simulate_sde(K0, VP, X, 0.0, 1.5), ValueError, "t1", "1.5")
+bad(
+    "simulate_sde",
+    "t0 < 0",
+    lambda: sd.simulate_sde(K0, VP, X, -0.5, 1.0),
+    ValueError,
+    "t0",
+    "-0.5",
+)
 
 # ------------------------------------------------------------------ trajectories and K
 _TRAJ_BAD = {
@@ -166,186 +270,543 @@ _TRAJ_BAD = {
 }
 for _what, (_idx, _val) in _TRAJ_BAD.items():
     bad("trajectory", _what, lambda i=_idx: sd.trajectory(i, 10), ValueError, "indices", _val)
-    bad("sample_discrete", _what, lambda i=_idx: sd.sample_discrete(K0, SCHED, DEPS, X, jnp.array(i)),
-        ValueError, "tau", _val)
-    bad("variational_bound", _what,
-        lambda i=_idx: sd.variational_bound(K0, SCHED, DEPS, X, jnp.array(i)), ValueError, "tau",
-        _val)
-    bad("reverse_variances", _what, lambda i=_idx: sd.reverse_variances(SCHED, jnp.array(i)),
-        ValueError, "tau", _val)
-    bad("analytic.optimal_variances", _what,
+    bad(
+        "sample_discrete",
+        _what,
+        lambda i=_idx: sd.sample_discrete(K0, SCHED, DEPS, X, jnp.array(i)),
+        ValueError,
+        "tau",
+        _val,
+    )
+    bad(
+        "variational_bound",
+        _what,
+        lambda i=_idx: sd.variational_bound(K0, SCHED, DEPS, X, jnp.array(i)),
+        ValueError,
+        "tau",
+        _val,
+    )
+    bad(
+        "reverse_variances",
+        _what,
+        lambda i=_idx: sd.reverse_variances(SCHED, jnp.array(i)),
+        ValueError,
+        "tau",
+        _val,
+    )
+    bad(
+        "analytic.optimal_variances",
+        _what,
         lambda i=_idx: sd.analytic.optimal_variances(SCHED, jnp.array(i), jnp.full(11, 0.5)),
-        ValueError, "tau", _val)
-    bad("analytic.variance_bounds", _what,
-        lambda i=_idx: sd.analytic.variance_bounds(SCHED, jnp.array(i)), ValueError, "tau", _val)
-bad("trajectory", "float indices", lambda: sd.trajectory(jnp.array([0.0, 5.0, 10.0]), 10),
-    TypeError, "indices", "float")
-bad("trajectory", "2-D indices", lambda: sd.trajectory(jnp.zeros((2, 2), int), 10), ValueError,
-    "indices", "(2, 2)")
-bad("sample_discrete", "tau not increasing under jit",
+        ValueError,
+        "tau",
+        _val,
+    )
+    bad(
+        "analytic.variance_bounds",
+        _what,
+        lambda i=_idx: sd.analytic.variance_bounds(SCHED, jnp.array(i)),
+        ValueError,
+        "tau",
+        _val,
+    )
+bad(
+    "trajectory",
+    "float indices",
+    lambda: sd.trajectory(jnp.array([0.0, 5.0, 10.0]), 10),
+    TypeError,
+    "indices",
+    "float",
+)
+bad(
+    "trajectory",
+    "2-D indices",
+    lambda: sd.trajectory(jnp.zeros((2, 2), int), 10),
+    ValueError,
+    "indices",
+    "(2, 2)",
+)
+bad(
+    "sample_discrete",
+    "tau not increasing under jit",
     jit_call(lambda t: sd.sample_discrete(K0, SCHED, DEPS, X, t), jnp.array([0, 5, 3, 10])),
-    RuntimeError, "tau", runtime=True)
-bad("trajectory", "not increasing under jit",
-    jit_call(lambda t: sd.trajectory(t, 10), jnp.array([0, 5, 3, 10])), RuntimeError, "indices",
-    runtime=True)
+    RuntimeError,
+    "tau",
+    runtime=True,
+)
+bad(
+    "trajectory",
+    "not increasing under jit",
+    jit_call(lambda t: sd.trajectory(t, 10), jnp.array([0, 5, 3, 10])),
+    RuntimeError,
+    "indices",
+    runtime=True,
+)
 bad("respace", "K > N", lambda: sd.respace(10, 11), ValueError, "K", "11")
 bad("respace", "K = 0", lambda: sd.respace(10, 0), ValueError, "K", "0")
 bad("respace", "K not an int", lambda: sd.respace(10, 2.5), TypeError, "K", "2.5")
 bad("respace", "unknown kind", lambda: sd.respace(10, 2, "cubic"), ValueError, "kind", "'cubic'")
-bad("trajectory", "K > N (too many indices)", lambda: sd.trajectory(list(range(12)), 10),
-    ValueError, "indices", "11")
-bad("analytic.optimal_trajectory", "K > N",
-    lambda: sd.analytic.optimal_trajectory(SCHED, jnp.full(11, 0.5), 11), ValueError, "num_evals",
-    "11")
-bad("analytic.optimal_trajectories", "K > N",
-    lambda: sd.analytic.optimal_trajectories(SCHED, jnp.full(11, 0.5), [2, 12]), ValueError,
-    "num_evals", "12")
-bad("reverse_step", "m >= n", lambda: sd.reverse_step(K0, SCHED, 3, 5, X, X), ValueError, "m",
-    "n=3")
-bad("reverse_step", "n > N", lambda: sd.reverse_step(K0, SCHED, 11, 5, X, X), ValueError, "n",
-    "11")
-bad("reverse_step", "float step index", lambda: sd.reverse_step(K0, SCHED, 5.0, 3, X, X),
-    TypeError, "n", "5.0")
-bad("reverse_step", "m >= n under jit",
-    jit_call(lambda n, m: sd.reverse_step(K0, SCHED, n, m, X, X), 3, 5), RuntimeError, "m",
-    runtime=True)
-bad("ddim_step", "var > 1 - alpha_bar[m]", lambda: sd.ddim_step(K0, SCHED, 5, 3, X, X, 2.0),
-    ValueError, "lam2", "2.0")
-bad("forward_posterior", "lam2 < 0", lambda: sd.forward_posterior(SCHED, 5, 3, -0.1), ValueError,
-    "lam2", "-0.1")
-bad("posterior_variance", "n < 0", lambda: sd.posterior_variance(SCHED, -1, 0), ValueError, "n",
-    "-1")
+bad(
+    "trajectory",
+    "K > N (too many indices)",
+    lambda: sd.trajectory(list(range(12)), 10),
+    ValueError,
+    "indices",
+    "11",
+)
+bad(
+    "analytic.optimal_trajectory",
+    "K > N",
+    lambda: sd.analytic.optimal_trajectory(SCHED, jnp.full(11, 0.5), 11),
+    ValueError,
+    "num_evals",
+    "11",
+)
+bad(
+    "analytic.optimal_trajectories",
+    "K > N",
+    lambda: sd.analytic.optimal_trajectories(SCHED, jnp.full(11, 0.5), [2, 12]),
+    ValueError,
+    "num_evals",
+    "12",
+)
+bad(
+    "reverse_step", "m >= n", lambda: sd.reverse_step(K0, SCHED, 3, 5, X, X), ValueError, "m", "n=3"
+)
+bad("reverse_step", "n > N", lambda: sd.reverse_step(K0, SCHED, 11, 5, X, X), ValueError, "n", "11")
+bad(
+    "reverse_step",
+    "float step index",
+    lambda: sd.reverse_step(K0, SCHED, 5.0, 3, X, X),
+    TypeError,
+    "n",
+    "5.0",
+)
+bad(
+    "reverse_step",
+    "m >= n under jit",
+    jit_call(lambda n, m: sd.reverse_step(K0, SCHED, n, m, X, X), 3, 5),
+    RuntimeError,
+    "m",
+    runtime=True,
+)
+bad(
+    "ddim_step",
+    "var > 1 - alpha_bar[m]",
+    lambda: sd.ddim_step(K0, SCHED, 5, 3, X, X, 2.0),
+    ValueError,
+    "lam2",
+    "2.0",
+)
+bad(
+    "forward_posterior",
+    "lam2 < 0",
+    lambda: sd.forward_posterior(SCHED, 5, 3, -0.1),
+    ValueError,
+    "lam2",
+    "-0.1",
+)
+bad(
+    "posterior_variance",
+    "n < 0",
+    lambda: sd.posterior_variance(SCHED, -1, 0),
+    ValueError,
+    "n",
+    "-1",
+)
 bad("DiscreteSchedule.marginal", "n > N", lambda: SCHED.marginal(11), ValueError, "n", "11")
 
 # ------------------------------------------------------------------ schedule parameters
 _INF, _NAN = float("inf"), float("nan")
 for _cls in (sd.VPSDE, sd.SubVPSDE):
     _e = _cls.__name__
-    bad(_e, "beta_max < beta_min", lambda c=_cls: c(beta_min=1.0, beta_max=0.5), ValueError,
-        "beta_min", "0.5")
-    bad(_e, "beta_min = beta_max", lambda c=_cls: c(beta_min=1.0, beta_max=1.0), ValueError,
-        "beta_min", "1.0")
+    bad(
+        _e,
+        "beta_max < beta_min",
+        lambda c=_cls: c(beta_min=1.0, beta_max=0.5),
+        ValueError,
+        "beta_min",
+        "0.5",
+    )
+    bad(
+        _e,
+        "beta_min = beta_max",
+        lambda c=_cls: c(beta_min=1.0, beta_max=1.0),
+        ValueError,
+        "beta_min",
+        "1.0",
+    )
     bad(_e, "beta_min < 0", lambda c=_cls: c(beta_min=-0.1), ValueError, "beta_min", "-0.1")
     bad(_e, "beta_min NaN", lambda c=_cls: c(beta_min=_NAN), ValueError, "beta_min", "nan")
     bad(_e, "beta_max inf", lambda c=_cls: c(beta_max=_INF), ValueError, "beta_max", "inf")
     bad(_e, "T <= 0", lambda c=_cls: c(T=0.0), ValueError, "T", "0.0")
 bad("VESDE", "sigma_min = 0", lambda: sd.VESDE(sigma_min=0.0), ValueError, "sigma_min", "0.0")
 bad("VESDE", "sigma_min < 0", lambda: sd.VESDE(sigma_min=-1.0), ValueError, "sigma_min", "-1.0")
-bad("VESDE", "sigma_max < sigma_min", lambda: sd.VESDE(sigma_min=1.0, sigma_max=0.5), ValueError,
-    "sigma_max", "0.5")
+bad(
+    "VESDE",
+    "sigma_max < sigma_min",
+    lambda: sd.VESDE(sigma_min=1.0, sigma_max=0.5),
+    ValueError,
+    "sigma_max",
+    "0.5",
+)
 bad("VESDE", "sigma_max NaN", lambda: sd.VESDE(sigma_max=_NAN), ValueError, "sigma_max", "nan")
 bad("CosineVPSDE", "s <= 0", lambda: sd.CosineVPSDE(s=0.0), ValueError, "s", "0.0")
 bad("CosineVPSDE", "T >= 1", lambda: sd.CosineVPSDE(T=1.0), ValueError, "T", "1.0")
-bad("SDE", "T NaN", lambda: sd.SDE(lambda t, x: x, lambda t, x: 1.0, T=_NAN), ValueError, "T",
-    "nan")
+bad(
+    "SDE", "T NaN", lambda: sd.SDE(lambda t, x: x, lambda t, x: 1.0, T=_NAN), ValueError, "T", "nan"
+)
 bad("SDE", "drift not callable", lambda: sd.SDE(1.0, lambda t, x: 1.0), TypeError, "drift_fn")
-bad("DiscreteSchedule.linear", "beta_end < beta_start",
-    lambda: sd.DiscreteSchedule.linear(10, 0.02, 0.01), ValueError, "beta_end", "0.01")
-bad("DiscreteSchedule.linear", "beta_start <= 0", lambda: sd.DiscreteSchedule.linear(10, 0.0),
-    ValueError, "beta_start", "0.0")
-bad("DiscreteSchedule.linear", "beta_end >= 1", lambda: sd.DiscreteSchedule.linear(10, 0.1, 1.0),
-    ValueError, "beta_end", "1.0")
-bad("DiscreteSchedule.linear", "beta_start NaN", lambda: sd.DiscreteSchedule.linear(10, _NAN),
-    ValueError, "beta_start", "nan")
-bad("DiscreteSchedule.linear", "num_steps = 0", lambda: sd.DiscreteSchedule.linear(0), ValueError,
-    "num_steps", "0")
-bad("DiscreteSchedule.linear", "num_steps float", lambda: sd.DiscreteSchedule.linear(10.0),
-    TypeError, "num_steps", "10.0")
-bad("DiscreteSchedule.linear", "integer dtype",
-    lambda: sd.DiscreteSchedule.linear(10, dtype=jnp.int32), TypeError, "dtype", "int32")
-bad("DiscreteSchedule.cosine", "s <= 0", lambda: sd.DiscreteSchedule.cosine(10, s=-0.1),
-    ValueError, "s", "-0.1")
-bad("DiscreteSchedule.cosine", "max_beta >= 1",
-    lambda: sd.DiscreteSchedule.cosine(10, max_beta=1.5), ValueError, "max_beta", "1.5")
-bad("DiscreteSchedule.from_betas", "beta out of (0, 1)",
-    lambda: sd.DiscreteSchedule.from_betas(jnp.array([0.1, 1.2])), ValueError, "betas", "1.2")
-bad("DiscreteSchedule.from_sde", "not a linear SDE",
-    lambda: sd.DiscreteSchedule.from_sde(sd.SDE(lambda t, x: x, lambda t, x: 1.0), 10), TypeError,
-    "sde", "SDE")
-bad("DiscreteSchedule", "alpha_bar[0] != 1", lambda: sd.DiscreteSchedule(jnp.array([0.9, 0.5])),
-    ValueError, "alpha_bar", "0.9")
-bad("DiscreteSchedule", "alpha_bar increasing",
-    lambda: sd.DiscreteSchedule(jnp.array([1.0, 0.5, 0.6])), ValueError, "alpha_bar", "alpha_bar[2]")
-bad("DiscreteSchedule", "alpha_bar NaN", lambda: sd.DiscreteSchedule(jnp.array([1.0, _NAN])),
-    ValueError, "alpha_bar")
-bad("DiscreteSchedule", "alpha_bar > 1 / negative",
-    lambda: sd.DiscreteSchedule(jnp.array([1.0, -0.5])), ValueError, "alpha_bar")
-bad("reverse_variances", "eta < 0", lambda: sd.reverse_variances(SCHED, TAU, "eta", -1.0),
-    ValueError, "eta", "-1.0")
-bad("sample_discrete", "variances < 0",
-    lambda: sd.sample_discrete(K0, SCHED, DEPS, X, TAU, variances=-jnp.ones(5)), ValueError,
-    "variances", "-1.")
-bad("sample_discrete", "variances of the wrong length",
-    lambda: sd.sample_discrete(K0, SCHED, DEPS, X, TAU, variances=jnp.ones(4)), ValueError,
-    "variances", "(4,)")
-bad("sample_discrete", "clip_x0 lo >= hi",
-    lambda: sd.sample_discrete(K0, SCHED, DEPS, X, TAU, clip_x0=(1.0, -1.0)), ValueError, "clip_x0",
-    "1.0")
-bad("sample_pc", "snr <= 0", lambda: sd.sample_pc(K0, VP, SCORE, (2,), snr=0.0), ValueError, "snr",
-    "0.0")
-bad("sample_pc", "num_steps = 0", lambda: sd.sample_pc(K0, VP, SCORE, (2,), num_steps=0),
-    ValueError, "num_steps", "0")
-bad("sample_dpm_solver", "order 4", lambda: sd.sample_dpm_solver(K0, VP, EPS, (2,), order=4),
-    ValueError, "order", "4")
-bad("diffusion_loss", "snr_gamma <= 0",
-    lambda: sd.diffusion_loss(K0, VP, EPS, X, weighting="min_snr", snr_gamma=-1.0), ValueError,
-    "snr_gamma", "-1.0")
-bad("analytic.optimal_variance", "eta > 1",
-    lambda: sd.analytic.optimal_variance(SCHED, 5, 3, 0.5, forward="ddim", eta=2.0), ValueError,
-    "eta", "2.0")
-bad("analytic.x0_variance", "data_range a >= b",
-    lambda: sd.analytic.x0_variance(SCHED, jnp.full(11, 0.5), data_range=(1.0, -1.0)), ValueError,
-    "data_range", "1.0")
-bad("analytic.x0_variance", "ms_eps of the wrong length",
-    lambda: sd.analytic.x0_variance(SCHED, jnp.full(5, 0.5)), ValueError, "ms_eps", "(5,)")
+bad(
+    "DiscreteSchedule.linear",
+    "beta_end < beta_start",
+    lambda: sd.DiscreteSchedule.linear(10, 0.02, 0.01),
+    ValueError,
+    "beta_end",
+    "0.01",
+)
+bad(
+    "DiscreteSchedule.linear",
+    "beta_start <= 0",
+    lambda: sd.DiscreteSchedule.linear(10, 0.0),
+    ValueError,
+    "beta_start",
+    "0.0",
+)
+bad(
+    "DiscreteSchedule.linear",
+    "beta_end >= 1",
+    lambda: sd.DiscreteSchedule.linear(10, 0.1, 1.0),
+    ValueError,
+    "beta_end",
+    "1.0",
+)
+bad(
+    "DiscreteSchedule.linear",
+    "beta_start NaN",
+    lambda: sd.DiscreteSchedule.linear(10, _NAN),
+    ValueError,
+    "beta_start",
+    "nan",
+)
+bad(
+    "DiscreteSchedule.linear",
+    "num_steps = 0",
+    lambda: sd.DiscreteSchedule.linear(0),
+    ValueError,
+    "num_steps",
+    "0",
+)
+bad(
+    "DiscreteSchedule.linear",
+    "num_steps float",
+    lambda: sd.DiscreteSchedule.linear(10.0),
+    TypeError,
+    "num_steps",
+    "10.0",
+)
+bad(
+    "DiscreteSchedule.linear",
+    "integer dtype",
+    lambda: sd.DiscreteSchedule.linear(10, dtype=jnp.int32),
+    TypeError,
+    "dtype",
+    "int32",
+)
+bad(
+    "DiscreteSchedule.cosine",
+    "s <= 0",
+    lambda: sd.DiscreteSchedule.cosine(10, s=-0.1),
+    ValueError,
+    "s",
+    "-0.1",
+)
+bad(
+    "DiscreteSchedule.cosine",
+    "max_beta >= 1",
+    lambda: sd.DiscreteSchedule.cosine(10, max_beta=1.5),
+    ValueError,
+    "max_beta",
+    "1.5",
+)
+bad(
+    "DiscreteSchedule.from_betas",
+    "beta out of (0, 1)",
+    lambda: sd.DiscreteSchedule.from_betas(jnp.array([0.1, 1.2])),
+    ValueError,
+    "betas",
+    "1.2",
+)
+bad(
+    "DiscreteSchedule.from_sde",
+    "not a linear SDE",
+    lambda: sd.DiscreteSchedule.from_sde(sd.SDE(lambda t, x: x, lambda t, x: 1.0), 10),
+    TypeError,
+    "sde",
+    "SDE",
+)
+bad(
+    "DiscreteSchedule",
+    "alpha_bar[0] != 1",
+    lambda: sd.DiscreteSchedule(jnp.array([0.9, 0.5])),
+    ValueError,
+    "alpha_bar",
+    "0.9",
+)
+bad(
+    "DiscreteSchedule",
+    "alpha_bar increasing",
+    lambda: sd.DiscreteSchedule(jnp.array([1.0, 0.5, 0.6])),
+    ValueError,
+    "alpha_bar",
+    "alpha_bar[2]",
+)
+bad(
+    "DiscreteSchedule",
+    "alpha_bar NaN",
+    lambda: sd.DiscreteSchedule(jnp.array([1.0, _NAN])),
+    ValueError,
+    "alpha_bar",
+)
+bad(
+    "DiscreteSchedule",
+    "alpha_bar > 1 / negative",
+    lambda: sd.DiscreteSchedule(jnp.array([1.0, -0.5])),
+    ValueError,
+    "alpha_bar",
+)
+bad(
+    "reverse_variances",
+    "eta < 0",
+    lambda: sd.reverse_variances(SCHED, TAU, "eta", -1.0),
+    ValueError,
+    "eta",
+    "-1.0",
+)
+bad(
+    "sample_discrete",
+    "variances < 0",
+    lambda: sd.sample_discrete(K0, SCHED, DEPS, X, TAU, variances=-jnp.ones(5)),
+    ValueError,
+    "variances",
+    "-1.",
+)
+bad(
+    "sample_discrete",
+    "variances of the wrong length",
+    lambda: sd.sample_discrete(K0, SCHED, DEPS, X, TAU, variances=jnp.ones(4)),
+    ValueError,
+    "variances",
+    "(4,)",
+)
+bad(
+    "sample_discrete",
+    "clip_x0 lo >= hi",
+    lambda: sd.sample_discrete(K0, SCHED, DEPS, X, TAU, clip_x0=(1.0, -1.0)),
+    ValueError,
+    "clip_x0",
+    "1.0",
+)
+bad(
+    "sample_pc",
+    "snr <= 0",
+    lambda: sd.sample_pc(K0, VP, SCORE, (2,), snr=0.0),
+    ValueError,
+    "snr",
+    "0.0",
+)
+bad(
+    "sample_pc",
+    "num_steps = 0",
+    lambda: sd.sample_pc(K0, VP, SCORE, (2,), num_steps=0),
+    ValueError,
+    "num_steps",
+    "0",
+)
+bad(
+    "sample_dpm_solver",
+    "order 4",
+    lambda: sd.sample_dpm_solver(K0, VP, EPS, (2,), order=4),
+    ValueError,
+    "order",
+    "4",
+)
+bad(
+    "diffusion_loss",
+    "snr_gamma <= 0",
+    lambda: sd.diffusion_loss(K0, VP, EPS, X, weighting="min_snr", snr_gamma=-1.0),
+    ValueError,
+    "snr_gamma",
+    "-1.0",
+)
+bad(
+    "analytic.optimal_variance",
+    "eta > 1",
+    lambda: sd.analytic.optimal_variance(SCHED, 5, 3, 0.5, forward="ddim", eta=2.0),
+    ValueError,
+    "eta",
+    "2.0",
+)
+bad(
+    "analytic.x0_variance",
+    "data_range a >= b",
+    lambda: sd.analytic.x0_variance(SCHED, jnp.full(11, 0.5), data_range=(1.0, -1.0)),
+    ValueError,
+    "data_range",
+    "1.0",
+)
+bad(
+    "analytic.x0_variance",
+    "ms_eps of the wrong length",
+    lambda: sd.analytic.x0_variance(SCHED, jnp.full(5, 0.5)),
+    ValueError,
+    "ms_eps",
+    "(5,)",
+)
 
 # ------------------------------------------------------------------ mixtures
 _W, _M, _C = GM.weights, GM.means, GM.covs
-bad("toy.GaussianMixture", "negative weight",
-    lambda: sd.toy.GaussianMixture(jnp.array([-0.2, 0.7, 0.5]), _M, _C), ValueError, "weights",
-    "-0.2")
-bad("toy.GaussianMixture", "weights sum to 0.9",
-    lambda: sd.toy.GaussianMixture(jnp.array([0.2, 0.4, 0.3]), _M, _C), ValueError, "weights",
-    "0.9")
-bad("toy.GaussianMixture", "NaN weight",
-    lambda: sd.toy.GaussianMixture(jnp.array([_NAN, 0.5, 0.5]), _M, _C), ValueError, "weights",
-    "nan")
-bad("toy.GaussianMixture", "covariance not positive definite",
+bad(
+    "toy.GaussianMixture",
+    "negative weight",
+    lambda: sd.toy.GaussianMixture(jnp.array([-0.2, 0.7, 0.5]), _M, _C),
+    ValueError,
+    "weights",
+    "-0.2",
+)
+bad(
+    "toy.GaussianMixture",
+    "weights sum to 0.9",
+    lambda: sd.toy.GaussianMixture(jnp.array([0.2, 0.4, 0.3]), _M, _C),
+    ValueError,
+    "weights",
+    "0.9",
+)
+bad(
+    "toy.GaussianMixture",
+    "NaN weight",
+    lambda: sd.toy.GaussianMixture(jnp.array([_NAN, 0.5, 0.5]), _M, _C),
+    ValueError,
+    "weights",
+    "nan",
+)
+bad(
+    "toy.GaussianMixture",
+    "covariance not positive definite",
     lambda: sd.toy.GaussianMixture(_W, _M, _C.at[1].set(jnp.array([[1.0, 2.0], [2.0, 1.0]]))),
-    ValueError, "covs[1]", "-1.")
-bad("toy.GaussianMixture", "singular covariance",
-    lambda: sd.toy.GaussianMixture(_W, _M, _C.at[0].set(jnp.zeros((2, 2)))), ValueError, "covs[0]",
-    "0.0")
-bad("toy.GaussianMixture", "covariance not symmetric",
-    lambda: sd.toy.GaussianMixture(_W, _M, _C.at[0, 0, 1].set(0.5)), ValueError, "covs")
-bad("toy.GaussianMixture", "means of the wrong shape",
-    lambda: sd.toy.GaussianMixture(_W, _M[:2], _C), ValueError, "means", "(2, 2)")
-bad("toy.GaussianMixture", "covs of the wrong shape",
-    lambda: sd.toy.GaussianMixture(_W, _M, _C[:, :1]), ValueError, "covs", "(3, 1, 2)")
-bad("toy.GaussianMixture.log_prob", "x of the wrong shape", lambda: GM.log_prob(jnp.ones(3)),
-    ValueError, "x", "(3,)")
+    ValueError,
+    "covs[1]",
+    "-1.",
+)
+bad(
+    "toy.GaussianMixture",
+    "singular covariance",
+    lambda: sd.toy.GaussianMixture(_W, _M, _C.at[0].set(jnp.zeros((2, 2)))),
+    ValueError,
+    "covs[0]",
+    "0.0",
+)
+bad(
+    "toy.GaussianMixture",
+    "covariance not symmetric",
+    lambda: sd.toy.GaussianMixture(_W, _M, _C.at[0, 0, 1].set(0.5)),
+    ValueError,
+    "covs",
+)
+bad(
+    "toy.GaussianMixture",
+    "means of the wrong shape",
+    lambda: sd.toy.GaussianMixture(_W, _M[:2], _C),
+    ValueError,
+    "means",
+    "(2, 2)",
+)
+bad(
+    "toy.GaussianMixture",
+    "covs of the wrong shape",
+    lambda: sd.toy.GaussianMixture(_W, _M, _C[:, :1]),
+    ValueError,
+    "covs",
+    "(3, 1, 2)",
+)
+bad(
+    "toy.GaussianMixture.log_prob",
+    "x of the wrong shape",
+    lambda: GM.log_prob(jnp.ones(3)),
+    ValueError,
+    "x",
+    "(3,)",
+)
 bad("toy.GaussianMixture.sample", "n negative", lambda: GM.sample(K0, -1), ValueError, "n", "-1")
 
 # ------------------------------------------------------------------ integer / complex inputs
 _CPLX = jnp.array([1.0 + 1j, 0.5])
 bad("perturb", "complex x0", lambda: sd.perturb(K0, VP, _CPLX, 0.5), TypeError, "x0", "complex")
 bad("perturb", "complex t", lambda: sd.perturb(K0, VP, X, 0.5 + 0.1j), TypeError, "t", "complex")
-bad("VPSDE.marginal", "complex t", lambda: VP.marginal(jnp.asarray(0.5 + 0j)), TypeError, "t",
-    "complex")
-bad("toy.GaussianMixture", "complex means",
-    lambda: sd.toy.GaussianMixture(_W, _M.astype(complex), _C), TypeError, "means", "complex")
-bad("toy.GaussianMixture.log_prob", "complex x", lambda: GM.log_prob(_CPLX), TypeError, "x",
-    "complex")
-bad("log_likelihood", "complex x", lambda: sd.log_likelihood(VP, SCORE, _CPLX), TypeError, "x",
-    "complex")
-bad("gaussian_kl", "complex mean", lambda: sd.gaussian_kl(_CPLX, 1.0, X, 1.0), TypeError, "mean_q",
-    "complex")
-bad("sample_discrete", "complex x_T", lambda: sd.sample_discrete(K0, SCHED, DEPS, _CPLX, TAU),
-    TypeError, "x_T", "complex")
-bad("reparam.PerturbMax", "integer scores", lambda: sd.reparam.PerturbMax(jnp.array([1, 2, 3])),
-    TypeError, "mu", "int")
-bad("reparam.PerturbMax", "complex scores", lambda: sd.reparam.PerturbMax(_CPLX), TypeError, "mu",
-    "complex")
+bad(
+    "VPSDE.marginal",
+    "complex t",
+    lambda: VP.marginal(jnp.asarray(0.5 + 0j)),
+    TypeError,
+    "t",
+    "complex",
+)
+bad(
+    "toy.GaussianMixture",
+    "complex means",
+    lambda: sd.toy.GaussianMixture(_W, _M.astype(complex), _C),
+    TypeError,
+    "means",
+    "complex",
+)
+bad(
+    "toy.GaussianMixture.log_prob",
+    "complex x",
+    lambda: GM.log_prob(_CPLX),
+    TypeError,
+    "x",
+    "complex",
+)
+bad(
+    "log_likelihood",
+    "complex x",
+    lambda: sd.log_likelihood(VP, SCORE, _CPLX),
+    TypeError,
+    "x",
+    "complex",
+)
+bad(
+    "gaussian_kl",
+    "complex mean",
+    lambda: sd.gaussian_kl(_CPLX, 1.0, X, 1.0),
+    TypeError,
+    "mean_q",
+    "complex",
+)
+bad(
+    "sample_discrete",
+    "complex x_T",
+    lambda: sd.sample_discrete(K0, SCHED, DEPS, _CPLX, TAU),
+    TypeError,
+    "x_T",
+    "complex",
+)
+bad(
+    "reparam.PerturbMax",
+    "integer scores",
+    lambda: sd.reparam.PerturbMax(jnp.array([1, 2, 3])),
+    TypeError,
+    "mu",
+    "int",
+)
+bad(
+    "reparam.PerturbMax",
+    "complex scores",
+    lambda: sd.reparam.PerturbMax(_CPLX),
+    TypeError,
+    "mu",
+    "complex",
+)
 for _e, _call in (
     ("sample_ode", lambda: sd.sample_ode(K0, VP, SCORE, (2,), dtype=jnp.int32)),
     ("sample_sde", lambda: sd.sample_sde(K0, VP, SCORE, (2,), dtype=jnp.int32)),
@@ -353,74 +814,221 @@ for _e, _call in (
     ("sample_dpm_solver", lambda: sd.sample_dpm_solver(K0, VP, EPS, (2,), dtype=jnp.int32)),
 ):
     bad(_e, "integer dtype", _call, TypeError, "dtype", "int32")
-bad("dpm_solver", "integer x_T", lambda: sd.dpm_solver(VP, EPS, jnp.array([1, 2])), TypeError,
-    "x_T", "int")
-bad("sample_ode", "shape not a tuple of ints", lambda: sd.sample_ode(K0, VP, SCORE, 2), TypeError,
-    "shape", "2")
-bad("hutchinson_probes", "integer dtype",
-    lambda: sd.hutchinson_probes(K0, (2,), dtype=jnp.int32), TypeError, "dtype", "int32")
+bad(
+    "dpm_solver",
+    "integer x_T",
+    lambda: sd.dpm_solver(VP, EPS, jnp.array([1, 2])),
+    TypeError,
+    "x_T",
+    "int",
+)
+bad(
+    "sample_ode",
+    "shape not a tuple of ints",
+    lambda: sd.sample_ode(K0, VP, SCORE, 2),
+    TypeError,
+    "shape",
+    "2",
+)
+bad(
+    "hutchinson_probes",
+    "integer dtype",
+    lambda: sd.hutchinson_probes(K0, (2,), dtype=jnp.int32),
+    TypeError,
+    "dtype",
+    "int32",
+)
 
 # ------------------------------------------------------------------ temperatures, noise, nn
 for _meth in ("relaxed_sample", "straight_through_sample"):
     _e = f"reparam.PerturbMax.{_meth}"
     for _tau in (0.0, -1.0, _NAN):
-        bad(_e, f"temperature {_tau}", lambda m=_meth, t=_tau: getattr(PM, m)(K0, t), ValueError,
-            "temperature", str(_tau))
-    bad(_e, "temperature <= 0 under jit",
-        jit_call(lambda t, m=_meth: getattr(PM, m)(K0, t), -1.0), RuntimeError, "temperature",
-        runtime=True)
-    bad(_e, "complex temperature", lambda m=_meth: getattr(PM, m)(K0, 1j), TypeError,
-        "temperature", "complex")
-for _cls in (sd.reparam.Gaussian, sd.reparam.Gumbel, sd.reparam.Laplace, sd.reparam.Logistic,
-             sd.reparam.Uniform):
-    bad("reparam." + _cls.__name__, "scale <= 0", lambda c=_cls: c(0.0), ValueError, "scale",
-        "0.0")
+        bad(
+            _e,
+            f"temperature {_tau}",
+            lambda m=_meth, t=_tau: getattr(PM, m)(K0, t),
+            ValueError,
+            "temperature",
+            str(_tau),
+        )
+    bad(
+        _e,
+        "temperature <= 0 under jit",
+        jit_call(lambda t, m=_meth: getattr(PM, m)(K0, t), -1.0),
+        RuntimeError,
+        "temperature",
+        runtime=True,
+    )
+    bad(
+        _e,
+        "complex temperature",
+        lambda m=_meth: getattr(PM, m)(K0, 1j),
+        TypeError,
+        "temperature",
+        "complex",
+    )
+for _cls in (
+    sd.reparam.Gaussian,
+    sd.reparam.Gumbel,
+    sd.reparam.Laplace,
+    sd.reparam.Logistic,
+    sd.reparam.Uniform,
+):
+    bad("reparam." + _cls.__name__, "scale <= 0", lambda c=_cls: c(0.0), ValueError, "scale", "0.0")
     bad("reparam." + _cls.__name__, "scale NaN", lambda c=_cls: c(_NAN), ValueError, "scale", "nan")
-bad("reparam.PerturbMax", "unknown method",
-    lambda: sd.reparam.PerturbMax(jnp.ones(3), method="magic"), ValueError, "method", "'magic'")
-bad("reparam.PerturbMax", "noise not an AbstractNoise",
-    lambda: sd.reparam.PerturbMax(jnp.ones(3), noise="gumbel"), TypeError, "noise", "str")
-bad("reparam.PerturbMax.log_prob", "float class index", lambda: PM.log_prob(1.0), TypeError, "i",
-    "float")
+bad(
+    "reparam.PerturbMax",
+    "unknown method",
+    lambda: sd.reparam.PerturbMax(jnp.ones(3), method="magic"),
+    ValueError,
+    "method",
+    "'magic'",
+)
+bad(
+    "reparam.PerturbMax",
+    "noise not an AbstractNoise",
+    lambda: sd.reparam.PerturbMax(jnp.ones(3), noise="gumbel"),
+    TypeError,
+    "noise",
+    "str",
+)
+bad(
+    "reparam.PerturbMax.log_prob",
+    "float class index",
+    lambda: PM.log_prob(1.0),
+    TypeError,
+    "i",
+    "float",
+)
 bad("nn.MLP", "data_dim = 0", lambda: sd.nn.MLP(0, key=K0), ValueError, "data_dim", "0")
-bad("nn.MLP", "odd time_dim", lambda: sd.nn.MLP(2, time_dim=3, key=K0), ValueError, "time_dim",
-    "3")
-bad("nn.SinusoidalEmbedding", "odd dim", lambda: sd.nn.SinusoidalEmbedding(3), ValueError, "dim",
-    "3")
-bad("nn.GridEps", "levels = 1", lambda: sd.nn.GridEps(lambda t, x: x, VP, 1), ValueError, "levels",
-    "1")
-bad("nn.make_train_step", "ema_decay > 1",
-    lambda: sd.nn.make_train_step(lambda m, k, b: 0.0, optax.sgd(0.1), ema_decay=1.5), ValueError,
-    "ema_decay", "1.5")
-bad("nn.fit", "num_steps = 0",
-    lambda: sd.nn.fit(K0, None, None, jnp.ones((2, 2)), num_steps=0, batch_size=1), ValueError,
-    "num_steps", "0")
-bad("log_likelihood", "unknown estimator",
-    lambda: sd.log_likelihood(VP, SCORE, X, estimator="magic"), ValueError, "estimator", "'magic'")
-bad("log_likelihood", "hutchinson without key",
-    lambda: sd.log_likelihood(VP, SCORE, X, estimator="hutchinson"), ValueError, "key")
-bad("hutchinson_probes", "num_probes = 0", lambda: sd.hutchinson_probes(K0, (2,), num_probes=0),
-    ValueError, "num_probes", "0")
-bad("hutchinson_probes", "unknown probe", lambda: sd.hutchinson_probes(K0, (2,), probe="sphere"),
-    ValueError, "probe", "'sphere'")
-bad("bits_per_dim", "levels = 1", lambda: sd.bits_per_dim(VP, SCORE, X, key=K0, levels=1),
-    ValueError, "levels", "1")
-bad("bits_per_dim", "x off the grid", lambda: sd.bits_per_dim(VP, SCORE, X, key=K0, levels=4),
-    ValueError, "x", "levels=4")
-bad("discretized_gaussian_log_likelihood", "levels = 1",
-    lambda: sd.discretized_gaussian_log_likelihood(X, X, 1.0, 1), ValueError, "levels", "1")
-bad("sharded_vmap", "in_axes = 1", lambda: sd.sharded_vmap(jnp.sin, in_axes=1)(jnp.ones((2, 2))),
-    ValueError, "in_axes", "1")
-bad("sharded_vmap", "unknown axis_name",
-    lambda: sd.sharded_vmap(jnp.sin, mesh=sd.batch_mesh("data"), axis_name="batch"), ValueError,
-    "axis_name", "'batch'")
-bad("perturb", "sde not linear",
-    lambda: sd.perturb(K0, sd.SDE(lambda t, x: x, lambda t, x: 1.0), X, 0.5), TypeError, "sde",
-    "SDE")
-bad("sample_ode", "sde not an SDE", lambda: sd.sample_ode(K0, "vp", SCORE, (2,)), TypeError, "sde",
-    "str")
-bad("sample_ode", "solver not a diffrax solver",
-    lambda: sd.sample_ode(K0, VP, SCORE, (2,), solver="tsit5"), TypeError, "solver", "tsit5")
+bad("nn.MLP", "odd time_dim", lambda: sd.nn.MLP(2, time_dim=3, key=K0), ValueError, "time_dim", "3")
+bad(
+    "nn.SinusoidalEmbedding",
+    "odd dim",
+    lambda: sd.nn.SinusoidalEmbedding(3),
+    ValueError,
+    "dim",
+    "3",
+)
+bad(
+    "nn.GridEps",
+    "levels = 1",
+    lambda: sd.nn.GridEps(lambda t, x: x, VP, 1),
+    ValueError,
+    "levels",
+    "1",
+)
+bad(
+    "nn.make_train_step",
+    "ema_decay > 1",
+    lambda: sd.nn.make_train_step(lambda m, k, b: 0.0, optax.sgd(0.1), ema_decay=1.5),
+    ValueError,
+    "ema_decay",
+    "1.5",
+)
+bad(
+    "nn.fit",
+    "num_steps = 0",
+    lambda: sd.nn.fit(K0, None, None, jnp.ones((2, 2)), num_steps=0, batch_size=1),
+    ValueError,
+    "num_steps",
+    "0",
+)
+bad(
+    "log_likelihood",
+    "unknown estimator",
+    lambda: sd.log_likelihood(VP, SCORE, X, estimator="magic"),
+    ValueError,
+    "estimator",
+    "'magic'",
+)
+bad(
+    "log_likelihood",
+    "hutchinson without key",
+    lambda: sd.log_likelihood(VP, SCORE, X, estimator="hutchinson"),
+    ValueError,
+    "key",
+)
+bad(
+    "hutchinson_probes",
+    "num_probes = 0",
+    lambda: sd.hutchinson_probes(K0, (2,), num_probes=0),
+    ValueError,
+    "num_probes",
+    "0",
+)
+bad(
+    "hutchinson_probes",
+    "unknown probe",
+    lambda: sd.hutchinson_probes(K0, (2,), probe="sphere"),
+    ValueError,
+    "probe",
+    "'sphere'",
+)
+bad(
+    "bits_per_dim",
+    "levels = 1",
+    lambda: sd.bits_per_dim(VP, SCORE, X, key=K0, levels=1),
+    ValueError,
+    "levels",
+    "1",
+)
+bad(
+    "bits_per_dim",
+    "x off the grid",
+    lambda: sd.bits_per_dim(VP, SCORE, X, key=K0, levels=4),
+    ValueError,
+    "x",
+    "levels=4",
+)
+bad(
+    "discretized_gaussian_log_likelihood",
+    "levels = 1",
+    lambda: sd.discretized_gaussian_log_likelihood(X, X, 1.0, 1),
+    ValueError,
+    "levels",
+    "1",
+)
+bad(
+    "sharded_vmap",
+    "in_axes = 1",
+    lambda: sd.sharded_vmap(jnp.sin, in_axes=1)(jnp.ones((2, 2))),
+    ValueError,
+    "in_axes",
+    "1",
+)
+bad(
+    "sharded_vmap",
+    "unknown axis_name",
+    lambda: sd.sharded_vmap(jnp.sin, mesh=sd.batch_mesh("data"), axis_name="batch"),
+    ValueError,
+    "axis_name",
+    "'batch'",
+)
+bad(
+    "perturb",
+    "sde not linear",
+    lambda: sd.perturb(K0, sd.SDE(lambda t, x: x, lambda t, x: 1.0), X, 0.5),
+    TypeError,
+    "sde",
+    "SDE",
+)
+bad(
+    "sample_ode",
+    "sde not an SDE",
+    lambda: sd.sample_ode(K0, "vp", SCORE, (2,)),
+    TypeError,
+    "sde",
+    "str",
+)
+bad(
+    "sample_ode",
+    "solver not a diffrax solver",
+    lambda: sd.sample_ode(K0, VP, SCORE, (2,), solver="tsit5"),
+    TypeError,
+    "solver",
+    "tsit5",
+)
 
 
 # ------------------------------------------------------------------ the tests
@@ -429,8 +1037,10 @@ def _ids():
 
 
 def _params():
-    return [pytest.param(b, marks=pytest.mark.xfail(strict=False, reason=b.xfail)) if b.xfail
-            else b for b in BAD]
+    return [
+        pytest.param(b, marks=pytest.mark.xfail(strict=False, reason=b.xfail)) if b.xfail else b
+        for b in BAD
+    ]
 
 
 @pytest.mark.parametrize("b", _params(), ids=_ids())
@@ -447,11 +1057,16 @@ def test_bad_input_is_refused(b: Bad):
 
 
 def test_counts():
-    entries = {b.entry.split(".")[0] if not b.entry.startswith(("toy.", "analytic.", "reparam.",
-                                                                "nn.")) else
-               ".".join(b.entry.split(".")[:2]) for b in BAD}
-    print(f"\nvalidation: {len(BAD)} bad inputs over {len(entries)} public entry points "
-          f"({sum(b.runtime for b in BAD)} of them run-time checks under jit)")
+    entries = {
+        b.entry.split(".")[0]
+        if not b.entry.startswith(("toy.", "analytic.", "reparam.", "nn."))
+        else ".".join(b.entry.split(".")[:2])
+        for b in BAD
+    }
+    print(
+        f"\nvalidation: {len(BAD)} bad inputs over {len(entries)} public entry points "
+        f"({sum(b.runtime for b in BAD)} of them run-time checks under jit)"
+    )
     assert len(BAD) >= 200
 
 

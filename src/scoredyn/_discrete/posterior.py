@@ -79,9 +79,7 @@ def _check_pair(sched: DiscreteSchedule, n, m):
     m = check_index(m, N, "m")
     if nv is not None and mv is not None:
         if not bool(np.all(mv < nv)):
-            raise ValueError(
-                f"`m` must satisfy m < n (a reverse step n -> m), got n={nv}, m={mv}."
-            )
+            raise ValueError(f"`m` must satisfy m < n (a reverse step n -> m), got n={nv}, m={mv}.")
         return n, m
     m = eqx.error_if(
         m, jnp.asarray(m) >= jnp.asarray(n), "`m` must satisfy m < n (a reverse step n -> m)."

@@ -186,15 +186,37 @@ def sample_discrete(
     if stochastic and key is None:
         raise ValueError("`key` is None but the sampler adds noise (some variance is non-zero).")
     return _sample_discrete_kernel(
-        key, sched, eps_fn, x_T, tau, lam2, variances, eta, clip, prediction, return_trajectory,
-        final_noise, stochastic,
+        key,
+        sched,
+        eps_fn,
+        x_T,
+        tau,
+        lam2,
+        variances,
+        eta,
+        clip,
+        prediction,
+        return_trajectory,
+        final_noise,
+        stochastic,
     )
 
 
 @eqx.filter_jit
 def _sample_discrete_kernel(
-    key, sched, eps_fn, x_T, tau, lam2, variances, eta, clip, prediction, return_trajectory,
-    final_noise, stochastic,
+    key,
+    sched,
+    eps_fn,
+    x_T,
+    tau,
+    lam2,
+    variances,
+    eta,
+    clip,
+    prediction,
+    return_trajectory,
+    final_noise,
+    stochastic,
 ):
     """Coefficients and the scan, compiled whole: eager and jitted calls draw the same bits."""
     K = tau.shape[0] - 1

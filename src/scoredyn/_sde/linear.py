@@ -166,7 +166,9 @@ class VESDE(AbstractLinearSDE):
         # (unselected branches get harmless placeholders: sqrt(0) there would make the
         # reverse-mode gradient 0 * inf = NaN)
         var_small = self.sigma_min**2 * jnp.expm1(jnp.where(small, y, 0.5))
-        sigma_large = jnp.exp(self._log_sigma_min() + 0.5 * self._log_expm1(jnp.where(small, 1.0, y)))
+        sigma_large = jnp.exp(
+            self._log_sigma_min() + 0.5 * self._log_expm1(jnp.where(small, 1.0, y))
+        )
         return jnp.ones_like(t), jnp.where(small, jnp.sqrt(var_small), sigma_large)
 
     def coefficients(self, t: Time) -> tuple[Scalar, Scalar]:
@@ -203,7 +205,9 @@ class CosineVPSDE(AbstractLinearSDE):
         check_positive(self.s, "s")
         check_positive(self.T, "T")
         if is_concrete(self.T) and not float(self.T) < 1.0:
-            raise ValueError(f"`T` must be < 1 for the cosine schedule (alpha(1) = 0), got {self.T}.")
+            raise ValueError(
+                f"`T` must be < 1 for the cosine schedule (alpha(1) = 0), got {self.T}."
+            )
 
     def _angle(self, t):
         return 0.5 * math.pi * (check_times(t, self.T) + self.s) / (1.0 + self.s)

@@ -112,8 +112,9 @@ def sample_pc(
 
 
 @eqx.filter_jit
-def _pc_kernel(key, sde, score, shape, dtype, snr, t_eps, num_steps, num_corrector_steps,
-               axis_name):
+def _pc_kernel(
+    key, sde, score, shape, dtype, snr, t_eps, num_steps, num_corrector_steps, axis_name
+):
     """The prior draw and the loop, compiled whole: an eager call and a call under the user's
     `jax.jit` run the same program, so the same key gives bit-identical samples."""
     k_prior, k_loop = jax.random.split(key)

@@ -154,14 +154,36 @@ def sample_ode(
     check_score(score, "score", sde.T, jnp.zeros(shape, dtype))
     check_ts(ts, sde.T, t_eps, dtype, decreasing=True)
     return _sample_ode_kernel(
-        key, sde, score, shape, dtype, t_eps, solver, stepsize_controller, dt0, max_steps, throw,
-        ts, return_stats,
+        key,
+        sde,
+        score,
+        shape,
+        dtype,
+        t_eps,
+        solver,
+        stepsize_controller,
+        dt0,
+        max_steps,
+        throw,
+        ts,
+        return_stats,
     )
 
 
 @eqx.filter_jit
 def _sample_ode_kernel(
-    key, sde, score, shape, dtype, t_eps, solver, stepsize_controller, dt0, max_steps, throw, ts,
+    key,
+    sde,
+    score,
+    shape,
+    dtype,
+    t_eps,
+    solver,
+    stepsize_controller,
+    dt0,
+    max_steps,
+    throw,
+    ts,
     return_stats,
 ):
     """The prior draw and the solve, compiled whole (eager and jitted calls give the same bits)."""

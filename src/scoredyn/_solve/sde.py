@@ -181,13 +181,26 @@ def _simulate(
         solver, stepsize_controller, num_steps, brownian_tol, ts, t0, t1, x.dtype, sign
     )
     return _simulate_kernel(
-        key, sde, x, t0, t1, sign, solver, num_steps, stepsize_controller, brownian_tol,
-        max_steps, throw, ts, return_stats,
+        key,
+        sde,
+        x,
+        t0,
+        t1,
+        sign,
+        solver,
+        num_steps,
+        stepsize_controller,
+        brownian_tol,
+        max_steps,
+        throw,
+        ts,
+        return_stats,
     )
 
 
-def _check_simulation(solver, stepsize_controller, num_steps, brownian_tol, ts, t0, t1, dtype,
-                      sign):
+def _check_simulation(
+    solver, stepsize_controller, num_steps, brownian_tol, ts, t0, t1, dtype, sign
+):
     check_solver(solver)
     if stepsize_controller is None:
         stepsize_controller = diffrax.ConstantStepSize()
@@ -204,8 +217,20 @@ def _check_simulation(solver, stepsize_controller, num_steps, brownian_tol, ts, 
 
 @eqx.filter_jit
 def _simulate_kernel(
-    key, sde, x, t0, t1, sign, solver, num_steps, stepsize_controller, brownian_tol, max_steps,
-    throw, ts, return_stats,
+    key,
+    sde,
+    x,
+    t0,
+    t1,
+    sign,
+    solver,
+    num_steps,
+    stepsize_controller,
+    brownian_tol,
+    max_steps,
+    throw,
+    ts,
+    return_stats,
 ):
     """The simulation, compiled whole: eager calls and calls under the user's `jax.jit` run the
     same program, so the same key gives bit-identical paths."""
@@ -314,21 +339,57 @@ def sample_sde(
         solver, stepsize_controller, num_steps, brownian_tol, ts, sde.T, t_eps, dtype, -1.0
     )
     return _sample_sde_kernel(
-        key, sde, score, shape, dtype, t_eps, solver, num_steps, stepsize_controller,
-        brownian_tol, max_steps, throw, ts, return_stats,
+        key,
+        sde,
+        score,
+        shape,
+        dtype,
+        t_eps,
+        solver,
+        num_steps,
+        stepsize_controller,
+        brownian_tol,
+        max_steps,
+        throw,
+        ts,
+        return_stats,
     )
 
 
 @eqx.filter_jit
 def _sample_sde_kernel(
-    key, sde, score, shape, dtype, t_eps, solver, num_steps, stepsize_controller, brownian_tol,
-    max_steps, throw, ts, return_stats,
+    key,
+    sde,
+    score,
+    shape,
+    dtype,
+    t_eps,
+    solver,
+    num_steps,
+    stepsize_controller,
+    brownian_tol,
+    max_steps,
+    throw,
+    ts,
+    return_stats,
 ):
     """The prior draw and the reverse-time simulation, compiled whole (eager and jitted calls
     give the same bits)."""
     k_prior, k_bm = jax.random.split(key)
     x_T = sde.prior_sample(k_prior, shape, dtype)
     return _simulate_kernel(
-        k_bm, reverse_sde(sde, score), x_T, sde.T, t_eps, -1.0, solver, num_steps,
-        stepsize_controller, brownian_tol, max_steps, throw, ts, return_stats,
+        k_bm,
+        reverse_sde(sde, score),
+        x_T,
+        sde.T,
+        t_eps,
+        -1.0,
+        solver,
+        num_steps,
+        stepsize_controller,
+        brownian_tol,
+        max_steps,
+        throw,
+        ts,
+        return_stats,
     )

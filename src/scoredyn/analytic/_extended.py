@@ -250,14 +250,19 @@ def _noised(key, sched, x0):
 
 
 def _two_heads(model_fn, t, x_n):
-    """`model_fn(t, x_n)` as a pair of arrays shaped like `x_n` (checked on shapes, at trace time)."""
+    """`model_fn(t, x_n)` as a pair of arrays shaped like `x_n` (shapes checked at trace time)."""
     if not callable(model_fn):
         raise TypeError(f"`model_fn` must be callable (t, x) -> (eps_hat, head), got {model_fn!r}.")
     out = model_fn(t, x_n)
     if not isinstance(out, (tuple, list)) or len(out) != 2:
+        got = (
+            f"{type(out).__name__} of length {len(out)}"
+            if isinstance(out, (tuple, list))
+            else (f"{type(out).__name__} of shape {jnp.shape(out)}")
+        )
         raise TypeError(
             "`model_fn(t, x)` must return a pair (eps_hat, head) of arrays shaped like x, got "
-            f"{type(out).__name__}{'' if isinstance(out, (tuple, list)) else ' ' + str(jnp.shape(out))}."
+            f"{got}."
         )
     for what, a in zip(("eps_hat", "head"), out):
         if jnp.shape(a) != x_n.shape:

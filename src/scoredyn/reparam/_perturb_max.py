@@ -19,12 +19,27 @@ def _check_temperature(temperature: ArrayLike, dtype) -> Array:
     if t.ndim != 0:
         raise ValueError(f"`temperature` must be a scalar, got shape {t.shape}.")
     t = t.astype(dtype)
+    # subnormal temperatures are flushed to zero by XLA on CPU: require a normal number
+    tiny = float(jnp.finfo(dtype).tiny)
     if is_concrete(t):
         v = float(t)
-        if not v > 0:  # also catches NaN
-            raise ValueError(f"`temperature` must be > 0, got {v}.")
+        if not v >= tiny:  # also catches NaN
+            raise ValueError(
+                f"`temperature` must be > 0 (at least the smallest normal {dtype} {tiny:g}), "
+                f"got {v}."
+            )
         return t
-    return eqx.error_if(t, ~(t > 0), "`temperature` must be > 0.")
+    return eqx.error_if(t, ~(t >= tiny), "`temperature` must be > 0 (and a normal float).")
+
+
+def _tempered_softmax(z: Array, tau: Array) -> Array:
+    r"""$\operatorname{softmax}(z/\tau)$ computed as $\operatorname{softmax}((z - \max z)/\tau)$.
+
+    The shift leaves the value and the derivative unchanged, and keeps $z/\tau$ from
+    overflowing to $\infty - \infty = $ NaN for tiny temperatures (e.g. $\tau = 10^{-308}$).
+    """
+    z = z - jax.lax.stop_gradient(jnp.max(z, axis=-1, keepdims=True))
+    return jax.nn.softmax(z / tau, axis=-1)
 
 
 def _check_shape(shape) -> tuple[int, ...]:
@@ -198,7 +213,7 @@ class PerturbMax(eqx.Module):
             ValueError: if `temperature <= 0` (at trace time when concrete, else at run time).
         """
         tau = _check_temperature(temperature, self.mu.dtype)
-        return jax.nn.softmax(self._perturbed(key, shape) / tau, axis=-1)
+        return _tempered_softmax(self._perturbed(key, shape), tau)
 
     def straight_through_sample(
         self, key: Key, temperature: ArrayLike, shape: tuple[int, ...] = ()
@@ -224,6 +239,6 @@ class PerturbMax(eqx.Module):
         """
         tau = _check_temperature(temperature, self.mu.dtype)
         z = self._perturbed(key, shape)
-        y = jax.nn.softmax(z / tau, axis=-1)
+        y = _tempered_softmax(z, tau)
         h = jax.nn.one_hot(jnp.argmax(z, axis=-1), self.num_classes, dtype=y.dtype)
         return h + (y - jax.lax.stop_gradient(y))  # exactly h in value

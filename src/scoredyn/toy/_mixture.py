@@ -113,9 +113,7 @@ class GaussianMixture(eqx.Module):
         resid = x[None, :] - alpha * self.means
         sol = self._solve(spec, resid)
         logn = -0.5 * (
-            jnp.sum(resid * sol, -1)
-            + jnp.sum(jnp.log(spec), -1)
-            + self.dim * math.log(2 * math.pi)
+            jnp.sum(resid * sol, -1) + jnp.sum(jnp.log(spec), -1) + self.dim * math.log(2 * math.pi)
         )
         logits = jnp.log(self.weights) + logn
         return logits, sol, spec
