@@ -40,8 +40,8 @@ def machine_tag() -> str:
 
 
 def machine_info() -> dict:
-    import equinox
     import diffrax
+    import equinox
 
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     return {

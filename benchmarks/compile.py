@@ -24,7 +24,9 @@ def _samplers(net, sched, sde):
 
             def f(net, key, x_T):
                 keys = jax.random.split(key, x_T.shape[0])
-                g = lambda k, x: sd.sample_discrete(k if stochastic else None, sched, net, x, tau, **kw)
+                g = lambda k, x: sd.sample_discrete(
+                    k if stochastic else None, sched, net, x, tau, **kw
+                )
                 return jax.vmap(g)(keys, x_T)
 
             return f
@@ -34,8 +36,14 @@ def _samplers(net, sched, sde):
     def ode(K):
         def f(net, key, x_T):
             g = lambda z: sd.decode(
-                sde, net, z, solver=diffrax.Euler(), stepsize_controller=diffrax.ConstantStepSize(),
-                dt0=-(1.0 - 1e-3) / K, t_eps=1e-3, max_steps=K + 1,
+                sde,
+                net,
+                z,
+                solver=diffrax.Euler(),
+                stepsize_controller=diffrax.ConstantStepSize(),
+                dt0=-(1.0 - 1e-3) / K,
+                t_eps=1e-3,
+                max_steps=K + 1,
             )
             return jax.vmap(g)(x_T)
 
@@ -45,6 +53,7 @@ def _samplers(net, sched, sde):
         # what a naive Python for-loop costs: the trace grows with K
         tau = np.asarray(sd.respace(N, K))
         ab = np.asarray(sched.alpha_bar, np.float64)
+
         def f(net, key, x_T):
             batched = jax.vmap(net, in_axes=(None, 0))
             x = x_T
@@ -109,7 +118,9 @@ def report(res: dict) -> str:
         t = [r[k]["trace_s"] + r[k]["compile_s"] if k in r else None for k in ks]
         m = [r[k].get("peak_bytes") if k in r else None for k in ks]
         last = max(k for k in ks if k in r)
-        rt = (r[last]["trace_s"] + r[last]["compile_s"]) / (r[ks[0]]["trace_s"] + r[ks[0]]["compile_s"])
+        rt = (r[last]["trace_s"] + r[last]["compile_s"]) / (
+            r[ks[0]]["trace_s"] + r[ks[0]]["compile_s"]
+        )
         rm = r[last].get("peak_bytes", 0) / max(r[ks[0]].get("peak_bytes", 1), 1)
         lab = f"{rt:.2f}" + ("" if last == ks[-1] else f" (K={last})")
         labm = f"{rm:.2f}" + ("" if last == ks[-1] else f" (K={last})")

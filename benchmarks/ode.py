@@ -60,15 +60,24 @@ def sampling(batch: int, log, quick: bool) -> dict:
         @jax.jit
         def f(x_T, dt0):
             g = lambda z: sd.decode(
-                sde, score, z, solver=solver, stepsize_controller=controller, dt0=dt0,
-                t_eps=T_EPS, max_steps=max_steps, return_stats=True,
+                sde,
+                score,
+                z,
+                solver=solver,
+                stepsize_controller=controller,
+                dt0=dt0,
+                t_eps=T_EPS,
+                max_steps=max_steps,
+                return_stats=True,
             )
             return jax.vmap(g)(x_T)
 
         return f
 
     t0 = time.perf_counter()
-    ref, _ = decode_fn(diffrax.Tsit5(), diffrax.PIDController(rtol=1e-10, atol=1e-10), 16384)(x_T, None)
+    ref, _ = decode_fn(diffrax.Tsit5(), diffrax.PIDController(rtol=1e-10, atol=1e-10), 16384)(
+        x_T, None
+    )
     log(f"  [3] reference flow (Tsit5, tol 1e-10) in {time.perf_counter() - t0:.1f} s")
     err = lambda x: float(jnp.sqrt(jnp.mean(jnp.sum((x - ref) ** 2, -1))))
 
@@ -85,13 +94,19 @@ def sampling(batch: int, log, quick: bool) -> dict:
             pts.append({"nfe": int(st["nfe"][0]), "err": err(x), "arg": dt0})
             steps *= 2
         results[f"{name} (time-uniform steps)"] = {"points": pts, "fn": f}
+
     # adaptive Tsit5: the tolerance is a traced argument, so one compilation serves the sweep
     @jax.jit
     def tsit5(x_T, tol):
         g = lambda z: sd.decode(
-            sde, score, z, solver=diffrax.Tsit5(),
+            sde,
+            score,
+            z,
+            solver=diffrax.Tsit5(),
             stepsize_controller=diffrax.PIDController(rtol=tol, atol=tol),
-            t_eps=T_EPS, max_steps=16384, return_stats=True,
+            t_eps=T_EPS,
+            max_steps=16384,
+            return_stats=True,
         )
         return jax.vmap(g)(x_T)
 
@@ -127,7 +142,8 @@ def sampling(batch: int, log, quick: bool) -> dict:
         log(
             f"  [3] {name:40s} "
             + " ".join(
-                f"tol {tol:g}: " + (f"NFE {v['nfe']:.0f}, {1e3 * v['wall_s']:.0f} ms" if v else "not reached")
+                f"tol {tol:g}: "
+                + (f"NFE {v['nfe']:.0f}, {1e3 * v['wall_s']:.0f} ms" if v else "not reached")
                 for tol, v in table[name].items()
             )
         )
@@ -163,7 +179,9 @@ def likelihood_oracle(batch: int, log) -> dict:
             "nfe": float(np.asarray(st["nfe"]).mean()),
             "wall_s": wall,
         }
-        log(f"  [3] likelihood {est:10s} on the oracle: RMSE {out[est]['rmse']:.2e} nats, mean NFE {out[est]['nfe']:.0f}, {1e3 * wall:.0f} ms")
+        log(
+            f"  [3] likelihood {est:10s} on the oracle: RMSE {out[est]['rmse']:.2e} nats, mean NFE {out[est]['nfe']:.0f}, {1e3 * wall:.0f} ms"
+        )
     return out
 
 
@@ -181,22 +199,43 @@ def likelihood_dims(dims, batch: int, log) -> dict:
             @jax.jit
             def f(x, keys, est=est):
                 g = lambda xi, k: sd.log_likelihood(
-                    sde, net, xi, key=k, estimator=est, solver=diffrax.Heun(),
-                    stepsize_controller=diffrax.ConstantStepSize(), dt0=0.125, t_eps=1e-3,
+                    sde,
+                    net,
+                    xi,
+                    key=k,
+                    estimator=est,
+                    solver=diffrax.Heun(),
+                    stepsize_controller=diffrax.ConstantStepSize(),
+                    dt0=0.125,
+                    t_eps=1e-3,
                 )
                 return jax.vmap(g)(x, keys)
 
             fns[est] = f
         lp_e = fns["exact"](x, keys)
         # Hutchinson noise: spread of the estimate over independent probe draws
-        draws = jnp.stack([fns["hutchinson"](x, jax.random.split(jax.random.key(100 + i), batch)) for i in range(4)])
+        draws = jnp.stack(
+            [
+                fns["hutchinson"](x, jax.random.split(jax.random.key(100 + i), batch))
+                for i in range(4)
+            ]
+        )
         noise = float(jnp.mean(jnp.std(draws, axis=0, ddof=1)))
         bias = float(jnp.mean(draws) - jnp.mean(lp_e))
         te = _timed(fns["exact"], x, keys)
         th = _timed(fns["hutchinson"], x, keys)
-        row = {"d": d, "exact_s": te, "hutch_s": th, "ratio": te / th, "hutch_std": noise, "hutch_bias": bias}
+        row = {
+            "d": d,
+            "exact_s": te,
+            "hutch_s": th,
+            "ratio": te / th,
+            "hutch_std": noise,
+            "hutch_bias": bias,
+        }
         rows.append(row)
-        log(f"  [3] likelihood cost d={d:4d}: exact {1e3 * te:.0f} ms, Hutchinson {1e3 * th:.0f} ms (x{te / th:.1f}); Hutchinson std {noise:.3f} nats")
+        log(
+            f"  [3] likelihood cost d={d:4d}: exact {1e3 * te:.0f} ms, Hutchinson {1e3 * th:.0f} ms (x{te / th:.1f}); Hutchinson std {noise:.3f} nats"
+        )
     return {"rows": rows, "batch": batch}
 
 
@@ -223,7 +262,7 @@ def report(res: dict) -> str:
         line = [name]
         for tol in TOLS:
             v = r[tol]
-            line += ([f"{v['nfe']:.0f}", f"{1e3 * v['wall_s']:.1f}"] if v else ["not reached", "—"])
+            line += [f"{v['nfe']:.0f}", f"{1e3 * v['wall_s']:.1f}"] if v else ["not reached", "—"]
         rows.append(line)
     lo = res["lik_oracle"]
     lrows = [
@@ -232,13 +271,23 @@ def report(res: dict) -> str:
     ]
     ld = res["lik_dims"]
     drows = [
-        [r["d"], f"{1e3 * r['exact_s']:.1f}", f"{1e3 * r['hutch_s']:.1f}", f"{r['ratio']:.1f}", f"{r['hutch_std']:.3f}"]
+        [
+            r["d"],
+            f"{1e3 * r['exact_s']:.1f}",
+            f"{1e3 * r['hutch_s']:.1f}",
+            f"{r['ratio']:.1f}",
+            f"{r['hutch_std']:.3f}",
+        ]
         for r in ld["rows"]
     ]
-    missing = [] if any("DPM-Solver" in k for k in s["table"]) else [
-        "- Missing: `sd.dpm_solver` (exponential integrator in log-SNR time) is not in the "
-        "library yet, so its row is absent."
-    ]
+    missing = (
+        []
+        if any("DPM-Solver" in k for k in s["table"])
+        else [
+            "- Missing: `sd.dpm_solver` (exponential integrator in log-SNR time) is not in the "
+            "library yet, so its row is absent."
+        ]
+    )
     return "\n".join(
         [
             "## 3. PF-ODE sampling and likelihood",
@@ -263,10 +312,13 @@ def report(res: dict) -> str:
             "Heun with 8 fixed steps so both estimators make the same number of network calls): the "
             "exact divergence needs d JVPs per evaluation, Hutchinson one. `Hutchinson std` is the "
             "spread of one-probe estimates over probe draws (nats, per example); "
-            f"`estimator=\"auto\"` switches to Hutchinson above d = {res['exact_max_dim']} when a key "
+            f'`estimator="auto"` switches to Hutchinson above d = {res["exact_max_dim"]} when a key '
             "is given.",
             "",
-            md_table(["d", "exact (ms)", "Hutchinson (ms)", "exact / Hutchinson", "Hutchinson std"], drows),
+            md_table(
+                ["d", "exact (ms)", "Hutchinson (ms)", "exact / Hutchinson", "Hutchinson std"],
+                drows,
+            ),
             "",
         ]
     )

@@ -141,7 +141,9 @@ def run(*, batches=(16, 512), steps=(50, 1000), repeats=3, budget_s=20.0, log=pr
             # the same ratios by CPU time: work done, insensitive to preemption by other processes
             row["cpu_vs_hand"] = {s: min_ratio(cpu[s], cpu[h]) for s, h in pairs}
             row["cpu_vs_floor"] = {s: min_ratio(cpu[s], cpu["floor"]) for s, _ in pairs}
-            row["cpu_hand_vs_floor"] = {h: min_ratio(cpu[h], cpu["floor"]) for h in ("hand_ddim", "hand_ddpm")}
+            row["cpu_hand_vs_floor"] = {
+                h: min_ratio(cpu[h], cpu["floor"]) for h in ("hand_ddim", "hand_ddpm")
+            }
             # the median of per-round ratios, as a check on the minima
             row["vs_hand_median"] = {s: paired_ratio(times[s], times[h]) for s, h in pairs}
             rows.append(row)

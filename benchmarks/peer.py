@@ -29,7 +29,9 @@ def available() -> tuple[bool, str]:
 def _torch_net(net: BenchMLP):
     import torch
 
-    weights = [(torch.from_numpy(w.copy()), torch.from_numpy(b.copy())) for w, b in numpy_weights(net)]
+    weights = [
+        (torch.from_numpy(w.copy()), torch.from_numpy(b.copy())) for w, b in numpy_weights(net)
+    ]
     half = net.time_dim // 2
     freqs = torch.exp(-np.log(10_000.0) * torch.arange(half, dtype=torch.float32) / half)
 
@@ -59,8 +61,13 @@ def run(*, batches=(16, 512), repeats=5, budget_s=15.0, log=print) -> dict:
     fwd = _torch_net(net)
     sched = sd.DiscreteSchedule.linear(N, dtype=jnp.float32)
     dsched = DDIMScheduler(
-        num_train_timesteps=N, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
-        clip_sample=False, set_alpha_to_one=True, timestep_spacing="trailing",
+        num_train_timesteps=N,
+        beta_start=1e-4,
+        beta_end=0.02,
+        beta_schedule="linear",
+        clip_sample=False,
+        set_alpha_to_one=True,
+        timestep_spacing="trailing",
     )
     dsched.set_timesteps(K)
     steps = [int(t) for t in dsched.timesteps]  # diffusers' 0-based t  <->  our n = t + 1
@@ -90,6 +97,7 @@ def run(*, batches=(16, 512), repeats=5, budget_s=15.0, log=print) -> dict:
         # equivalence: the same trajectory, the same network, the same DDIM update
         diff = float(np.max(np.abs(np.asarray(ours(net, key, x_j)) - diffusers_loop(x_t).numpy())))
         scale = float(np.max(np.abs(np.asarray(ours(net, key, x_j)))))
+
         def threads(n, f):
             def g():
                 torch.set_num_threads(n)
@@ -119,8 +127,14 @@ def run(*, batches=(16, 512), repeats=5, budget_s=15.0, log=print) -> dict:
         per_step = {k: 1e3 * min(v) / K for k, v in times.items() if "@" not in k}
         ratio = min(times["scoredyn"]) / min(times["diffusers"])
         rows.append(
-            {"B": B, "per_step_ms": per_step, "ratio": ratio, "max_abs_diff": diff, "scale": scale,
-             "torch_threads": best["diffusers"]}
+            {
+                "B": B,
+                "per_step_ms": per_step,
+                "ratio": ratio,
+                "max_abs_diff": diff,
+                "scale": scale,
+                "torch_threads": best["diffusers"],
+            }
         )
         log(
             f"  [5] B={B:4d}: per step scoredyn {per_step['scoredyn']:.3f} ms, diffusers "
@@ -164,14 +178,22 @@ def report(res: dict) -> str:
             "(`inference_mode`; timed with 1 thread and with all cores, the faster kept) with the "
             f"diffusers {res['diffusers']} `DDIMScheduler` loop (eta = 0, {res['K']} steps, "
             "`trailing` timesteps, which end at t = N - 1 like our trajectory), against "
-            "`jax.vmap(sd.sample_discrete(..., lam2=\"ddim\"))` on the same trajectory "
+            '`jax.vmap(sd.sample_discrete(..., lam2="ddim"))` on the same trajectory '
             "(diffusers' timestep t is our n = t + 1). Time per step in ms (fastest of the "
             "interleaved rounds); ratio < 1 means "
             "scoredyn is faster. The two outputs agree to the last column (float32).",
             "",
             md_table(
-                ["batch", "scoredyn (ms/step)", "diffusers (ms/step)", "scoredyn / diffusers",
-                 "JAX net alone", "torch net alone", "torch threads", "max abs diff"],
+                [
+                    "batch",
+                    "scoredyn (ms/step)",
+                    "diffusers (ms/step)",
+                    "scoredyn / diffusers",
+                    "JAX net alone",
+                    "torch net alone",
+                    "torch threads",
+                    "max abs diff",
+                ],
                 rows,
             ),
             "",

@@ -36,8 +36,16 @@ def plot(results: dict, path: str) -> str:
             w = 0.8 / (2 * len(samplers))
             xs = np.arange(len(labels))
             for j, s in enumerate(samplers):
-                ax.bar(xs + (2 * j) * w, [r["vs_hand"][s] for r in res["rows"]], w, label=f"{s} / hand")
-                ax.bar(xs + (2 * j + 1) * w, [r["vs_floor"][s] for r in res["rows"]], w, label=f"{s} / floor", alpha=0.6)
+                ax.bar(
+                    xs + (2 * j) * w, [r["vs_hand"][s] for r in res["rows"]], w, label=f"{s} / hand"
+                )
+                ax.bar(
+                    xs + (2 * j + 1) * w,
+                    [r["vs_floor"][s] for r in res["rows"]],
+                    w,
+                    label=f"{s} / floor",
+                    alpha=0.6,
+                )
             ax.axhline(1.05, color="k", ls="--", lw=0.8)
             ax.axhline(1.10, color="gray", ls=":", lw=0.8)
             ax.set_xticks(xs + 0.4 - w / 2, labels)
@@ -61,7 +69,9 @@ def plot(results: dict, path: str) -> str:
         elif kind == "ode":
             for name, pts in res["sampling"]["curves"].items():
                 pts = sorted(pts)
-                ax.plot([p[0] for p in pts], [max(p[1], 1e-12) for p in pts], "o-", ms=3, label=name)
+                ax.plot(
+                    [p[0] for p in pts], [max(p[1], 1e-12) for p in pts], "o-", ms=3, label=name
+                )
             ax.set_xscale("log")
             ax.set_yscale("log")
             ax.set_xlabel("NFE")

@@ -45,8 +45,11 @@ def mmd(gm, x, h: float = MMD_BANDWIDTH, num_pairs: int = 2**14) -> float:
         for k in range(len(w)):
             S = C[j] + C[k] + h**2 * np.eye(d)
             r = m[j] - m[k]
-            pp += w[j] * w[k] * np.exp(-0.5 * r @ np.linalg.solve(S, r)) / np.sqrt(
-                np.linalg.det(2 * np.pi * S)
+            pp += (
+                w[j]
+                * w[k]
+                * np.exp(-0.5 * r @ np.linalg.solve(S, r))
+                / np.sqrt(np.linalg.det(2 * np.pi * S))
             )
     pp *= c
     n = min(num_pairs, x.shape[0])
@@ -121,13 +124,17 @@ def _run(num_samples, num_entropy, nfes, log):
     # DDPM, Analytic-DPM and Analytic-DPM on the optimal trajectory share one compilation.
     stoch_ddpm = jax.jit(
         jax.vmap(
-            lambda k, x, tau, v: sd.sample_discrete(k, sched, eps_d, x, tau, lam2="ddpm", variances=v),
+            lambda k, x, tau, v: sd.sample_discrete(
+                k, sched, eps_d, x, tau, lam2="ddpm", variances=v
+            ),
             in_axes=(0, 0, None, None),
         )
     )
     stoch_ddim = jax.jit(
         jax.vmap(
-            lambda k, x, tau, v: sd.sample_discrete(k, sched, eps_d, x, tau, lam2="ddim", variances=v),
+            lambda k, x, tau, v: sd.sample_discrete(
+                k, sched, eps_d, x, tau, lam2="ddim", variances=v
+            ),
             in_axes=(0, 0, None, None),
         )
     )
@@ -170,8 +177,15 @@ def _run(num_samples, num_entropy, nfes, log):
             @jax.jit
             def f(x_T, dt0):
                 g = lambda z: sd.decode(
-                    sde, score, z, solver=solver, stepsize_controller=diffrax.ConstantStepSize(),
-                    dt0=dt0, t_eps=T_EPS, max_steps=256, return_stats=True,
+                    sde,
+                    score,
+                    z,
+                    solver=solver,
+                    stepsize_controller=diffrax.ConstantStepSize(),
+                    dt0=dt0,
+                    t_eps=T_EPS,
+                    max_steps=256,
+                    return_stats=True,
                 )
                 return jax.vmap(g)(x_T)
 
@@ -203,8 +217,12 @@ def _run(num_samples, num_entropy, nfes, log):
     ref_flow = jax.jit(
         jax.vmap(
             lambda z: sd.decode(
-                sde, score, z, stepsize_controller=diffrax.PIDController(rtol=1e-8, atol=1e-8),
-                t_eps=T_EPS, max_steps=4096,
+                sde,
+                score,
+                z,
+                stepsize_controller=diffrax.PIDController(rtol=1e-8, atol=1e-8),
+                t_eps=T_EPS,
+                max_steps=4096,
             )
         )
     )
@@ -237,7 +255,12 @@ def _run(num_samples, num_entropy, nfes, log):
             x = jax.block_until_ready(x)
             vals = np.asarray(-logp(x))
             if not np.isfinite(vals).all():
-                results[name][nfe] = {"nfe": used, "gap": float("nan"), "gap_se": float("nan"), "mmd": float("nan")}
+                results[name][nfe] = {
+                    "nfe": used,
+                    "gap": float("nan"),
+                    "gap_se": float("nan"),
+                    "mmd": float("nan"),
+                }
                 continue
             diff = vals - lp_ref
             gap = float(diff.mean() + flow_gap)
@@ -253,7 +276,9 @@ def _run(num_samples, num_entropy, nfes, log):
         missing.append("`sd.dpm_solver` (exponential integrator) is not in the library yet")
     if not analytic_ok:
         missing.append("`sd.analytic` (Analytic-DPM) is not in the library yet")
-    mmd_floor = float(np.mean([mmd(gm, gm.sample(k, num_samples)) for k in jax.random.split(k_ref, 3)]))
+    mmd_floor = float(
+        np.mean([mmd(gm, gm.sample(k, num_samples)) for k in jax.random.split(k_ref, 3)])
+    )
     return {
         "results": results,
         "entropy": H,

@@ -96,7 +96,9 @@ def main(argv=None) -> int:
     def log(msg):
         print(msg, flush=True)
 
-    log(f"scoredyn benchmarks -> {stem}.md  ({info['cpu_model']}, {info['cpus']} CPUs, jax {info['jax']})")
+    log(
+        f"scoredyn benchmarks -> {stem}.md  ({info['cpu_model']}, {info['cpus']} CPUs, jax {info['jax']})"
+    )
     reports, results, seconds = [], {}, {}
     for i in sections:
         log(f"[{i}] {SECTIONS[i]} ...")

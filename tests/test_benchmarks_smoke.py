@@ -26,7 +26,9 @@ def test_ddim_peak_memory_does_not_store_states():
 
     def peak(B, K):
         tau = sd.respace(K1, K)
-        f = lambda x: jax.vmap(lambda z: sd.sample_discrete(None, sched, net, z, tau, lam2="ddim"))(x)
+        f = lambda x: jax.vmap(lambda z: sd.sample_discrete(None, sched, net, z, tau, lam2="ddim"))(
+            x
+        )
         return compile_stats(f, jnp.zeros((B, d), jnp.float32))["peak_bytes"]
 
     B = 64
