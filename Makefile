@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # pytest workers: 2 cores on the reference machine
 WORKERS ?= 2
 
-.PHONY: venv test demo demo-quick docs docs-serve bench clean
+.PHONY: venv test test-debug-nans demo demo-quick docs docs-serve bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,11 @@ $(STAMP): $(PY) pyproject.toml
 venv: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -n $(WORKERS) -q tests
+	$(PY) -m pytest -n $(WORKERS) --dist loadgroup -q tests
+
+# the whole suite once more with jax_debug_nans on (docs/reliability.md)
+test-debug-nans: $(STAMP)
+	SCOREDYN_DEBUG_NANS=1 $(PY) -m pytest -n $(WORKERS) --dist loadgroup -q tests
 
 demo: $(STAMP)
 	$(PY) -m scoredyn.demo $(DEMO_ARGS)

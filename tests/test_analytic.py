@@ -14,10 +14,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import gaussian_1comp, mixture_2d
 from hypothesis import given, settings, strategies as st
 
 import scoredyn as sd
+from helpers import gaussian_1comp, mixture_2d
 
 N = 100
 
@@ -435,6 +435,25 @@ def test_cost_matrix_is_the_kl_ratio(sched, est):
     np.testing.assert_allclose(J[s, t] + tele, jnp.log(var[1:] / lam2[1:]), rtol=1e-9, atol=1e-12)
     assert bool(jnp.all(J[s, t] <= 0))
     assert bool(jnp.all(jnp.isinf(J[0])) and jnp.all(jnp.isinf(jnp.diag(J))))
+
+
+def test_cost_matrix_finite_in_float32_at_unit_ms_eps():
+    """ms_eps = 1 (a data distribution concentrated at a point) makes J(s, t) = log r(s, t) with
+    r = abar_t (1 - abar_s) / (abar_s (1 - abar_t)); the direct 1 - beta ms / (1 - abar_t) form
+    cancels to 0 in float32 once abar_t ~ 4e-5 (found by the digits demo). Reference: the same
+    closed form in float64 NumPy, from the float64 schedule."""
+    sched64 = sd.DiscreteSchedule.linear(1000)
+    sched32 = sd.DiscreteSchedule.linear(1000, dtype=jnp.float32)
+    J = np.asarray(sd.analytic.trajectory_costs(sched32, jnp.ones(1001, jnp.float32)))
+    assert J.dtype == np.float32
+    la = np.asarray(sched64.log_alpha_bar)
+    om = -np.expm1(la)
+    s, t = np.triu_indices(1001, k=1)
+    keep = s >= 1
+    s, t = s[keep], t[keep]
+    ref = la[t] - la[s] + np.log(om[s]) - np.log(om[t])
+    assert np.all(np.isfinite(J[s, t]))
+    np.testing.assert_allclose(J[s, t], ref, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.slow

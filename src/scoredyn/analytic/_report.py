@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._discrete import DiscreteSchedule, forward_posterior, posterior_variance
-from ..toy import discrete_eps_fn, GaussianMixture
+from ..toy import GaussianMixture, discrete_eps_fn
 from ._extended import sn_variance_fn
 from ._gamma import estimate_gamma
 from ._trajectory import optimal_trajectories

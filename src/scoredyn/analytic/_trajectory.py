@@ -50,9 +50,14 @@ def trajectory_costs(sched: DiscreteSchedule, ms_eps) -> Float[Array, "N+1 N+1"]
     idx = jnp.arange(N + 1)
     s, t = idx[:, None], idx[None, :]
     valid = (s >= 1) & (s < t)
-    beta_ts = -jnp.expm1(jnp.where(valid, la[None, :] - la[:, None], 0.0))  # 1 - abar_t/abar_s
-    bbar_t = jnp.where(idx > 0, sched.one_minus_alpha_bar.astype(dtype), 1.0)[None, :]
-    J = jnp.log1p(-beta_ts * ms[None, :] / bbar_t)
+    # 1 - beta_{t|s} ms / (1 - abar_t) = ms r + (1 - ms), r = abar_t (1 - abar_s) / (abar_s (1 - abar_t)):
+    # a sum of two non-negative terms. The direct form subtracts two numbers close to 1 and
+    # cancels to 0 in float32 once abar_t is tiny and ms = 1; r is formed in log space.
+    log_bbar = jnp.log(jnp.where(idx > 0, sched.one_minus_alpha_bar.astype(dtype), 1.0))
+    log_r = (la - log_bbar)[None, :] - (la - log_bbar)[:, None]
+    r = jnp.exp(jnp.where(valid, log_r, 0.0))
+    ms_t = ms[None, :]
+    J = jnp.log(ms_t * r + (1.0 - ms_t))
     return jnp.where(valid, J, jnp.inf)
 
 

@@ -8,11 +8,11 @@ from jaxtyping import Array, ArrayLike, Float, Int
 from .._discrete import DiscreteSchedule
 from .._misc import as_float, check_positive
 from ._common import (
+    Forward,
     check_data_range,
     check_forward,
     check_schedule,
     check_tau,
-    Forward,
     pair_lam2_gamma,
     snr_inv,
     x0_cov_cap,
