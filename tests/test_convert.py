@@ -40,7 +40,9 @@ def test_named_converters_and_transforms():
     score = sd.eps_to_score(sde, eps_fn)
     back = sd.score_to_eps(sde, score)
     x = jnp.ones((3, 2)) * 0.2
-    chex.assert_trees_all_close(jax.vmap(back, (None, 0))(0.4, x), jax.vmap(eps_fn, (None, 0))(0.4, x))
+    chex.assert_trees_all_close(
+        jax.vmap(back, (None, 0))(0.4, x), jax.vmap(eps_fn, (None, 0))(0.4, x)
+    )
     x0_fn = sd.convert(sde, eps_fn, "eps", "x0")
     v_fn = sd.convert(sde, eps_fn, "eps", "v")
     chex.assert_trees_all_close(sd.x0_to_eps(sde, x0_fn)(0.4, x[0]), eps_fn(0.4, x[0]))

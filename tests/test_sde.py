@@ -147,7 +147,9 @@ def test_probability_flow_and_reverse_drift_formulas():
     score = lambda t, x: -x * (1 + t)
     x, t = jnp.array([0.3, -0.7]), 0.25
     f, g = sde.coefficients(t)
-    chex.assert_trees_all_close(sd.probability_flow(sde, score)(t, x), f * x - 0.5 * g**2 * score(t, x))
+    chex.assert_trees_all_close(
+        sd.probability_flow(sde, score)(t, x), f * x - 0.5 * g**2 * score(t, x)
+    )
     rev = sd.reverse_sde(sde, score)
     chex.assert_trees_all_close(rev.drift(t, x), f * x - g**2 * score(t, x))
     chex.assert_trees_all_close(rev.diffusion(t, x), g)
@@ -201,7 +203,9 @@ def test_bad_time_raises(getkey):
         sd.perturb(getkey(), sde, jnp.zeros(2, jnp.complex64), 0.5)
     # traced time outside [0, T]: a runtime error, not a silent NaN
     with pytest.raises(Exception, match=r"\[0, T"):
-        jax.jit(lambda t: sd.perturb(jax.random.key(0), sde, jnp.zeros(2), t))(-0.5).block_until_ready()
+        jax.jit(lambda t: sd.perturb(jax.random.key(0), sde, jnp.zeros(2), t))(
+            -0.5
+        ).block_until_ready()
 
 
 @sde_params

@@ -41,7 +41,9 @@ def test_score_is_gradient_of_marginal_log_prob(sde, u, x):
         gm.score_fn(sde)(t, x), jax.grad(gm_t.log_prob)(x), rtol=1e-8, atol=1e-10
     )
     alpha, sigma = sde.marginal(t)
-    np.testing.assert_allclose(gm.eps_fn(sde)(t, x), -sigma * jax.grad(gm_t.log_prob)(x), rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(
+        gm.eps_fn(sde)(t, x), -sigma * jax.grad(gm_t.log_prob)(x), rtol=1e-8, atol=1e-10
+    )
 
 
 def test_sample_moments(getkey):
@@ -51,7 +53,9 @@ def test_sample_moments(getkey):
     chex.assert_shape(x, (n, 2))
     mean = jnp.einsum("k,ki->i", gm.weights, gm.means)
     dev = gm.means - mean[None, :]
-    cov = jnp.einsum("k,kij->ij", gm.weights, gm.covs) + jnp.einsum("k,ki,kj->ij", gm.weights, dev, dev)
+    cov = jnp.einsum("k,kij->ij", gm.weights, gm.covs) + jnp.einsum(
+        "k,ki,kj->ij", gm.weights, dev, dev
+    )
     # standard error of each mean ~ sqrt(var / n) < 3e-3; 5 standard errors
     np.testing.assert_allclose(x.mean(0), mean, atol=1.5e-2)
     np.testing.assert_allclose(np.cov(np.asarray(x).T), cov, atol=2.5e-2)
@@ -82,7 +86,9 @@ def test_posterior_moments_match_quadrature_1d():
     a, s, x = 0.6, 0.8, jnp.array([0.4])
 
     def joint(x0, power):
-        prior = 0.3 * stats.norm(-1.0, np.sqrt(0.2)).pdf(x0) + 0.7 * stats.norm(1.5, np.sqrt(0.5)).pdf(x0)
+        prior = 0.3 * stats.norm(-1.0, np.sqrt(0.2)).pdf(x0) + 0.7 * stats.norm(
+            1.5, np.sqrt(0.5)
+        ).pdf(x0)
         return x0**power * prior * stats.norm(a * x0, s).pdf(float(x[0]))
 
     z = integrate.quad(joint, -15, 15, args=(0,), epsabs=1e-14)[0]
@@ -141,6 +147,7 @@ def test_jit_vmap_grad():
     score = gm.score_fn(sd.VPSDE())
     out = jax.jit(jax.vmap(score, in_axes=(None, 0)))(0.5, xs)
     chex.assert_shape(out, (5, 2))
+
     # the oracle is a pytree: it can be built and differentiated inside jit
     def nll(means):
         return -sd.toy.GaussianMixture(gm.weights, means, gm.covs).log_prob(xs[0])

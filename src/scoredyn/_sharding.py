@@ -63,9 +63,7 @@ def sharded_vmap(
         for a in axes:
             if a not in (0, None):
                 raise ValueError(f"`in_axes` entries must be 0 or None, got {a!r}.")
-        sizes = {
-            jax.tree_util.tree_leaves(x)[0].shape[0] for x, a in zip(args, axes) if a == 0
-        }
+        sizes = {jax.tree_util.tree_leaves(x)[0].shape[0] for x, a in zip(args, axes) if a == 0}
         if len(sizes) != 1:
             raise ValueError(f"batched arguments must share one leading size, got sizes {sizes}.")
         (n,) = sizes
@@ -77,15 +75,14 @@ def sharded_vmap(
         padded = [jax.tree_util.tree_map(_pad, x) if a == 0 else x for x, a in zip(args, axes)]
         specs = tuple(P(axis_name) if a == 0 else P() for a in axes)
         body = jax.shard_map(
-            jax.vmap(fn, in_axes=axes), mesh=mesh, in_specs=specs, out_specs=P(axis_name),
+            jax.vmap(fn, in_axes=axes),
+            mesh=mesh,
+            in_specs=specs,
+            out_specs=P(axis_name),
             check_vma=False,
         )
-        placed = [
-            jax.device_put(x, NamedSharding(mesh, s)) for x, s in zip(padded, specs)
-        ]
+        placed = [jax.device_put(x, NamedSharding(mesh, s)) for x, s in zip(padded, specs)]
         out = body(*placed)
         return jax.tree_util.tree_map(lambda y: y[:n], out)
 
     return jax.jit(run)
-
-

@@ -45,7 +45,9 @@ class SDE(AbstractSDE):
         if not callable(drift_fn):
             raise TypeError(f"`drift_fn` must be callable (t, x) -> array, got {drift_fn!r}.")
         if not callable(diffusion_fn):
-            raise TypeError(f"`diffusion_fn` must be callable (t, x) -> array, got {diffusion_fn!r}.")
+            raise TypeError(
+                f"`diffusion_fn` must be callable (t, x) -> array, got {diffusion_fn!r}."
+            )
         check_positive(T, "T")
         self.drift_fn = drift_fn
         self.diffusion_fn = diffusion_fn
