@@ -38,3 +38,9 @@ def tree_allclose(a, b, *, rtol=1e-5, atol=1e-8) -> bool:
     return len(la) == len(lb) and all(
         np.allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol) for x, y in zip(la, lb)
     )
+
+
+def refused_by_debug_nans(e: BaseException) -> bool:
+    """Under `jax_debug_nans` JAX raises `FloatingPointError` on a NaN input, possibly before
+    scoredyn's own check (which one comes first depends on JAX's dispatch state): a refusal too."""
+    return bool(jax.config.jax_debug_nans) and isinstance(e, FloatingPointError)

@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import scoredyn as sd
+from helpers import refused_by_debug_nans
 from scoredyn._misc import time_slack
 
 TRIED = {"valid": 0, "invalid": 0}
@@ -28,7 +29,7 @@ def _library_error(e: Exception, *names: str) -> None:
     """`e` is scoredyn's own input error, naming one of `names` (the argument at fault).
 
     Under `jax_debug_nans` JAX's own FloatingPointError on a NaN input is a refusal too."""
-    if jax.config.jax_debug_nans and isinstance(e, FloatingPointError):
+    if refused_by_debug_nans(e):
         return
     assert type(e) in (ValueError, TypeError), f"{type(e).__name__}: {e}"
     msg = str(e)

@@ -342,18 +342,18 @@ def test_debug_nans_subset():
             sd.diffusion_loss(key, sde, eps, x, weighting="likelihood", time_sampling="importance")
         gm.posterior_moments(0.7, 0.5, x)
         gm.eps_moments(0.7, 0.5, x)
-        sd.DiscreteSchedule.cosine(100).log_snr
-        for sched in (sd.DiscreteSchedule.linear(100, 1e-3, 0.1),):
-            deps = sd.toy.discrete_eps_fn(gm, sched)
-            tau = sd.respace(100, 10, "quadratic")
-            sd.sample_discrete(key, sched, deps, x, tau, clip_x0=2.0)
-            sd.sample_discrete(None, sched, deps, x, tau, lam2="ddim")
-            sd.variational_bound(key, sched, deps, x.clip(-1, 1), tau)
-            for w in ("uniform", "snr", "snr_trunc", "snr_plus_one", "min_snr"):
-                sd.diffusion_loss(key, sched, deps, x, weighting=w, prediction="v")
-            est = sd.analytic.estimate_gamma(key, sched, deps, gm.sample(key, 16))
-            sd.analytic.optimal_variances(sched, tau, est)
-            sd.analytic.optimal_trajectory(sched, est, 5)
+        sd.DiscreteSchedule.cosine(100).log_snr  # evaluated under the flag
+        sched = sd.DiscreteSchedule.linear(100, 1e-3, 0.1)
+        deps = sd.toy.discrete_eps_fn(gm, sched)
+        tau = sd.respace(100, 10, "quadratic")
+        sd.sample_discrete(key, sched, deps, x, tau, clip_x0=2.0)
+        sd.sample_discrete(None, sched, deps, x, tau, lam2="ddim")
+        sd.variational_bound(key, sched, deps, x.clip(-1, 1), tau)
+        for w in ("uniform", "snr", "snr_trunc", "snr_plus_one", "min_snr"):
+            sd.diffusion_loss(key, sched, deps, x, weighting=w, prediction="v")
+        est = sd.analytic.estimate_gamma(key, sched, deps, gm.sample(key, 16))
+        sd.analytic.optimal_variances(sched, tau, est)
+        sd.analytic.optimal_trajectory(sched, est, 5)
         b = jnp.linspace(1e-3, 0.1, 20)
         jax.grad(
             lambda b: jnp.sum(

@@ -54,7 +54,8 @@ def trajectory_costs(sched: DiscreteSchedule, ms_eps) -> Float[Array, "N+1 N+1"]
     # a sum of two non-negative terms. The direct form subtracts two numbers close to 1 and
     # cancels to 0 in float32 once abar_t is tiny and ms = 1; r is formed in log space.
     log_bbar = jnp.log(jnp.where(idx > 0, sched.one_minus_alpha_bar.astype(dtype), 1.0))
-    log_r = (la - log_bbar)[None, :] - (la - log_bbar)[:, None]
+    log_odds = la - log_bbar  # log(abar / (1 - abar)); log r(s, t) = log_odds[t] - log_odds[s]
+    log_r = log_odds[None, :] - log_odds[:, None]
     r = jnp.exp(jnp.where(valid, log_r, 0.0))
     ms_t = ms[None, :]
     J = jnp.log(ms_t * r + (1.0 - ms_t))
