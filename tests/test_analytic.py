@@ -374,7 +374,7 @@ def _small_sched():
 
 def _mixture_like_ms(sched_small, sched, est):
     """The mixture's estimated ms_eps carried over to another schedule by its log-SNR."""
-    lam, lam_small = np.asarray(sched.log_snr)[1:], np.asarray(sched_small.log_snr)[1:]
+    lam, lam_small = np.asarray(sched.log_snr())[1:], np.asarray(sched_small.log_snr())[1:]
     ms = np.interp(lam_small, lam[::-1], np.asarray(est.ms_eps)[1:][::-1])
     return jnp.asarray(np.concatenate([[0.0], ms]))
 

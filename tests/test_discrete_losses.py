@@ -64,7 +64,7 @@ def test_weightings_agree_across_parameterisations(process):
         weightings = ["uniform", "snr", "snr_plus_one", "likelihood"]
 
     if process == "discrete":
-        lam_of = lambda t: sde.log_snr[jnp.round(t * sde.num_steps).astype(jnp.int32)]
+        lam_of = lambda t: sde.log_snr(jnp.round(t * sde.num_steps).astype(jnp.int32))
     else:
         lam_of = sde.log_snr
 

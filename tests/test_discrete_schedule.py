@@ -99,7 +99,7 @@ def test_float32_schedules_finite_at_both_ends(kind):
         s32.log_alpha_bar,
         s32.one_minus_alpha_bar,
         s32.betas,
-        s32.log_snr[1:],
+        s32.log_snr()[1:],
     ):
         assert bool(jnp.all(jnp.isfinite(arr)))
     assert bool(jnp.all(s32.alpha_bar[1:] > 0)) and bool(jnp.all(jnp.diff(s32.alpha_bar) < 0))

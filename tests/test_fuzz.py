@@ -154,7 +154,7 @@ def _discrete_quantities(betas, lam_frac):
     steps = jax.vmap(lambda nn, mm, v: sd.reverse_step(None, s, nn, mm, x, -x, var=0.0, lam2=v))(
         n, m, lam2
     )
-    return s.alpha_bar, s.log_snr, post, ddim_like, steps, 1.0 - s.alpha_bar[m]
+    return s.alpha_bar, s.log_snr(), post, ddim_like, steps, 1.0 - s.alpha_bar[m]
 
 
 @settings(max_examples=40)

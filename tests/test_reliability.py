@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from typing import Any
 
 import diffrax
 import jax
@@ -106,7 +107,7 @@ def _schedules(dtype):
 def test_discrete_schedules_finite_and_monotone(dtype):
     with jax.enable_x64(dtype == jnp.float64):
         for name, s in _schedules(dtype).items():
-            ab, lam, betas = s.alpha_bar, s.log_snr, s.betas
+            ab, lam, betas = s.alpha_bar, s.log_snr(), s.betas
             assert ab.dtype == dtype, name
             assert float(ab[0]) == 1.0 and _all_finite(ab, betas, lam[1:]), name
             # stored as log(alpha_bar), strictly decreasing; alpha_bar itself may round to 1 in
@@ -199,7 +200,7 @@ def test_float64_pipeline_accuracy():
     sde = sd.VPSDE()
     score = gm.score_fn(sde)
     x = jnp.array([0.3, -0.2])
-    tight = dict(
+    tight: dict[str, Any] = dict(
         stepsize_controller=diffrax.PIDController(rtol=1e-11, atol=1e-11), max_steps=100_000
     )
     z = sd.encode(sde, score, x, **tight)
@@ -321,7 +322,7 @@ def test_debug_nans_subset():
     with jax.debug_nans(True):
         gm = mixture_2d()
         key, x = jax.random.key(3), jnp.array([0.3, -0.2])
-        loose = dict(
+        loose: dict[str, Any] = dict(
             solver=diffrax.Heun(), stepsize_controller=diffrax.PIDController(rtol=1e-3, atol=1e-3)
         )
         for sde in ALL_LINEAR_SDES:
@@ -376,6 +377,6 @@ def test_suite_runs_with_debug_nans():
     on; this sentinel proves the flag is live in that run (a compiled NaN raises)."""
     if os.environ.get("SCOREDYN_DEBUG_NANS", "0") != "1":
         pytest.skip("the debug-nans run is `make test-debug-nans`")
-    assert jax.config.jax_debug_nans
+    assert jax.debug_nans.value
     with pytest.raises(FloatingPointError):
         jax.jit(jnp.log)(jnp.array([-1.0]))

@@ -264,7 +264,7 @@ def _(dt):
         return dict(
             lab=lin.log_alpha_bar,
             betas=lin.betas,
-            lam=lin.log_snr[1:],
+            lam=lin.log_snr()[1:],
             marg=lin.marginal(n),
             time=lin.time(n),
             cos=cos.alpha_bar,

@@ -53,8 +53,28 @@ from ._sde import (
     probability_flow as probability_flow,
     reverse_sde as reverse_sde,
 )
+from ._model import (
+    AbstractModel as AbstractModel,
+    ClipX0 as ClipX0,
+    EpsModel as EpsModel,
+    ScoreModel as ScoreModel,
+    VModel as VModel,
+    X0Model as X0Model,
+)
+from ._process import AbstractProcess as AbstractProcess
 from ._sharding import batch_mesh as batch_mesh, sharded_vmap as sharded_vmap
 from ._solve import (
+    DDIM as DDIM,
+    DDPM as DDPM,
+    AbstractDiscreteSolver as AbstractDiscreteSolver,
+    AbstractSolver as AbstractSolver,
+    AbstractState as AbstractState,
+    Chain as Chain,
+    DiscreteInfo as DiscreteInfo,
+    DiscreteState as DiscreteState,
+    Sample as Sample,
+    make_chain as make_chain,
+    sample as sample,
     decode as decode,
     dpm_solver as dpm_solver,
     encode as encode,

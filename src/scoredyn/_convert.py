@@ -22,6 +22,53 @@ Kind = Literal["score", "eps", "x0", "v"]
 _KINDS = ("score", "eps", "x0", "v")
 
 
+# ---- the conversions, once, over (alpha, sigma) --------------------------------------------
+# Every model wrapper, converter and solver goes through these six functions, so a process of
+# any kind (SDE, discrete schedule, flow) needs only its marginal coefficients.
+
+
+def eps_from_score(alpha, sigma, x, score):
+    r"""$\hat\varepsilon = -\sigma\,s$."""
+    del alpha, x
+    return -sigma * score
+
+
+def eps_from_x0(alpha, sigma, x, x0):
+    r"""$\hat\varepsilon = (x - \alpha\hat x_0)/\sigma$."""
+    return (x - alpha * x0) / sigma
+
+
+def eps_from_v(alpha, sigma, x, v):
+    r"""$\hat\varepsilon = (\sigma x + \alpha\hat v)/(\alpha^2 + \sigma^2)$, with
+    $v = \alpha\varepsilon - \sigma x_0$ (exact for any $(\alpha, \sigma)$, not only VP)."""
+    return (sigma * x + alpha * v) / (alpha**2 + sigma**2)
+
+
+def score_from_eps(alpha, sigma, x, eps):
+    r"""$s = -\hat\varepsilon/\sigma$."""
+    del alpha, x
+    return -eps / sigma
+
+
+def x0_from_eps(alpha, sigma, x, eps):
+    r"""$\hat x_0 = (x - \sigma\hat\varepsilon)/\alpha$."""
+    return (x - sigma * eps) / alpha
+
+
+def v_from_eps(alpha, sigma, x, eps):
+    r"""$\hat v = \alpha\hat\varepsilon - \sigma\hat x_0$."""
+    return alpha * eps - sigma * x0_from_eps(alpha, sigma, x, eps)
+
+
+_TO_EPS = {"eps": lambda a, s, x, p: p, "score": eps_from_score, "x0": eps_from_x0, "v": eps_from_v}
+_FROM_EPS = {
+    "eps": lambda a, s, x, e: e,
+    "score": score_from_eps,
+    "x0": x0_from_eps,
+    "v": v_from_eps,
+}
+
+
 def _coeffs(sde: AbstractLinearSDE, t, dtype):
     alpha, sigma = sde.marginal(t)
     return alpha.astype(dtype), sigma.astype(dtype)
@@ -29,30 +76,18 @@ def _coeffs(sde: AbstractLinearSDE, t, dtype):
 
 def to_eps(kind: Kind, sde: AbstractLinearSDE, t: Time, x: Array, pred: Array) -> Array:
     r"""Convert a prediction `pred` of kind `kind` at $(t, x)$ into $\hat\varepsilon$."""
+    if kind not in _TO_EPS:
+        raise ValueError(f"`kind` must be one of {_KINDS}, got {kind!r}.")
     alpha, sigma = _coeffs(sde, t, x.dtype)
-    if kind == "eps":
-        return pred
-    if kind == "score":
-        return -sigma * pred
-    if kind == "x0":
-        return (x - alpha * pred) / sigma
-    if kind == "v":
-        return (sigma * x + alpha * pred) / (alpha**2 + sigma**2)
-    raise ValueError(f"`kind` must be one of {_KINDS}, got {kind!r}.")
+    return _TO_EPS[kind](alpha, sigma, x, pred)
 
 
 def from_eps(kind: Kind, sde: AbstractLinearSDE, t: Time, x: Array, eps: Array) -> Array:
     r"""Convert $\hat\varepsilon$ at $(t, x)$ into a prediction of kind `kind`."""
+    if kind not in _FROM_EPS:
+        raise ValueError(f"`kind` must be one of {_KINDS}, got {kind!r}.")
     alpha, sigma = _coeffs(sde, t, x.dtype)
-    if kind == "eps":
-        return eps
-    if kind == "score":
-        return -eps / sigma
-    if kind == "x0":
-        return (x - sigma * eps) / alpha
-    if kind == "v":
-        return alpha * eps - sigma * (x - sigma * eps) / alpha
-    raise ValueError(f"`kind` must be one of {_KINDS}, got {kind!r}.")
+    return _FROM_EPS[kind](alpha, sigma, x, eps)
 
 
 class Converted(eqx.Module):

@@ -17,7 +17,6 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 from jaxtyping import ArrayLike, Float
 
 from .._custom_types import Key, Scalar, VectorField
@@ -68,19 +67,6 @@ def _neg_lambda_dot(sde: AbstractLinearSDE, t):
     _, g = sde.coefficients(t)
     _, sigma = sde.marginal(t)
     return (g / sigma) ** 2
-
-
-def _invert_log_snr(sde: AbstractLinearSDE, lam_target, lo, hi, iters: int = 64):
-    """Bisection for lambda(t) = lam_target on [lo, hi] (lambda is decreasing)."""
-
-    def body(_, bounds):
-        a, b = bounds
-        mid = 0.5 * (a + b)
-        above = sde.log_snr(mid) > lam_target
-        return jnp.where(above, mid, a), jnp.where(above, b, mid)
-
-    a, b = lax.fori_loop(0, iters, body, (lo, hi))
-    return 0.5 * (a + b)
 
 
 def diffusion_loss(
@@ -173,7 +159,7 @@ def diffusion_loss(
         N = process.num_steps
         n = jax.random.randint(kt, (), 1, N + 1)
         alpha, sigma = process.marginal(n)
-        lam = process.log_snr[n]
+        lam = process.log_snr(n)
         t = process.time(n)
         iw = 1.0
         lam_dot_neg = None
@@ -190,7 +176,7 @@ def diffusion_loss(
             lam_hi = process.log_snr(jnp.asarray(t_eps, dtype))
             lam_lo = process.log_snr(jnp.asarray(T, dtype))
             lam_star = lam_lo + u * (lam_hi - lam_lo)
-            t = _invert_log_snr(process, lam_star, jnp.asarray(t_eps, dtype), jnp.asarray(T, dtype))
+            t = jnp.clip(process.time_at_log_snr(lam_star), t_eps, T).astype(dtype)
             t = jax.lax.stop_gradient(t)
             iw = (lam_hi - lam_lo) / (span * _neg_lambda_dot(process, t))
         alpha, sigma = process.marginal(t)

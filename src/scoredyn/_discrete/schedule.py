@@ -20,6 +20,7 @@ from jaxtyping import Array, ArrayLike, Float, Int
 
 from .._custom_types import Scalar
 from .._misc import as_float, default_float, is_concrete, log1mexp
+from .._process import AbstractProcess
 from .._sde import AbstractLinearSDE
 
 
@@ -63,7 +64,7 @@ def _dtype(dtype):
     return dtype
 
 
-class DiscreteSchedule(eqx.Module):
+class DiscreteSchedule(AbstractProcess):
     r"""A discrete diffusion schedule $\bar a_0 = 1 > \bar a_1 > \dots > \bar a_N > 0$.
 
     The schedule is stored through $\log\bar a_n$, built as a cumulative sum of
@@ -307,14 +308,34 @@ class DiscreteSchedule(eqx.Module):
         step = -jnp.expm1(jnp.diff(self.log_alpha_bar))
         return jnp.concatenate([jnp.zeros((1,), step.dtype), step])
 
-    @property
-    def log_snr(self) -> Float[Array, " N+1"]:
-        r"""Log-SNR $\lambda_n = \log\bar a_n - \log(1 - \bar a_n)$, shape `(N + 1,)`.
+    def log_snr(self, n: Int[ArrayLike, "..."] | None = None) -> Float[Array, "..."]:
+        r"""Log-SNR $\lambda_n = \log\bar a_n - \log(1 - \bar a_n)$ at the integer index `n`
+        (any shape), or the whole table, shape `(N + 1,)`, when `n` is `None`.
 
         $\lambda_0 = +\infty$.
         """
         la = self.log_alpha_bar
+        if n is not None:
+            la = la[check_index(n, self.num_steps, "n")]
         return la - log1mexp(la)
+
+    def time_at_log_snr(self, lam: Float[ArrayLike, "..."]) -> Float[Array, "..."]:
+        r"""The (fractional) index $s \in [1, N]$ with $\lambda(s) = $ `lam`, by linear
+        interpolation of $\lambda$ between neighbouring integer indices.
+
+        Exact at the nodes: `time_at_log_snr(log_snr(n)) == n` for $1 \le n \le N$. A `lam`
+        above $\lambda_1$ gives 1 and one below $\lambda_N$ gives $N$ (index 0, clean data, has
+        $\lambda_0 = +\infty$ and is never the answer).
+        """
+        lam = as_float(lam, "lam")
+        table = self.log_snr()[1:].astype(lam.dtype)  # decreasing in n
+        nodes = jnp.arange(1, self.num_steps + 1, dtype=lam.dtype)
+        return jnp.interp(-lam, -table, nodes)
+
+    def model_time(self, n: Int[ArrayLike, "..."]) -> Float[Array, "..."]:
+        r"""The time $t_n = nT/N$ at which a network is called at index `n`
+        (the same as [`time`][scoredyn.DiscreteSchedule.time])."""
+        return self.time(n)
 
     @property
     def times(self) -> Float[Array, " N+1"]:

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
 from .._custom_types import Key, Scalar, Time
-from .._misc import as_float
+from .._misc import as_float, check_times
+from .._process import AbstractProcess
 
 
 class AbstractSDE(eqx.Module):
@@ -38,7 +39,7 @@ class AbstractSDE(eqx.Module):
         r"""The (diagonal) diffusion $g(t, x)$, broadcastable against `x`."""
 
 
-class AbstractLinearSDE(AbstractSDE):
+class AbstractLinearSDE(AbstractSDE, AbstractProcess):
     r"""A linear (Gaussian) diffusion $x_t = \alpha(t)\,x_0 + \sigma(t)\,\varepsilon$.
 
     Subclasses give $\alpha$, $\sigma$ and the SDE coefficients in closed form:
@@ -69,6 +70,35 @@ class AbstractLinearSDE(AbstractSDE):
         r"""The log signal-to-noise ratio $\lambda(t) = 2\log\alpha(t) - 2\log\sigma(t)$."""
         alpha, sigma = self.marginal(t)
         return 2.0 * (jnp.log(alpha) - jnp.log(sigma))
+
+    def time_at_log_snr(self, lam: Float[ArrayLike, "..."]) -> Float[Array, "..."]:
+        r"""The time $t \in [0, T]$ with $\lambda(t) = $ `lam`: the inverse of
+        [`log_snr`][scoredyn.AbstractLinearSDE.log_snr].
+
+        This generic version bisects $\lambda$ (decreasing in $t$) on $[0, T]$ for 60 halvings
+        (bracket width $T\,2^{-60}$, below float64 resolution); a `lam` outside
+        $[\lambda(T), \lambda(0)]$ returns the nearer end. Subclasses with a closed form
+        override it ([`VPSDE`][scoredyn.VPSDE], [`VESDE`][scoredyn.VESDE],
+        [`CosineVPSDE`][scoredyn.CosineVPSDE]).
+        """
+        lam = jnp.asarray(lam)
+        dtype = jnp.result_type(lam.dtype, float)
+        lam = lam.astype(dtype)
+        lo = jnp.zeros(lam.shape, dtype)
+        hi = jnp.full(lam.shape, self.T, dtype)
+
+        def body(_, bracket):
+            lo, hi = bracket
+            mid = 0.5 * (lo + hi)
+            later = jnp.vectorize(self.log_snr)(mid) > lam  # lambda(mid) > lam: root after mid
+            return jnp.where(later, mid, lo), jnp.where(later, hi, mid)
+
+        lo, hi = jax.lax.fori_loop(0, 60, body, (lo, hi))
+        return 0.5 * (lo + hi)
+
+    def model_time(self, t: Time) -> Float[Array, "..."]:
+        r"""Networks of a continuous process are called at $t$ itself."""
+        return check_times(t, self.T)
 
     def drift(self, t: Time, x: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
         f, _ = self.coefficients(t)

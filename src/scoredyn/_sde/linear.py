@@ -2,7 +2,9 @@
 
 import math
 
+import jax
 import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float
 
 from .._custom_types import Scalar, Time
 from .._misc import check_positive, check_times, is_concrete, log1mexp
@@ -13,6 +15,12 @@ def _scalar_fn(math_fn, jnp_fn, x):
     """`math_fn(x)` for a Python number (exact, weakly typed), `jnp_fn(x)` for an array or tracer,
     so that SDE parameters may be traced (vmap over a sweep, grad for a learned schedule)."""
     return math_fn(x) if isinstance(x, (int, float)) else jnp_fn(x)
+
+
+def _float(x) -> Array:
+    """`x` as a floating array (integers promoted to the default float)."""
+    x = jnp.asarray(x)
+    return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.result_type(float))
 
 
 def _check_range(lo, hi, lo_name: str, hi_name: str) -> None:
@@ -70,6 +78,20 @@ class VPSDE(AbstractLinearSDE):
     def log_snr(self, t: Time) -> Scalar:
         la2 = 2.0 * self.log_alpha(t)
         return la2 - log1mexp(la2)
+
+    def time_at_log_snr(self, lam: Float[ArrayLike, "..."]) -> Float[Array, "..."]:
+        r"""Closed-form inverse of $\lambda(t)$.
+
+        $\alpha^2 = \operatorname{sigmoid}(\lambda)$, so $u = 2\log\alpha =
+        -\operatorname{softplus}(-\lambda)$ and $t$ solves
+        $\tfrac12\Delta\beta\,t^2 + \beta_{\min}t + u = 0$, taken in the cancellation-free form
+        $t = -2u/(\beta_{\min} + \sqrt{\beta_{\min}^2 - 2\Delta\beta\,u})$,
+        $\Delta\beta = \beta_{\max} - \beta_{\min}$.
+        """
+        lam = _float(lam)
+        u = -jax.nn.softplus(-lam)
+        d = self.beta_max - self.beta_min
+        return -2.0 * u / (self.beta_min + jnp.sqrt(self.beta_min**2 - 2.0 * d * u))
 
 
 class SubVPSDE(AbstractLinearSDE):
@@ -181,6 +203,13 @@ class VESDE(AbstractLinearSDE):
         t = check_times(t, self.T)
         return -2.0 * self._log_sigma_min() - self._log_expm1(2.0 * t * self._log_ratio())
 
+    def time_at_log_snr(self, lam: Float[ArrayLike, "..."]) -> Float[Array, "..."]:
+        r"""Closed-form inverse of $\lambda(t) = -2\log\sigma_{\min} - \log\operatorname{expm1}(2tL)$,
+        $L = \log(\sigma_{\max}/\sigma_{\min})$:
+        $t = \operatorname{softplus}(-\lambda - 2\log\sigma_{\min})/(2L)$."""
+        lam = _float(lam)
+        return jax.nn.softplus(-lam - 2.0 * self._log_sigma_min()) / (2.0 * self._log_ratio())
+
 
 class CosineVPSDE(AbstractLinearSDE):
     r"""Variance-preserving SDE with the cosine schedule of Nichol & Dhariwal (2021).
@@ -234,3 +263,13 @@ class CosineVPSDE(AbstractLinearSDE):
     def log_snr(self, t: Time) -> Scalar:
         la2 = 2.0 * self.log_alpha(t)
         return la2 - log1mexp(la2)
+
+    def time_at_log_snr(self, lam: Float[ArrayLike, "..."]) -> Float[Array, "..."]:
+        r"""Closed-form inverse of $\lambda(t)$: $\alpha = \operatorname{sigmoid}(\lambda)^{1/2}$,
+        then $\frac{\pi}{2}\frac{t + s}{1 + s} = \arccos(\alpha\cos a_0)$ with
+        $a_0 = \frac{\pi}{2}\frac{s}{1+s}$."""
+        lam = _float(lam)
+        alpha = jnp.exp(-0.5 * jax.nn.softplus(-lam))
+        a0 = 0.5 * math.pi * self.s / (1.0 + self.s)
+        angle = jnp.arccos(alpha * jnp.cos(a0))
+        return jnp.maximum(angle - a0, 0.0) * (1.0 + self.s) / (0.5 * math.pi)

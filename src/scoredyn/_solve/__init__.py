@@ -3,3 +3,14 @@ from .dpm_solver import dpm_solver as dpm_solver, sample_dpm_solver as sample_dp
 from .flow_map import decode as decode, encode as encode
 from .ode import sample_ode as sample_ode
 from .sde import sample_sde as sample_sde, simulate_sde as simulate_sde
+from .base import AbstractSolver as AbstractSolver, AbstractState as AbstractState, Sample as Sample
+from .ddim import DDIM as DDIM
+from .ddpm import DDPM as DDPM
+from .discrete import (
+    AbstractDiscreteSolver as AbstractDiscreteSolver,
+    Chain as Chain,
+    DiscreteInfo as DiscreteInfo,
+    DiscreteState as DiscreteState,
+    make_chain as make_chain,
+)
+from .verbs import decode as decode_, encode as encode_, sample as sample
