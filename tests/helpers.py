@@ -1,7 +1,11 @@
 """Shared fixtures for the test-suite: SDEs, small oracles and tree comparison."""
 
+import contextlib
+from collections.abc import Iterator
+
 import jax
 import jax.numpy as jnp
+import jaxtyping
 import numpy as np
 
 import scoredyn as sd
@@ -43,4 +47,50 @@ def tree_allclose(a, b, *, rtol=1e-5, atol=1e-8) -> bool:
 def refused_by_debug_nans(e: BaseException) -> bool:
     """Under `jax_debug_nans` JAX raises `FloatingPointError` on a NaN input, possibly before
     scoredyn's own check (which one comes first depends on JAX's dispatch state): a refusal too."""
-    return bool(jax.config.jax_debug_nans) and isinstance(e, FloatingPointError)
+    return bool(jax.debug_nans.value) and isinstance(e, FloatingPointError)
+
+
+@contextlib.contextmanager
+def no_runtime_typecheck() -> Iterator[None]:
+    """Switch off jaxtyping's run-time checks (`make test` runs with `--jaxtyping-packages`) around
+    a call that is ill-typed on purpose (a wrong shape or type), so that the test sees scoredyn's
+    own error and message, as a user who runs without the checks would."""
+    old = jaxtyping.config.jaxtyping_disable
+    jaxtyping.config.update("jaxtyping_disable", True)
+    try:
+        yield
+    finally:
+        jaxtyping.config.update("jaxtyping_disable", old)
+
+
+def old_bound(
+    key,
+    sched,
+    eps_fn,
+    x0,
+    tau,
+    *,
+    lam2=None,
+    variances=None,
+    eta=None,
+    decoder="discretized",
+    levels=256,
+    decoder_var=None,
+    prediction="eps",
+    clip_x0=None,
+):
+    """The 0.1 signature of `variational_bound`, mapped onto the 0.2 verb (a chain and a model),
+    so the 0.1 tests keep checking the same facts through the new code path."""
+    import scoredyn as sd
+    from scoredyn._discrete.sampler import LegacyChain, legacy_model
+    from scoredyn._misc import as_float, check_vector_field
+
+    if callable(eps_fn):  # 0.1 named the callable in its errors
+        check_vector_field(eps_fn, "eps_fn", jnp.asarray(sched.T, as_float(x0).dtype), x0)
+
+    chain = LegacyChain(lam2, variances, eta, decoder_var=decoder_var).chain(sched, tau)
+    model = legacy_model(eps_fn, prediction, clip_x0)
+    if decoder not in ("discretized", "gaussian"):
+        raise ValueError(f"`decoder` must be one of ('discretized', 'gaussian'), got {decoder!r}.")
+    lv = levels if decoder == "discretized" else None
+    return sd.variational_bound(key, sched, model, chain, x0, levels=lv)

@@ -13,10 +13,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scoredyn.analytic._report import MixtureSecondMoment
 
 import scoredyn as sd
-from helpers import mixture_2d
-from scoredyn.analytic._report import MixtureSecondMoment
+from helpers import mixture_2d, old_bound
 
 N = 100
 
@@ -249,7 +249,7 @@ def test_npr_loss_stops_gradient_into_the_mean(sched):
 
 # ------------------------------------------------------------------------ the bound with it
 def test_bound_with_diagonal_variance_plugs_into_variational_bound(sched, gm):
-    """sd.variational_bound accepts SN-DPM's callable (diagonal, state-dependent variance), and
+    """old_bound accepts SN-DPM's callable (diagonal, state-dependent variance), and
     the report's vectorised evaluator (used for the headline table) agrees with it on the
     mixture at K = 10: 300 points, independent draws, difference within 4 standard errors.
     (SN-DPM below Analytic-DPM is asserted in test_analytic_report.py.)"""
@@ -262,7 +262,7 @@ def test_bound_with_diagonal_variance_plugs_into_variational_bound(sched, gm):
     sn = sd.analytic.sn_variance_fn(sched, MixtureSecondMoment(gm, sched))
     keys = jax.random.split(jax.random.key(63), num)
     f = lambda k, x: (
-        sd.variational_bound(
+        old_bound(
             k, sched, eps_fn, x, tau, lam2="ddpm", variances=sn, decoder="gaussian"
         ).total
     )
@@ -282,7 +282,7 @@ def test_errors(sched):
             jax.random.key(0), sched, lambda t, x: (x, x), jnp.zeros(2), ratio=-1.0
         )
     with pytest.raises(ValueError, match="forward"):
-        sd.analytic.sn_variance_fn(sched, lambda t, x: x, forward="sde")
+        sd.analytic.sn_variance_fn(sched, lambda t, x: x, forward="sde")  # pyright: ignore[reportArgumentType]
     with pytest.raises(ValueError, match="n"):
         sd.analytic.npr_covariance(sched, N + 3, jnp.zeros(2))
     with pytest.raises(TypeError, match="DiscreteSchedule"):

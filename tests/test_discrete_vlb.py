@@ -11,7 +11,7 @@ import pytest
 from scipy import integrate, stats
 
 import scoredyn as sd
-from helpers import gaussian_1comp, mixture_2d
+from helpers import gaussian_1comp, mixture_2d, old_bound
 
 GM = mixture_2d()
 SCHED = sd.DiscreteSchedule.linear(1000)
@@ -94,7 +94,7 @@ def test_ddpm_kl_terms_are_snr_differences():
 
     @jax.jit
     def run(key):
-        vb = partial(sd.variational_bound, key, SCHED, model, x0, tau, decoder="gaussian")
+        vb = partial(old_bound, key, SCHED, model, x0, tau, decoder="gaussian")
         return vb(variances="ddpm_beta"), vb()
 
     vb, vb2 = run(jax.random.key(0))
@@ -149,7 +149,7 @@ def test_bound_matches_closed_form_for_gaussian_data():
     f = jax.jit(
         jax.vmap(
             lambda k: (
-                sd.variational_bound(
+                old_bound(
                     k, sched, eps_fn, x0, tau, decoder="gaussian", variances="ddpm_beta"
                 ).total
             )
@@ -183,7 +183,7 @@ def mixture_bounds():
         run = jax.jit(
             jax.vmap(
                 lambda k, x: (
-                    sd.variational_bound(
+                    old_bound(
                         k, SCHED, eps_fn, x, tau, decoder="gaussian", variances=var
                     ).total
                 )
@@ -224,7 +224,7 @@ def test_discretized_bound_on_grid_data():
     for K in (64, 1000):
         tau = sd.respace(1000, K)
         vb = jax.jit(
-            jax.vmap(lambda k, x: sd.variational_bound(k, SCHED, eps_fn, x, tau, levels=4))
+            jax.vmap(lambda k, x: old_bound(k, SCHED, eps_fn, x, tau, levels=4))
         )(keys, x0)
         gap = vb.total - nll
         res[K] = (float(gap.mean()), float(gap.std()) / np.sqrt(M))
@@ -250,7 +250,7 @@ def test_callable_variances_and_transforms():
 
     @jax.jit
     def run(key, scale):
-        f = lambda v: sd.variational_bound(
+        f = lambda v: old_bound(
             key, SCHED, Scaled(scale), x0, tau, decoder="gaussian", variances=v
         )
         return (
@@ -258,7 +258,7 @@ def test_callable_variances_and_transforms():
             f(lookup),
             jax.grad(
                 lambda s: (
-                    sd.variational_bound(
+                    old_bound(
                         key, SCHED, Scaled(s), x0, tau, decoder="gaussian", variances=var
                     ).total
                 )
@@ -275,7 +275,7 @@ def test_callable_variances_and_transforms():
     np.testing.assert_allclose(g, fd, rtol=1e-4)
     batch = jax.jit(
         jax.vmap(
-            lambda k: sd.variational_bound(k, SCHED, eps_fn, x0, tau, decoder="gaussian").total
+            lambda k: old_bound(k, SCHED, eps_fn, x0, tau, decoder="gaussian").total
         )
     )(jax.random.split(jax.random.key(0), 3))
     assert batch.shape == (3,) and bool(jnp.all(jnp.isfinite(batch)))
@@ -287,7 +287,7 @@ def test_float32_bound_finite():
     eps_fn = sd.toy.discrete_eps_fn(gm32, s32)
     x0 = jnp.array([0.25, -0.5], jnp.float32)
     tau = sd.respace(1000, 1000)
-    vb = jax.jit(lambda k: sd.variational_bound(k, s32, eps_fn, x0, tau, levels=256))(
+    vb = jax.jit(lambda k: old_bound(k, s32, eps_fn, x0, tau, levels=256))(
         jax.random.key(0)
     )
     assert vb.total.dtype == jnp.float32
@@ -299,17 +299,17 @@ def test_vlb_validation():
     tau = sd.respace(1000, 5)
     key, x0 = jax.random.key(0), jnp.array([0.2, 0.3])
     with pytest.raises(ValueError, match="decoder"):
-        sd.variational_bound(key, SCHED, eps_fn, x0, tau, decoder="logistic")
+        old_bound(key, SCHED, eps_fn, x0, tau, decoder="logistic")
     with pytest.raises(ValueError, match="levels"):
-        sd.variational_bound(key, SCHED, eps_fn, x0, tau, levels=1)
+        old_bound(key, SCHED, eps_fn, x0, tau, levels=1)
     with pytest.raises(ValueError, match="x0"):
-        sd.variational_bound(key, SCHED, eps_fn, jnp.array([2.0, 0.0]), tau)
+        old_bound(key, SCHED, eps_fn, jnp.array([2.0, 0.0]), tau)
     with pytest.raises(ValueError, match="variances"):
-        sd.variational_bound(key, SCHED, eps_fn, x0, tau, variances=jnp.ones(4))
+        old_bound(key, SCHED, eps_fn, x0, tau, variances=jnp.ones(4))
     with pytest.raises(ValueError, match="decoder_var"):
-        sd.variational_bound(key, SCHED, eps_fn, x0, tau, decoder_var=-1.0)
+        old_bound(key, SCHED, eps_fn, x0, tau, decoder_var=-1.0)
     with pytest.raises(TypeError, match="eps_fn"):
-        sd.variational_bound(key, SCHED, lambda t, x: x.astype(jnp.float32), x0, tau)
+        old_bound(key, SCHED, lambda t, x: x.astype(jnp.float32), x0, tau)
 
 
 def test_helpers_jit_vmap_grad():

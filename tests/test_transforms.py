@@ -32,7 +32,7 @@ import optax
 import pytest
 
 import scoredyn as sd
-from helpers import mixture_2d
+from helpers import mixture_2d, old_bound
 
 NAMESPACES = {
     "": sd,
@@ -348,7 +348,7 @@ def _(dt):
         tau = sd.respace(8, 4)
         return (
             sd.sample_discrete(k, s, eps, x, tau, return_trajectory=True),
-            sd.variational_bound(k, s, eps, x, tau, decoder="gaussian"),
+            old_bound(k, s, eps, x, tau, decoder="gaussian"),
         )
 
     return (

@@ -28,7 +28,6 @@ from ._discrete import (
     reverse_variances as reverse_variances,
     sample_discrete as sample_discrete,
     trajectory as trajectory,
-    variational_bound as variational_bound,
 )
 
 # -- solve / likelihood (foundation) --
@@ -75,6 +74,7 @@ from ._solve import (
     Sample as Sample,
     make_chain as make_chain,
     sample as sample,
+    variational_bound as variational_bound,
     decode as decode,
     dpm_solver as dpm_solver,
     encode as encode,

@@ -12,5 +12,4 @@ from .vlb import (
     VariationalBound as VariationalBound,
     discretized_gaussian_log_likelihood as discretized_gaussian_log_likelihood,
     gaussian_kl as gaussian_kl,
-    variational_bound as variational_bound,
 )

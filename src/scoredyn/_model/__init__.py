@@ -5,5 +5,6 @@ from .base import (
     VModel as VModel,
     X0Model as X0Model,
     check_model as check_model,
+    check_model_output as check_model_output,
 )
 from .clip import ClipX0 as ClipX0

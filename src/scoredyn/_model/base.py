@@ -64,9 +64,7 @@ class AbstractModel(eqx.Module):
         r"""$\hat x_0 = (x - \sigma\hat\varepsilon)/\alpha$."""
         return x0_from_eps(alpha, sigma, x, self.eps_at(alpha, sigma, t, x, *cond))
 
-    def score_at(
-        self, alpha, sigma, t, x: Float[Array, "*shape"], *cond
-    ) -> Float[Array, "*shape"]:
+    def score_at(self, alpha, sigma, t, x: Float[Array, "*shape"], *cond) -> Float[Array, "*shape"]:
         r"""$\nabla_x\log p(x) = -\hat\varepsilon/\sigma$."""
         return score_from_eps(alpha, sigma, x, self.eps_at(alpha, sigma, t, x, *cond))
 
@@ -188,3 +186,15 @@ def check_model(model, name: str = "model") -> AbstractModel:
             f"sd.EpsModel(fn), sd.ScoreModel(fn), sd.X0Model(fn) or sd.VModel(fn); got {model!r}."
         )
     raise TypeError(f"`{name}` must be an sd.AbstractModel, got {type(model).__name__}.")
+
+
+def check_model_output(model: AbstractModel, process, t, x: Array, cond: tuple = ()) -> None:
+    """Trace `model.eps` once (no FLOPs): its output must be shaped and typed like `x`."""
+    import jax
+
+    out = jax.eval_shape(lambda x: model.eps(process, t, x, *cond), x)
+    if out.shape != x.shape or out.dtype != x.dtype:
+        raise TypeError(
+            f"`model` must return an array shaped and typed like x {x.shape} {x.dtype} (its "
+            f"network is called net(t, x, *cond) for ONE example), got {out.shape} {out.dtype}."
+        )

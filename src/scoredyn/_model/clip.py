@@ -45,5 +45,3 @@ class ClipX0(AbstractModel):
 
     def eps_at(self, alpha, sigma, t, x, *cond):
         return eps_from_x0(alpha, sigma, x, self.x0_at(alpha, sigma, t, x, *cond))
-
-

@@ -94,7 +94,11 @@ class AbstractLinearSDE(AbstractSDE, AbstractProcess):
             return jnp.where(later, mid, lo), jnp.where(later, hi, mid)
 
         lo, hi = jax.lax.fori_loop(0, 60, body, (lo, hi))
-        return 0.5 * (lo + hi)
+        t0 = jax.lax.stop_gradient(0.5 * (lo + hi))
+        # one Newton step from the root: same value, and the implicit-function gradient
+        # d t / d lam = 1 / lambda'(t) (bisection alone has a zero gradient)
+        lam_t0, dlam = jax.jvp(jnp.vectorize(self.log_snr), (t0,), (jnp.ones_like(t0),))
+        return t0 - (lam_t0 - lam) / jax.lax.stop_gradient(dlam)
 
     def model_time(self, t: Time) -> Float[Array, "..."]:
         r"""Networks of a continuous process are called at $t$ itself."""

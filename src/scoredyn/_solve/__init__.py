@@ -1,9 +1,6 @@
-from .corrector import sample_pc as sample_pc
-from .dpm_solver import dpm_solver as dpm_solver, sample_dpm_solver as sample_dpm_solver
-from .flow_map import decode as decode, encode as encode
-from .ode import sample_ode as sample_ode
-from .sde import sample_sde as sample_sde, simulate_sde as simulate_sde
 from .base import AbstractSolver as AbstractSolver, AbstractState as AbstractState, Sample as Sample
+from .bound import variational_bound as variational_bound
+from .corrector import sample_pc as sample_pc
 from .ddim import DDIM as DDIM
 from .ddpm import DDPM as DDPM
 from .discrete import (
@@ -13,4 +10,8 @@ from .discrete import (
     DiscreteState as DiscreteState,
     make_chain as make_chain,
 )
+from .dpm_solver import dpm_solver as dpm_solver, sample_dpm_solver as sample_dpm_solver
+from .flow_map import decode as decode, encode as encode
+from .ode import sample_ode as sample_ode
+from .sde import sample_sde as sample_sde, simulate_sde as simulate_sde
 from .verbs import decode as decode_, encode as encode_, sample as sample

@@ -41,7 +41,7 @@ class Sample(NamedTuple):
     """
 
     x: Float[Array, "*shape"]
-    trajectory: Float[Array, "K+1 *shape"] | None
+    trajectory: Float[Array, " K+1 *shape"] | None
     stats: dict[str, Any]
 
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from .._discrete.posterior import check_eta, pair_terms
 from .._discrete.respace import check_tau
 from .._discrete.schedule import DiscreteSchedule
-from .discrete import AbstractDiscreteSolver, Chain, make_chain
+from .discrete import AbstractDiscreteSolver, Chain, known_zero, make_chain
 
 
 class DDIM(AbstractDiscreteSolver):
@@ -37,6 +37,11 @@ class DDIM(AbstractDiscreteSolver):
         check_eta(self.eta)
         if not isinstance(self.final_noise, bool):
             raise TypeError(f"`final_noise` must be a bool, got {self.final_noise!r}.")
+
+    def is_stochastic(self, process, grid) -> bool:
+        if known_zero(self.eta) and not self.final_noise:
+            return False
+        return super().is_stochastic(process, grid)
 
     def chain(self, sched: DiscreteSchedule, tau) -> Chain:
         tau = check_tau(tau, sched.num_steps)

@@ -68,7 +68,7 @@ class Chain(eqx.Module):
         return self.tau.shape[0] - 1
 
 
-def _is_zero(a) -> bool:
+def known_zero(a) -> bool:
     val = concrete_value(a)
     return val is not None and bool(np.all(val == 0))
 
@@ -106,7 +106,9 @@ def make_chain(
         dtype = terms.beta_tilde.dtype
         if decoder_var is None:
             decoder_var = default_decoder_var(terms, variances)
-        return Chain(tau, jnp.asarray(lam2, dtype), variances, decoder_var, forward_lam2, final_noise)
+        return Chain(
+            tau, jnp.asarray(lam2, dtype), variances, decoder_var, forward_lam2, final_noise
+        )
     t = pair_terms(sched, tau[1:], tau[:-1])
     lam2 = check_lam2(jnp.broadcast_to(jnp.asarray(lam2, t.beta_tilde.dtype), (K,)), t.sigma2_m)
     if forward_lam2 is not None:
@@ -178,8 +180,10 @@ class AbstractDiscreteSolver(AbstractSolver):
         return process
 
     def is_stochastic(self, process, grid) -> bool:
-        chain = self.chain(self._check_process(process), grid)
-        return _stochastic(chain)
+        """Static: `False` only when the solver knows it adds no noise (one step without
+        `final_noise`, or a subclass that knows its variances are zero)."""
+        self._check_process(process)
+        return not (jnp.shape(grid)[0] == 2 and not getattr(self, "final_noise", False))
 
     def grid_order(self, trajectory):
         return trajectory[::-1]
@@ -191,7 +195,7 @@ class AbstractDiscreteSolver(AbstractSolver):
     def init(self, process, model, grid, x_T, cond: tuple = ()) -> DiscreteState:
         sched = self._check_process(process)
         chain = self.chain(sched, grid)
-        return init_chain(chain, sched, model, x_T, cond)
+        return init_chain(chain, sched, model, x_T, cond, self.is_stochastic(sched, grid))
 
     def step(self, key: Key | None, state: DiscreteState) -> tuple[DiscreteState, DiscreteInfo]:
         return chain_step(key, state)
@@ -217,17 +221,9 @@ class AbstractDiscreteSolver(AbstractSolver):
         return Sample(x, traj, {"nfe": self.nfe(K), "num_steps": K})
 
 
-def _stochastic(chain: Chain) -> bool:
-    K = chain.num_steps
-    if K == 1 and not chain.final_noise:
-        return False
-    if callable(chain.variances):
-        return True
-    v = chain.variances if chain.final_noise else chain.variances[1:]
-    return not _is_zero(v)
-
-
-def init_chain(chain: Chain, sched: DiscreteSchedule, model, x_T, cond=()) -> DiscreteState:
+def init_chain(
+    chain: Chain, sched: DiscreteSchedule, model, x_T, cond=(), stochastic: bool = True
+) -> DiscreteState:
     """Per-step constants of `chain`, computed once (outside any loop), in x_T's dtype."""
     tau = chain.tau
     K = chain.num_steps
@@ -255,7 +251,7 @@ def init_chain(chain: Chain, sched: DiscreteSchedule, model, x_T, cond=()) -> Di
         n=n_arr,
         m=m_arr,
         var_fn=var_fn,
-        stochastic=_stochastic(chain),
+        stochastic=stochastic,
     )
 
 

@@ -12,7 +12,7 @@ from jaxtyping import ArrayLike, Float
 
 from .._custom_types import Key
 from .._misc import as_float
-from .._model import check_model
+from .._model import check_model, check_model_output
 from .._process import AbstractProcess
 from .base import AbstractSolver, Sample
 
@@ -39,6 +39,10 @@ def _check(process, model, solver, grid, x, x_name: str):
         )
     x = as_float(x, x_name)
     return model, grid, x
+
+
+def _check_output(process, model, grid, x, cond):
+    check_model_output(model, process, grid[0], x, cond)
 
 
 def _cond(cond) -> tuple:
@@ -97,6 +101,7 @@ def sample(
     """
     model, grid, x_T = _check(process, model, solver, grid, x_T, "x_T")
     cond = _cond(cond)
+    _check_output(process, model, grid, x_T, cond)
     if key is None and solver.is_stochastic(process, grid):
         raise ValueError(
             f"`key` is None but {type(solver).__name__} adds noise on this grid; pass a key."
@@ -126,9 +131,7 @@ def decode(
     Raises:
         ValueError: if `solver` adds noise on this grid.
     """
-    return sample(
-        None, process, model, solver, grid, z, cond=cond, save_trajectory=save_trajectory
-    )
+    return sample(None, process, model, solver, grid, z, cond=cond, save_trajectory=save_trajectory)
 
 
 def encode(
@@ -152,6 +155,7 @@ def encode(
     """
     model, grid, x0 = _check(process, model, solver, grid, x0, "x0")
     cond = _cond(cond)
+    _check_output(process, model, grid, x0, cond)
     if not solver.can_encode() or solver.is_stochastic(process, grid):
         raise ValueError(
             f"{type(solver).__name__} cannot encode (run its grid backwards deterministically); "
@@ -161,5 +165,3 @@ def encode(
     if res.trajectory is None:
         return res
     return Sample(res.x, jnp.flip(res.trajectory, axis=0), res.stats)
-
-

@@ -15,6 +15,13 @@ from ._extended import (
     step_variance as step_variance,
 )
 from ._gamma import GammaEstimate as GammaEstimate, estimate_gamma as estimate_gamma
+from ._monotone import monotone_ms_eps as monotone_ms_eps
+from ._solvers import (
+    NPRDPM as NPRDPM,
+    SNDPM as SNDPM,
+    AnalyticDDIM as AnalyticDDIM,
+    AnalyticDPM as AnalyticDPM,
+)
 from ._trajectory import (
     optimal_trajectories as optimal_trajectories,
     optimal_trajectory as optimal_trajectory,
