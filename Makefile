@@ -4,10 +4,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
+# what `make lint` formats and checks with ruff; pyright takes its paths from pyproject.toml
+LINT_PATHS := $(wildcard src tests examples benchmarks)
 # pytest workers: 2 cores on the reference machine
 WORKERS ?= 2
 
-.PHONY: venv test test-debug-nans demo demo-quick docs docs-serve bench clean
+.PHONY: venv test test-debug-nans lint demo demo-quick docs docs-serve bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -17,20 +20,31 @@ $(STAMP): $(PY) pyproject.toml
 	$(PIP) install --quiet -e ".[tests,docs,demo]"
 	touch $(STAMP)
 
+# the linters (the `dev` extra) only for `make lint`, so `make demo` stays lean
+$(DEV_STAMP): $(STAMP)
+	$(PIP) install --quiet -e ".[dev]"
+	touch $(DEV_STAMP)
+
 venv: $(STAMP)
 
+# with jaxtyping's run-time checks of every annotation in scoredyn (beartype as the checker)
 test: $(STAMP)
-	$(PY) -m pytest -n $(WORKERS) --dist loadgroup -q tests
+	$(PY) -m pytest -n $(WORKERS) --dist loadgroup -q --jaxtyping-packages=scoredyn,beartype.beartype tests
 
 # the whole suite once more with jax_debug_nans on (docs/reliability.md)
 test-debug-nans: $(STAMP)
 	SCOREDYN_DEBUG_NANS=1 $(PY) -m pytest -n $(WORKERS) --dist loadgroup -q tests
 
+lint: $(DEV_STAMP)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/pyright
+
 demo: $(STAMP)
-	$(PY) -m scoredyn.demo $(DEMO_ARGS)
+	$(PY) -m examples.digits $(DEMO_ARGS)
 
 demo-quick: $(STAMP)
-	$(PY) -m scoredyn.demo --quick $(DEMO_ARGS)
+	$(PY) -m examples.digits --quick $(DEMO_ARGS)
 
 docs: $(STAMP)
 	$(VENV)/bin/mkdocs build --strict

@@ -1,23 +1,25 @@
 r"""The headline of Analytic-DPM on an exact oracle: variational bounds of every variance choice.
 
-Run `python -m scoredyn.analytic._report` (options: `--num-steps`, `--num-eval`, `--seed`).
+Run `python -m examples.analytic_dpm_report` from the repository root (options: `--num-steps`,
+`--num-eval`, `--num-train`, `--seed`). It uses the public API only (`import scoredyn as sd`).
 
 Setting: the 2-D, three-component Gaussian mixture of the test-suite, the linear DDPM schedule
 with $N = 1000$, and the *exact* noise prediction $\hat\varepsilon = \mathbb E[\varepsilon\mid
 x_n]$ of the mixture (so every method has the optimal mean and only the variances differ).
-$\texttt{ms\_eps}$ is estimated by [`estimate_gamma`][scoredyn.analytic.estimate_gamma] on
+$\texttt{ms\_eps}$ is estimated by `sd.analytic.estimate_gamma` on
 training draws; the bound is evaluated on fresh draws with a continuous Gaussian decoder and the
 DDPM forward process $q$ as the variational posterior, in nats per dimension. All rows use the
 same data and the same noise draws (common random numbers), so differences are precise.
 
-What the rows are (trajectory ET: $\tau_k = \mathrm{round}(1 + (N-1)\frac{k-1}{K-1})$, $\tau_0 = 0$,
-the paper's even trajectory; OT: [`optimal_trajectory`][scoredyn.analytic.optimal_trajectory]):
+What the rows are (trajectory ET: `sd.grids.even`, the paper's even trajectory
+$\tau_k = \mathrm{round}(1 + (N-1)\frac{k-1}{K-1})$, $\tau_0 = 0$; OT:
+`sd.analytic.optimal_trajectory`):
 
 - DDPM $\tilde\beta$ / DDPM $\beta$: mean from the DDPM posterior, variance $\tilde\beta_{m|n}$ or
   $\beta_{n|m}$ (decoder variance: $\tilde\beta_{0|\tau_1} = 0$ is replaced by the next step's, as
-  in Ho et al.'s code and [`variational_bound`][scoredyn.variational_bound]).
+  in Ho et al.'s code and `sd.variational_bound`).
 - Analytic-DPM: mean from the DDPM posterior, variance from
-  [`optimal_variances`][scoredyn.analytic.optimal_variances]`(forward="ddpm")`.
+  `sd.analytic.optimal_variances(forward="ddpm")`.
 - DDIM ($\eta = 0$): its reverse kernels are deterministic ($v = 0$), so its bound is
   $+\infty$ under any forward process (and under its own, $\lambda = 0$, every KL term is
   infinite too); reported as `inf`.
@@ -27,7 +29,7 @@ the paper's even trajectory; OT: [`optimal_trajectory`][scoredyn.analytic.optima
   bound on its negative log-likelihood obtained with the DDPM forward process as the
   variational posterior (any $q$ gives a valid bound; this one is not tight for it).
 - SN-DPM (exact head): the diagonal, state-dependent variance of
-  [`sn_variance_fn`][scoredyn.analytic.sn_variance_fn] with the exact
+  `sd.analytic.sn_variance_fn` with the exact
   $\mathbb E[\varepsilon^2\mid x_n]$ of the mixture.
 - Analytic-DPM (OT): Analytic-DPM on the optimal trajectory.
 
@@ -44,18 +46,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._discrete import DiscreteSchedule, forward_posterior, posterior_variance
-from ..toy import GaussianMixture, discrete_eps_fn
-from ._extended import sn_variance_fn
-from ._gamma import estimate_gamma
-from ._trajectory import optimal_trajectories
-from ._variance import optimal_variance
+import scoredyn as sd
 
 KS = (10, 25, 50, 100)
 SPEEDUP_KS = (10, 12, 15, 20, 25, 30, 40, 50, 60, 80, 100, 150, 200, 300, 400, 600, 1000)
 
 
-def report_mixture(dtype=jnp.float64) -> GaussianMixture:
+def report_mixture(dtype=jnp.float64) -> sd.toy.GaussianMixture:
     """The 2-D three-component mixture with full covariances used throughout the tests."""
     w = jnp.array([0.2, 0.5, 0.3], dtype)
     m = jnp.array([[-1.5, 0.5], [1.0, 1.0], [0.5, -1.5]], dtype)
@@ -63,35 +60,12 @@ def report_mixture(dtype=jnp.float64) -> GaussianMixture:
         [[[0.10, 0.03], [0.03, 0.05]], [[0.08, -0.02], [-0.02, 0.12]], [[0.05, 0.0], [0.0, 0.05]]],
         dtype,
     )
-    return GaussianMixture(w, m, c)
-
-
-def even_trajectory(num_steps: int, K: int) -> jax.Array:
-    r"""The paper's even trajectory: $\tau_0 = 0$ and, for $k \ge 1$,
-
-    $\tau_k = \mathrm{round}(1 + (N - 1)(k - 1)/(K - 1))$, so $\tau_1 = 1$.
-    """
-    if K == 1:
-        return jnp.array([0, num_steps], jnp.int32)
-    k = np.arange(1, K + 1)
-    tau = np.round(1 + (num_steps - 1) * (k - 1) / (K - 1)).astype(np.int64)
-    return jnp.asarray(np.concatenate([[0], tau]).astype(np.int32))
-
-
-class MixtureSecondMoment(eqx.Module):
-    r"""The exact $\mathbb E[\varepsilon^2\mid x_n = x]$ of a mixture, as a $(t, x)$ function."""
-
-    mixture: GaussianMixture
-    sched: DiscreteSchedule
-
-    def __call__(self, t, x):
-        N = self.sched.num_steps
-        n = jnp.clip(jnp.round(jnp.asarray(t) * (N / self.sched.T)).astype(jnp.int32), 0, N)
-        alpha, sigma = self.sched.marginal(n)
-        return self.mixture.eps_moments(alpha, sigma, x)[1].astype(x.dtype)
+    return sd.toy.GaussianMixture(w, m, c)
 
 
 # ------------------------------------------------------------------------------ the bound
+# TODO(lead): replace `_Steps`, `_row_steps`, `_stack`, `_step_term` and `_row_bounds` by
+# sd.variational_bound(chain) over the public chain value, once it lands.
 # Every (method, K) row is a list of steps (n, m, lam2_q, lam2_p, var). All rows are flattened
 # into one list of steps, evaluated in one vectorised call (one compilation for the whole
 # table), and summed back per row. The noise of step n for test point i is drawn from
@@ -114,7 +88,7 @@ def _row_steps(sched, tau, row, var, *, lam2_p_zero=False, decoder_fallback=True
     tau = np.asarray(tau)
     n, m = tau[1:], tau[:-1]
     if bt is None:
-        bt = posterior_variance(sched, jnp.asarray(n), jnp.asarray(m))
+        bt = sd.posterior_variance(sched, jnp.asarray(n), jnp.asarray(m))
     bt = np.asarray(bt)
     var = np.asarray(var, np.float64).copy()
     if decoder_fallback and var[0] == 0 and len(var) >= 2:
@@ -130,9 +104,10 @@ def _stack(rows):
 
 def _step_term(key, sched, eps_fn, x0, n, m, lam2_q, lam2_p, var, var_fn):
     r"""KL term of step $n\to m$ (or the decoder NLL if $m = 0$) for one test point, one draw."""
+    # TODO(lead): replace by sd.variational_bound(chain)
     dtype = x0.dtype
-    pq = forward_posterior(sched, n, m, lam2_q)
-    pp = forward_posterior(sched, n, m, lam2_p)
+    pq = sd.forward_posterior(sched, n, m, lam2_q)
+    pp = sd.forward_posterior(sched, n, m, lam2_p)
     alpha, sigma = (a.astype(dtype) for a in sched.marginal(n))
     eps = jax.random.normal(jax.random.fold_in(key, n), x0.shape, dtype)
     x_n = alpha * x0 + sigma * eps
@@ -154,6 +129,7 @@ def _step_term(key, sched, eps_fn, x0, n, m, lam2_q, lam2_p, var, var_fn):
 @eqx.filter_jit
 def _row_bounds(key, sched, eps_fn, x0s, steps: _Steps, num_rows: int, var_fn=None):
     """Bound (nats) of every row for every test point, shape `(num_points, num_rows)`."""
+    # TODO(lead): replace by sd.variational_bound(chain)
     abar_N = sched.alpha_bar[-1].astype(x0s.dtype)
 
     def one(i, x0):
@@ -181,7 +157,7 @@ def headline(
     num_eval: int = 2000,
     seed: int = 0,
     with_sn: bool = True,
-    mixture: GaussianMixture | None = None,
+    mixture: sd.toy.GaussianMixture | None = None,
 ) -> dict:
     """Compute the table (nats/dim).
 
@@ -192,25 +168,25 @@ def headline(
     t_start = time.perf_counter()
     gm = report_mixture() if mixture is None else mixture
     d = gm.dim
-    sched = DiscreteSchedule.linear(num_steps, 1e-4 * 1000 / num_steps, 0.02 * 1000 / num_steps)
-    eps_fn = discrete_eps_fn(gm, sched)
+    sched = sd.DiscreteSchedule.linear(num_steps, 1e-4 * 1000 / num_steps, 0.02 * 1000 / num_steps)
+    eps_fn = sd.toy.discrete_eps_fn(gm, sched)
     k_train, k_gamma, k_eval, k_bound = jax.random.split(jax.random.key(seed), 4)
     train = gm.sample(k_train, num_train)
     x_eval = gm.sample(k_eval, num_eval)
     t0 = time.perf_counter()
-    est = estimate_gamma(k_gamma, sched, eps_fn, train)
+    est = sd.analytic.estimate_gamma(k_gamma, sched, eps_fn, train)
     est.ms_eps.block_until_ready()
     t_gamma = time.perf_counter() - t0
     nll = np.asarray(-jax.vmap(gm.log_prob)(x_eval))
 
     t0 = time.perf_counter()
-    ots = dict(zip(Ks, optimal_trajectories(sched, est, Ks)))
+    ots = dict(zip(Ks, sd.analytic.optimal_trajectories(sched, est, Ks)))
     t_dp = time.perf_counter() - t0
 
     # ---- the trajectories of every row, then all per-step variances in three flat calls
     K0 = Ks[0]
     curve_Ks = [K for K in speedup_Ks if K <= max(Ks) and K not in Ks]
-    trajs = {("ET", K): even_trajectory(num_steps, K) for K in sorted(set(Ks) | set(curve_Ks))}
+    trajs = {("ET", K): sd.grids.even(num_steps, K) for K in sorted(set(Ks) | set(curve_Ks))}
     trajs.update({("OT", K): ots[K] for K in Ks})
     keys = list(trajs)
     n_all = np.concatenate([np.asarray(trajs[k][1:]) for k in keys])
@@ -220,10 +196,12 @@ def headline(
     n_j, m_j = jnp.asarray(n_all), jnp.asarray(m_all)
     ms_n = jnp.asarray(est.ms_eps)[n_j]
     flat = {
-        "tilde": np.asarray(posterior_variance(sched, n_j, m_j)),
+        "tilde": np.asarray(sd.posterior_variance(sched, n_j, m_j)),
         "beta": 1.0 - abar[n_all] / abar[m_all],
-        "analytic": np.asarray(optimal_variance(sched, n_j, m_j, ms_n)),
-        "analytic-ddim": np.asarray(optimal_variance(sched, n_j, m_j, ms_n, forward="ddim")),
+        "analytic": np.asarray(sd.analytic.optimal_variance(sched, n_j, m_j, ms_n)),
+        "analytic-ddim": np.asarray(
+            sd.analytic.optimal_variance(sched, n_j, m_j, ms_n, forward="ddim")
+        ),
     }
     per = {
         (k, name): v[cuts[i] : cuts[i + 1]] for i, k in enumerate(keys) for name, v in flat.items()
@@ -250,7 +228,7 @@ def headline(
     vals = np.asarray(_row_bounds(k_bound, sched, eps_fn, x_eval, steps, len(spec)))
     col = {(name, K): vals[:, i] for i, (name, K, _) in enumerate(spec)}
     if with_sn:
-        sn_fn = sn_variance_fn(sched, MixtureSecondMoment(gm, sched))
+        sn_fn = sd.analytic.sn_variance_fn(sched, sd.toy.discrete_eps2_fn(gm, sched))
         sn_steps = [
             _row_steps(
                 sched,
@@ -298,9 +276,9 @@ def headline(
     if larger and not any(v <= target for v in curve.values()):
         steps_x = []
         for j, K in enumerate(larger):
-            tau = even_trajectory(num_steps, K)
+            tau = sd.grids.even(num_steps, K)
             n, m = np.asarray(tau[1:]), np.asarray(tau[:-1])
-            bt = np.asarray(posterior_variance(sched, jnp.asarray(n), jnp.asarray(m)))
+            bt = np.asarray(sd.posterior_variance(sched, jnp.asarray(n), jnp.asarray(m)))
             steps_x.append(_row_steps(sched, tau, 2 * j, bt, bt=bt))
             steps_x.append(_row_steps(sched, tau, 2 * j + 1, 1.0 - abar[n] / abar[m], bt=bt))
         vx = np.asarray(
@@ -405,7 +383,7 @@ def main(argv=None) -> None:
     p.add_argument("--num-train", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    jax.config.update("jax_enable_x64", True)
+    jax.config.update("jax_enable_x64", True)  # the table is in float64; only when run as a script
     res = headline(
         num_steps=args.num_steps,
         num_eval=args.num_eval,

@@ -2,14 +2,21 @@
 
 2-D three-component Gaussian mixture, linear schedule N = 1000, exact eps, Gaussian decoder,
 DDPM forward process as variational posterior; nats per dimension at K = 10, 25, 50, 100.
-Run `pytest -s` to see the table, or `python -m scoredyn.analytic._report`.
+Run `pytest -s` to see the table, or `python -m examples.analytic_dpm_report` (an application in
+`examples/` at the repository root, imported from there).
 """
 
 import math
+import pathlib
+import sys
 
 import pytest
 
-from scoredyn.analytic import _report as R
+ROOT = str(pathlib.Path(__file__).resolve().parents[1])
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)  # the repository root, which holds `examples/`
+
+from examples import analytic_dpm_report as R  # noqa: E402
 
 
 @pytest.fixture(scope="module")

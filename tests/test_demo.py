@@ -1,8 +1,14 @@
-"""Tests for `python -m scoredyn.demo` (the README's first command)."""
+"""Tests for the digits demo, `python -m examples.digits` (`make demo`, the README's first command).
+
+The demo is an application in `examples/` at the repository root, not part of the package; it is
+imported from there.
+"""
 
 import json
 import math
+import pathlib
 import struct
+import sys
 
 import numpy as np
 import pytest
@@ -11,10 +17,14 @@ pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
 pytest.importorskip("tqdm")
 
+ROOT = str(pathlib.Path(__file__).resolve().parents[1])
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)  # the repository root, which holds `examples/`
+
 import jax.numpy as jnp  # noqa: E402
+from examples.digits import config as _config, data as _data, evaluate as _evaluate  # noqa: E402
 
 import scoredyn as sd  # noqa: E402
-from scoredyn.demo import _config, _data, _evaluate  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -75,14 +85,6 @@ def test_digits_are_on_the_17_level_grid():
     np.testing.assert_array_equal(again.test, data.test)
 
 
-def test_even_trajectory_is_the_papers():
-    r"""$\tau_k = \mathrm{round}(1 + (k - 1)(N - 1)/(K - 1))$ (Bao et al., App. F), $\tau_0 = 0$."""
-    tau = np.asarray(_evaluate.even_trajectory(1000, 10))
-    assert tau.tolist() == [0, 1, 112, 223, 334, 445, 556, 667, 778, 889, 1000]
-    full = np.asarray(_evaluate.even_trajectory(1000, 1000))
-    np.testing.assert_array_equal(full, np.arange(1001))
-
-
 def test_pf_ode_start_matches_the_bin_width():
     r"""$\sigma(t_\epsilon) = \Delta/\sqrt{12}$ with $\Delta = 2/16$ for the digits."""
     sde = sd.VPSDE(beta_min=0.1, beta_max=20.0)
@@ -90,26 +92,9 @@ def test_pf_ode_start_matches_the_bin_width():
     data = _data.load_digits()
     t = _evaluate.pf_ode_start(sde, sched, data)
     assert abs(float(sde.marginal(t)[1]) - 0.125 / math.sqrt(12)) < 1e-6
-
-
-def test_monotone_ms_eps_only_raises_dipping_variances():
-    r"""The implied $\bar\sigma_n^2 = \frac{1 - \bar\alpha_n}{\bar\alpha_n}(1 - \texttt{ms\_eps}_n)$
-    becomes non-decreasing; values that already were are kept; nothing is lowered."""
-    sched = sd.DiscreteSchedule.linear(100, dtype=jnp.float64)
-    abar = np.asarray(sched.alpha_bar)
-    snr_inv = (1 - abar) / abar
-    var_true = 0.3 * (1 - abar)  # increasing in n and below (1 - abar) / abar
-    ms = 1 - var_true[1:] / snr_inv[1:]
-    ms = np.concatenate([[0.0], ms])
-    noisy = ms.copy()
-    noisy[[60, 90, 100]] = [1.0, 1.2, 0.9999999]  # Monte Carlo estimates touching 1
-    out = np.asarray(_evaluate.monotone_ms_eps(sched, jnp.asarray(noisy)))
-    var_out = snr_inv[1:] * (1 - out[1:])
-    assert np.all(np.diff(var_out) >= -1e-12 * var_out[1:])
-    assert out.max() <= 1 - 1e-5
-    clean = np.asarray(_evaluate.monotone_ms_eps(sched, jnp.asarray(ms)))
-    np.testing.assert_allclose(clean[1:], ms[1:], rtol=1e-9, atol=1e-12)
-    assert np.all(out[1:] <= np.minimum(noisy[1:], 1 - 1e-5) + 1e-12)  # variances only go up
+    # continuous data: the first time the network was trained at, t_1 = T / N
+    toy = _data.load_toy("mixture", num_train=10, num_test=10)
+    assert _evaluate.pf_ode_start(sde, sched, toy) == 1.0 / 1000
 
 
 # ----------------------------------------------------------------------------- the demo itself
@@ -118,7 +103,7 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     """`--quick` writes every file, all numbers are finite, the PNGs are valid, Analytic-DPM
     beats DDPM (beta-tilde) at K = 10, and a second run re-uses the checkpoint and reproduces
     every number."""
-    from scoredyn.demo import main
+    from examples.digits import main
 
     args = ["--quick", "--out", str(tmp_path), "--no-progress", "--steps", "300", "--eval", "24"]
     folder = main(args)

@@ -1,6 +1,6 @@
-"""Entry point of `python -m scoredyn.demo`."""
+"""Entry point of `python -m examples.digits`."""
 
-from ._main import main
+from .main import main
 
 if __name__ == "__main__":
     main()

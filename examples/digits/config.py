@@ -5,7 +5,9 @@ import dataclasses
 import hashlib
 import json
 
-from ._data import DATASETS
+import scoredyn as sd
+
+from .data import DATASETS
 
 DEFAULT_KS = (10, 25, 50, 100, 200)
 
@@ -44,8 +46,6 @@ class Config:
 
     def training_settings(self) -> dict:
         """What determines the trained weights (and nothing else)."""
-        from .. import __version__
-
         keys = (
             "data",
             "seed",
@@ -61,7 +61,7 @@ class Config:
             "weighting",
         )
         out = {k: getattr(self, k) for k in keys}
-        out["scoredyn"] = __version__
+        out["scoredyn"] = sd.__version__
         return out
 
     def training_hash(self) -> str:
@@ -117,7 +117,7 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m scoredyn.demo",
+        prog="python -m examples.digits",
         description=(
             "Train a small eps-prediction network on real data (scikit-learn's 8x8 digits by "
             "default), estimate Analytic-DPM's Gamma, and report held-out negative ELBOs in "

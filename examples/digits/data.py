@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..toy import GaussianMixture
+import scoredyn as sd
 
 DATASETS = ("digits", "mixture", "moons", "circles")
 
@@ -34,7 +34,7 @@ class Dataset:
     test: np.ndarray
     levels: int | None
     image_shape: tuple[int, int] | None
-    oracle: GaussianMixture | None
+    oracle: sd.toy.GaussianMixture | None
     data_range: tuple[float, float] | None
     description: str
 
@@ -71,7 +71,7 @@ def load_digits(num_test: int = 297) -> Dataset:
     )
 
 
-def mixture_oracle() -> GaussianMixture:
+def mixture_oracle() -> sd.toy.GaussianMixture:
     """Eight Gaussians on a circle of radius 1.2 with anisotropic covariances (float32)."""
     k = 8
     ang = 2 * np.pi * np.arange(k) / k
@@ -83,7 +83,7 @@ def mixture_oracle() -> GaussianMixture:
         covs.append(0.03 * np.outer(u, u) + 0.004 * np.outer(v, v))
     w = np.linspace(1.0, 2.0, k)
     w = w / w.sum()
-    return GaussianMixture(
+    return sd.toy.GaussianMixture(
         jnp.asarray(w, jnp.float32),
         jnp.asarray(means, jnp.float32),
         jnp.asarray(np.stack(covs), jnp.float32),
@@ -91,8 +91,8 @@ def mixture_oracle() -> GaussianMixture:
 
 
 def _standardise(train, test):
-    mu, sd = train.mean(0), train.std(0).mean()
-    return ((train - mu) / sd).astype(np.float32), ((test - mu) / sd).astype(np.float32)
+    mu, std = train.mean(0), train.std(0).mean()
+    return ((train - mu) / std).astype(np.float32), ((test - mu) / std).astype(np.float32)
 
 
 def load_toy(name: str, num_train: int = 20_000, num_test: int = 1000) -> Dataset:

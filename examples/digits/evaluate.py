@@ -1,9 +1,10 @@
 r"""Evaluation: Gamma, bounds of every sampler at every K, the PF-ODE likelihood, samples.
 
 Everything here is a composition of public library calls (`sd.analytic.estimate_gamma`,
-`sd.trajectory`, `sd.reverse_variances`, `sd.analytic.optimal_variances`,
-`sd.analytic.optimal_trajectory`, `sd.variational_bound`, `sd.sample_discrete`,
-`sd.eps_to_score`, `sd.bits_per_dim`, `sd.log_likelihood`). Two devices keep it fast on a CPU:
+`sd.analytic.monotone_ms_eps`, `sd.grids.even`, `sd.reverse_variances`,
+`sd.analytic.optimal_variances`, `sd.analytic.optimal_trajectory`, `sd.variational_bound`,
+`sd.sample_discrete`, `sd.eps_to_score`, `sd.bits_per_dim`, `sd.log_likelihood`). Two devices
+keep it fast on a CPU:
 
 - All samplers that share a trajectory are evaluated in ONE `jax.vmap` over their variance
   arrays. The draws $x_n \sim q(x_n\mid x_0)$ depend only on the key and $x_0$, so JAX evaluates
@@ -16,9 +17,13 @@ deterministic posterior $q(x_m\mid x_n, x_0)$, so its bound is $+\infty$ whateve
 variance: DDIM and Analytic-DDIM appear in the samples, not in the bound table (as in Bao et al.,
 who report likelihoods for the DDPM forward process only).
 
-`optimal_trajectory` caps `ms_eps` at $1 - 10^{-5}$ before the dynamic programme: where a Monte
-Carlo estimate reaches 1 at large $n$, the cost $\log(1 - \beta_{t|s}\Gamma_t)$ of a long jump
-can round to $\log 0$ in float32.
+Every sampler uses the Monte Carlo `ms_eps` projected by `sd.analytic.monotone_ms_eps` (a
+non-decreasing posterior variance of $x_0$, capped at $1 - 10^{-5}$): where an estimate reaches 1
+at large $n$, the cost $\log(1 - \beta_{t|s}\Gamma_t)$ of a long jump in the optimal-trajectory
+dynamic programme can round to $\log 0$ in float32.
+
+The even trajectory is `sd.grids.even(N, K)`, Analytic-DPM's $\tau_1 = 1$ and $K - 1$ equal steps
+up to $N$, rounded as the paper's code rounds them.
 """
 
 import dataclasses
@@ -32,8 +37,8 @@ import numpy as np
 
 import scoredyn as sd
 
-from ._config import Config
-from ._data import Dataset
+from .config import Config
+from .data import Dataset
 
 # Display names, in table order.
 DDPM_TILDE = "DDPM, beta-tilde"
@@ -46,44 +51,6 @@ PF_ODE = "PF-ODE"
 BOUND_METHODS = (DDPM_TILDE, DDPM_BETA, ANALYTIC_DPM, ANALYTIC_DPM_OT)
 INFINITE_BOUND = (DDIM, ANALYTIC_DDIM)  # deterministic forward posterior: +inf
 SAMPLERS = (DDPM_TILDE, DDPM_BETA, DDIM, ANALYTIC_DPM, ANALYTIC_DDIM, ANALYTIC_DPM_OT)
-
-
-def even_trajectory(num_steps: int, K: int):
-    r"""Analytic-DPM's (and DDIM's) even trajectory,
-    $\tau_k = \mathrm{round}(1 + (k - 1)\frac{N - 1}{K - 1})$,
-    $k = 1..K$, with $\tau_0 = 0$: the last step always starts from $x_1$, so the optimal
-    trajectory (which fixes $\tau_1 = 1$) improves on it with the same decoder step."""
-    if K == 1:
-        idx = [0, num_steps]
-    else:
-        a = (num_steps - 1) / (K - 1)
-        idx = [0] + [int(math.floor(1 + a * (k - 1) + 0.5)) for k in range(1, K + 1)]
-    return sd.trajectory(np.asarray(idx, np.int32), num_steps)
-
-
-@eqx.filter_jit
-def monotone_ms_eps(sched, ms_eps):
-    r"""Project Monte Carlo `ms_eps` onto what theory allows: a posterior variance growing in $n$.
-
-    Analytic-DPM's estimate of the average posterior variance of $x_0$ is
-    $\bar\sigma_n^2 = \frac{1 - \bar\alpha_n}{\bar\alpha_n}(1 - \texttt{ms\_eps}_n)$. Since
-    $x_0 \to x_m \to x_n$ is a Markov chain for $m < n$, $\mathbb E\operatorname{Var}[x_0\mid x_n]
-    \ge \mathbb E\operatorname{Var}[x_0\mid x_m]$: $\bar\sigma_n^2$ is non-decreasing in $n$. At
-    large $n$ the factor $(1 - \bar\alpha_n)/\bar\alpha_n$ multiplies Monte Carlo noise in
-    $1 - \texttt{ms\_eps}_n$ (a few $10^{-5}$ at $n = N$) by up to $10^4$, and an estimate that
-    touches 1 claims $x_0$ is known exactly from pure noise; the dynamic programme then jumps
-    from there straight to $n = 1$. Replacing $\bar\sigma_n^2$ by its running maximum
-    $\max_{m \le n}\bar\sigma_m^2$ removes such dips (it only ever raises a variance), and
-    `ms_eps` is mapped back, $\texttt{ms\_eps}_n = 1 - \frac{\bar\alpha_n}{1 - \bar\alpha_n}
-    \bar\sigma_n^2$, clipped to $[0, 1 - 10^{-5}]$ (the cap keeps the dynamic programme's
-    $\log(1 - \beta_{t|s}\Gamma_t)$ finite in float32).
-    """
-    abar = sched.alpha_bar.astype(ms_eps.dtype)
-    snr_inv = jnp.where(abar < 1, (1 - abar) / abar, 0.0)
-    var = snr_inv * (1 - jnp.clip(ms_eps, 0.0, 1.0))
-    var = jax.lax.cummax(var)
-    ms = jnp.where(snr_inv > 0, 1 - var / jnp.where(snr_inv > 0, snr_inv, 1.0), 0.0)
-    return jnp.clip(ms, 0.0, 1.0 - 1e-5)
 
 
 @eqx.filter_jit
@@ -110,36 +77,23 @@ class Evaluation:
     num_eval: int
 
 
-def _decoder(data: Dataset) -> dict:
-    if data.levels is not None:
-        return dict(decoder="discretized", levels=data.levels)
-    return dict(decoder="gaussian")
-
-
 @eqx.filter_jit
-def _bounds_batch(net, sched, x0s, keys, tau, variances, decoder_kw):
+def _bounds_batch(net, sched, x0s, keys, tau, variances, levels):
     """bits/dim of every (method, example) under the DDPM forward process.
 
     `vmap` over methods (outer: their reverse variances) and examples (inner). The draws
-    $x_n$ do not depend on the method, so the network runs once per (example, step).
+    $x_n$ do not depend on the method, so the network runs once per (example, step). `levels`
+    is the data grid (discretised decoder) or `None` (Gaussian decoder).
     """
-    decoder_kw = dict(decoder_kw)
+    model = sd.EpsModel(net)
+    lam2 = sd.reverse_variances(sched, tau, "ddpm")  # DDPM's forward posterior, beta-tilde
     dec_vars = decoder_variances(sched, tau, variances)
 
     def one_method(var, dec_var):
+        chain = sd.make_chain(sched, tau, lam2, var, decoder_var=dec_var)
+
         def one_example(key, x0):
-            vb = sd.variational_bound(
-                key,
-                sched,
-                net,
-                x0,
-                tau,
-                lam2="ddpm",
-                variances=var,
-                decoder_var=dec_var,
-                **decoder_kw,
-            )
-            return vb.bits_per_dim
+            return sd.variational_bound(key, sched, model, chain, x0, levels=levels).bits_per_dim
 
         return jax.vmap(one_example)(keys, x0s)
 
@@ -213,15 +167,13 @@ def evaluate(cfg: Config, data: Dataset, sched, sde, net, key, log=print, progre
     seconds = {}
     k_gamma, k_bound, k_ode, k_samp = jax.random.split(key, 4)
     N = sched.num_steps
-    dec = _decoder(data)
-    dec_kw = tuple(sorted(dec.items()))
     train = jnp.asarray(data.train[: cfg.num_gamma], jnp.float32)
     test = jnp.asarray(data.test[: cfg.num_eval], jnp.float32)
 
     # ---- Gamma (Analytic-DPM's score moment), once for all K and all samplers
     t0 = time.perf_counter()
     est = sd.analytic.estimate_gamma(k_gamma, sched, net, train)
-    ms_eps = monotone_ms_eps(sched, est.ms_eps)  # what every sampler below uses
+    ms_eps = sd.analytic.monotone_ms_eps(sched, est.ms_eps)  # what every sampler uses
     ms = np.asarray(est.ms_eps)
     seconds["gamma"] = time.perf_counter() - t0
     what = "images" if data.image_shape is not None else "points"
@@ -240,12 +192,12 @@ def evaluate(cfg: Config, data: Dataset, sched, sde, net, key, log=print, progre
     oracle_bounds = None if oracle is None else {m: {} for m in BOUND_METHODS}
     oracle_est = None
     if oracle is not None:
-        oracle_est = monotone_ms_eps(
+        oracle_est = sd.analytic.monotone_ms_eps(
             sched, sd.analytic.estimate_gamma(k_gamma, sched, oracle, train).ms_eps
         )
     t0 = time.perf_counter()
     for K in ks:
-        tau = even_trajectory(N, K)
+        tau = sd.grids.even(N, K)
         for model, e, store in ((net, ms_eps, None), (oracle, oracle_est, oracle_bounds)):
             if model is None:
                 continue
@@ -254,13 +206,13 @@ def evaluate(cfg: Config, data: Dataset, sched, sde, net, key, log=print, progre
                 trajectories[K] = [int(v) for v in np.asarray(tau_ot)]
             names = BOUND_NAMES
             variances = _bound_variances(sched, tau, e, data.data_range)
-            bpd = np.asarray(_bounds_batch(model, sched, test, keys, tau, variances, dec_kw))
+            bpd = np.asarray(_bounds_batch(model, sched, test, keys, tau, variances, data.levels))
             if K == N:  # the optimal trajectory of N steps is every step
                 bpd_ot = bpd[2]
             else:  # same shapes as above, so the compilation is re-used
                 var_ot = _bound_variances(sched, tau_ot, e, data.data_range)
                 bpd_ot = np.asarray(
-                    _bounds_batch(model, sched, test, keys, tau_ot, var_ot, dec_kw)
+                    _bounds_batch(model, sched, test, keys, tau_ot, var_ot, data.levels)
                 )[2]
             rows = dict(zip(names, bpd))
             rows[ANALYTIC_DPM_OT] = bpd_ot
@@ -363,22 +315,15 @@ def pf_ode_start(sde, sched, data: Dataset) -> float:
     For data on a grid of spacing $\Delta$ the ODE models the blurred density $p_{t_\epsilon}$,
     and uniform dequantisation over a bin costs least when the blur matches the bin,
     $\sigma(t_\epsilon) = \Delta/\sqrt{12}$ (the standard deviation of the uniform noise), found
-    here by bisection. For continuous data, $t_\epsilon = t_1 = T/N$, the first time the network
-    was trained at.
+    by `sd.dequantization_t_eps`. For continuous data, $t_\epsilon = t_1 = T/N$, the first time
+    the network was trained at.
     """
     t1 = float(sched.T) / sched.num_steps
     if data.levels is None:
         return t1
     lo_, hi_ = data.data_range
-    target = (hi_ - lo_) / (data.levels - 1) / math.sqrt(12.0)
-    lo, hi = 0.0, float(sched.T)
-    for _ in range(60):
-        mid = 0.5 * (lo + hi)
-        if float(sde.marginal(mid)[1]) < target:
-            lo = mid
-        else:
-            hi = mid
-    return max(hi, t1)
+    bin_width = (hi_ - lo_) / (data.levels - 1)
+    return max(float(sd.dequantization_t_eps(sde, bin_width)), t1)
 
 
 def _pf_ode(cfg, data, sched, sde, net, key) -> dict:
@@ -433,7 +378,7 @@ def _samples(cfg, data, sched, net, ms_eps, key) -> dict:
     out = {name: {} for name in SAMPLERS}
     for K in cfg.sample_ks:
         K = min(K, N)
-        tau = even_trajectory(N, K)
+        tau = sd.grids.even(N, K)
         names = SAMPLER_NAMES
         lam2s, variances = _sampler_arrays(sched, tau, ms_eps, data.data_range, last_clip)
         xs = np.asarray(_sample_batch(net, sched, keys, x_T, tau, lam2s, variances, clip))

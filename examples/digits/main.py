@@ -13,12 +13,12 @@ import numpy as np
 
 import scoredyn as sd
 
-from ._config import parse_config
-from ._data import load
-from ._evaluate import evaluate
-from ._plots import plot_bounds, plot_loss, plot_samples
-from ._report import console_summary, write_report, write_results
-from ._train import train
+from .config import parse_config
+from .data import load
+from .evaluate import evaluate
+from .plots import plot_bounds, plot_loss, plot_samples
+from .report import console_summary, write_report, write_results
+from .train import train
 
 
 def main(argv: list[str] | None = None) -> pathlib.Path:
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> pathlib.Path:
     folder = pathlib.Path(cfg.out) / cfg.run_name
     folder.mkdir(parents=True, exist_ok=True)
     args = sys.argv[1:] if argv is None else list(argv)
-    command = "python -m scoredyn.demo" + "".join(" " + shlex.quote(a) for a in args)
+    command = "python -m examples.digits" + "".join(" " + shlex.quote(a) for a in args)
 
     def log(msg: str) -> None:
         print(msg, flush=True)

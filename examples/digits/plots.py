@@ -5,8 +5,8 @@ import pathlib
 
 import numpy as np
 
-from ._data import Dataset
-from ._evaluate import PF_ODE, SAMPLERS, Evaluation
+from .data import Dataset
+from .evaluate import PF_ODE, SAMPLERS, Evaluation
 
 _STYLE = {
     "DDPM, beta-tilde": dict(color="#d62728", marker="v"),

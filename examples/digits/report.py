@@ -5,9 +5,9 @@ import math
 import pathlib
 import platform
 
-from ._config import Config
-from ._data import Dataset
-from ._evaluate import (
+from .config import Config
+from .data import Dataset
+from .evaluate import (
     ANALYTIC_DDIM,
     ANALYTIC_DPM,
     ANALYTIC_DPM_OT,

@@ -10,9 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from .. import nn
-from ._config import Config
-from ._data import Dataset
+import scoredyn as sd
+
+from .config import Config
+from .data import Dataset
 
 
 def build_network(cfg: Config, data: Dataset, sde, key):
@@ -20,7 +21,7 @@ def build_network(cfg: Config, data: Dataset, sde, key):
     if cfg.net == "grid":
         if data.levels is None:
             raise ValueError("the grid head needs data on a grid (--data digits)")
-        logits = nn.MLP(
+        logits = sd.nn.MLP(
             data.dim,
             width=cfg.width,
             depth=cfg.depth,
@@ -28,18 +29,18 @@ def build_network(cfg: Config, data: Dataset, sde, key):
             dtype=jnp.float32,
             out_size=data.dim * data.levels,
         )
-        return nn.GridEps(logits, sde, data.levels, *data.data_range)
+        return sd.nn.GridEps(logits, sde, data.levels, *data.data_range)
     if cfg.net == "conv":
         if data.image_shape is None:
             raise ValueError("the conv net needs image data")
-        return nn.ConvNet(
+        return sd.nn.ConvNet(
             data.image_shape,
             channels=max(cfg.width // 4, 8),
             depth=cfg.depth,
             key=key,
             dtype=jnp.float32,
         )
-    return nn.MLP(data.dim, width=cfg.width, depth=cfg.depth, key=key, dtype=jnp.float32)
+    return sd.nn.MLP(data.dim, width=cfg.width, depth=cfg.depth, key=key, dtype=jnp.float32)
 
 
 def build_optimiser(cfg: Config) -> optax.GradientTransformation:
@@ -62,10 +63,10 @@ def build_loss(cfg: Config, sched, sde):
     eps-loss on the SDE with times drawn uniformly in the log-SNR (Song et al. 2021b)."""
     if cfg.weighting == "likelihood":
         t_eps = 0.5 * float(sched.time(1))
-        return nn.diffusion_batch_loss(
+        return sd.nn.diffusion_batch_loss(
             sde, weighting="likelihood", time_sampling="importance", t_eps=t_eps
         )
-    return nn.diffusion_batch_loss(sched)
+    return sd.nn.diffusion_batch_loss(sched)
 
 
 def train(cfg: Config, data: Dataset, sched, sde, key, log=print):
@@ -78,7 +79,7 @@ def train(cfg: Config, data: Dataset, sched, sde, key, log=print):
     k_init, k_train = jax.random.split(key)
     model = build_network(cfg, data, sde, k_init)
     opt = build_optimiser(cfg)
-    state = nn.init_train_state(model, opt)
+    state = sd.nn.init_train_state(model, opt)
     ckpt, meta = checkpoint_paths(cfg)
     if ckpt.exists() and meta.exists() and not cfg.retrain:
         try:
@@ -89,7 +90,7 @@ def train(cfg: Config, data: Dataset, sched, sde, key, log=print):
         except Exception as e:  # a stale or corrupt file: train again
             log(f"could not read {ckpt} ({e}); training afresh")
 
-    step = nn.make_train_step(build_loss(cfg, sched, sde), opt, ema_decay=cfg.ema_decay)
+    step = sd.nn.make_train_step(build_loss(cfg, sched, sde), opt, ema_decay=cfg.ema_decay)
     train_x = jnp.asarray(data.train, jnp.float32)
     chunk = 50 if cfg.train_steps >= 500 else 25
     bar = None
@@ -108,7 +109,7 @@ def train(cfg: Config, data: Dataset, sched, sde, key, log=print):
             bar.set_postfix(loss=f"{np.mean(running[-5:]):.4f}")
 
     t0 = time.perf_counter()
-    state, losses = nn.fit(
+    state, losses = sd.nn.fit(
         k_train,
         state,
         step,

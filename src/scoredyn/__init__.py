@@ -4,7 +4,7 @@ distributions, as pure JAX functions."""
 import importlib.metadata
 
 # -- namespaces: analytic, reparam, nn --
-from . import analytic as analytic, nn as nn, reparam as reparam, toy as toy
+from . import analytic as analytic, grids as grids, nn as nn, reparam as reparam, toy as toy
 from ._convert import (
     convert as convert,
     eps_to_score as eps_to_score,
@@ -33,6 +33,7 @@ from ._discrete import (
 # -- solve / likelihood (foundation) --
 from ._likelihood import (
     bits_per_dim as bits_per_dim,
+    dequantization_t_eps as dequantization_t_eps,
     divergence as divergence,
     hutchinson_divergence as hutchinson_divergence,
     hutchinson_probes as hutchinson_probes,
@@ -83,6 +84,11 @@ from ._solve import (
     sample_pc as sample_pc,
     sample_sde as sample_sde,
     simulate_sde as simulate_sde,
+    ODE as ODE,
+    DiffraxSDE as DiffraxSDE,
+    DPMSolver as DPMSolver,
+    EulerMaruyama as EulerMaruyama,
+    PredictorCorrector as PredictorCorrector,
 )
 
 try:

@@ -2,6 +2,7 @@ r"""Log-likelihood through the probability-flow ODE, and bits per dimension."""
 
 import math
 from collections.abc import Callable
+from typing import cast
 
 import diffrax
 import equinox as eqx
@@ -12,7 +13,7 @@ from jaxtyping import Array, ArrayLike, Float
 
 from .._custom_types import Key, Scalar, ScoreFn
 from .._misc import is_concrete
-from .._sde import AbstractSDE, ProbabilityFlow, probability_flow
+from .._sde import AbstractLinearSDE, AbstractSDE, ProbabilityFlow, probability_flow
 from .._solve._utils import (
     check_controller,
     check_score,
@@ -142,7 +143,7 @@ def log_likelihood(
     x = check_state(x, "x")
     if prior_log_prob is None:
         check_sde(sde, linear=True)
-        prior_log_prob = sde.prior_log_prob
+        prior_log_prob = cast(AbstractLinearSDE, sde).prior_log_prob
     elif not callable(prior_log_prob):
         raise TypeError(f"`prior_log_prob` must be callable z -> scalar, got {prior_log_prob!r}.")
     exact = _resolve_estimator(estimator, key, x.size)
@@ -158,6 +159,7 @@ def log_likelihood(
             raise ValueError(f"`probe` must be one of ('rademacher', 'gaussian'), got {probe!r}.")
         probes = None
     else:
+        assert key is not None  # `_resolve_estimator` refuses Hutchinson without a key
         probes = hutchinson_probes(key, x.shape, num_probes=num_probes, probe=probe, dtype=dtype)
     term = diffrax.ODETerm(_Augmented(probability_flow(sde, score), exact))
     sol = diffrax.diffeqsolve(
@@ -172,6 +174,7 @@ def log_likelihood(
         max_steps=max_steps,
         throw=throw,
     )
+    assert sol.ys is not None  # the default SaveAt(t1=True) saves the end state
     z, delta = sol.ys[0][0], sol.ys[1][0]
     prior = jnp.asarray(prior_log_prob(z), dtype)
     lp = prior + delta
@@ -242,11 +245,12 @@ def bits_per_dim(
             )
     x = check_state(x, "x")
     if dequantize:
+        assert key is not None  # checked above
         k_u, key = jax.random.split(key)
         u = jax.random.uniform(k_u, x.shape, x.dtype, minval=-0.5, maxval=0.5)
         x = x + width * u
-    out = log_likelihood(sde, score, x, key=key, **kwargs)
-    lp, stats = out if kwargs.get("return_stats", False) else (out, None)
+    return_stats = kwargs.pop("return_stats", False)
+    lp, stats = log_likelihood(sde, score, x, key=key, return_stats=True, **kwargs)
     d = x.size
     bpd = -(lp + d * math.log(width)) / (d * math.log(2.0))
-    return bpd if stats is None else (bpd, stats)
+    return (bpd, stats) if return_stats else bpd

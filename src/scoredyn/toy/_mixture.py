@@ -126,7 +126,8 @@ class GaussianMixture(eqx.Module):
 
     # ------------------------------------------------------------------ densities
     def log_prob(self, x: Float[ArrayLike, " d"]) -> Scalar:
-        r"""$\log p(x) = \operatorname{logsumexp}_k\big(\log w_k + \log\mathcal N(x; m_k, C_k)\big)$."""
+        r"""The log-density
+        $\log p(x) = \operatorname{logsumexp}_k\big(\log w_k + \log\mathcal N(x; m_k, C_k)\big)$."""
         x = self._check_x(x)
         logits, _, _ = self._component_terms(x, 1.0, 0.0)
         return logsumexp(logits)
@@ -147,7 +148,8 @@ class GaussianMixture(eqx.Module):
 
     # ------------------------------------------------------------------ under a diffusion
     def perturbed(self, alpha: ArrayLike, sigma: ArrayLike) -> "GaussianMixture":
-        r"""The law of $\alpha x_0 + \sigma\varepsilon$: means $\alpha m_k$, covs $\alpha^2 C_k + \sigma^2 I$."""
+        r"""The law of $\alpha x_0 + \sigma\varepsilon$: means $\alpha m_k$, covs
+        $\alpha^2 C_k + \sigma^2 I$."""
         alpha = jnp.asarray(alpha, self.means.dtype)
         sigma = jnp.asarray(sigma, self.means.dtype)
         eye = jnp.eye(self.dim, dtype=self.means.dtype)
@@ -184,7 +186,8 @@ class GaussianMixture(eqx.Module):
         return -jnp.einsum("k,ki->i", r, sol)
 
     def eps_at(self, alpha, sigma, x: Float[ArrayLike, " d"]) -> Float[Array, " d"]:
-        r"""Exact $\mathbb E[\varepsilon\mid x] = -\sigma\,\nabla\log p(x)$ for $x = \alpha x_0 + \sigma\varepsilon$.
+        r"""Exact $\mathbb E[\varepsilon\mid x] = -\sigma\,\nabla\log p(x)$ for
+        $x = \alpha x_0 + \sigma\varepsilon$.
 
         Works for any $(\alpha, \sigma)$, e.g. $(\sqrt{\bar\alpha_n}, \sqrt{1 - \bar\alpha_n})$ of
         a discrete schedule.
@@ -219,11 +222,13 @@ class GaussianMixture(eqx.Module):
         return mean, cov
 
     def eps_moments(self, alpha, sigma, x: Float[ArrayLike, " d"]):
-        r"""$\big(\mathbb E[\varepsilon\mid x],\ \mathbb E[\varepsilon^2\mid x]\big)$ (elementwise square).
+        r"""The pair $\big(\mathbb E[\varepsilon\mid x],\ \mathbb E[\varepsilon^2\mid x]\big)$
+        (elementwise square).
 
         From $\varepsilon = (x - \alpha x_0)/\sigma$: the conditional mean is
         $(x - \alpha\,\mathbb E[x_0\mid x])/\sigma$ and the conditional second moment is
-        $\big((x - \alpha\,\mathbb E[x_0\mid x])^2 + \alpha^2\operatorname{diag}\operatorname{Cov}[x_0\mid x]\big)/\sigma^2$.
+        $\big((x - \alpha\,\mathbb E[x_0\mid x])^2
+        + \alpha^2\operatorname{diag}\operatorname{Cov}[x_0\mid x]\big)/\sigma^2$.
         These are what SN-DPM's and NPR-DPM's second heads learn.
         """
         x = self._check_x(x)
@@ -239,7 +244,8 @@ class GaussianMixture(eqx.Module):
         return MixtureScore(self, sde, "score")
 
     def eps_fn(self, sde: AbstractLinearSDE) -> "MixtureScore":
-        r"""The exact noise prediction $(t, x) \mapsto -\sigma(t)\nabla_x\log p_t(x)$ under `sde`."""
+        r"""The exact noise prediction $(t, x) \mapsto -\sigma(t)\nabla_x\log p_t(x)$ under
+        `sde`."""
         return MixtureScore(self, sde, "eps")
 
 
