@@ -41,7 +41,6 @@ NAMESPACES = {
     "reparam.": sd.reparam,
     "nn.": sd.nn,
 }
-SKIP_NAMESPACES = {"demo"}  # the demo is an application (its own tests), not library API
 
 # Public names with no cell, and why (abstract bases and plain result containers have no
 # behaviour of their own; every concrete subclass / producer has a case).
@@ -54,6 +53,15 @@ EXCLUDED = {
     "analytic.GammaEstimate": "container of results, produced in every cell of estimate_gamma",
     "nn.TrainState": "container; built and transformed by init_train_state / make_train_step",
     "batch_mesh": "returns a jax.sharding.Mesh (no arrays in or out); tests/test_sharding.py",
+    "AbstractProcess": "abstract base; VPSDE, ..., DiscreteSchedule have cases",
+    "AbstractModel": "abstract base; EpsModel, ScoreModel, X0Model, VModel, ClipX0 have cases",
+    "AbstractSolver": "abstract base; every concrete solver has a case",
+    "AbstractDiscreteSolver": "abstract base; DDPM, DDIM and the analytic solvers have cases",
+    "AbstractState": "abstract container of a solver's state",
+    "DiscreteState": "container; built by init and transformed by step in the sample cells",
+    "DiscreteInfo": "NamedTuple of per-step results",
+    "Sample": "NamedTuple of results, produced in every cell of sample",
+    "Chain": "container, produced by make_chain and solver.chain in the sample cells",
 }
 
 TRANSFORMS = ("jit", "vmap", "grad", "x32", "x64")
@@ -63,7 +71,7 @@ def public_names() -> list[str]:
     names = []
     for prefix, mod in NAMESPACES.items():
         for n in dir(mod):
-            if n.startswith("_") or n in SKIP_NAMESPACES:
+            if n.startswith("_"):
                 continue
             obj = getattr(mod, n)
             if inspect.ismodule(obj):
@@ -394,6 +402,107 @@ def _(dt):
         return a, b
 
     return fn, (key(0), arr(0.5, dt), arr([0.5, -1.0], dt)), (key(1), arr(1.5, dt), arr([1, 0], dt))
+
+
+# ------------------------------------------------------------------------------ sampling layer
+@case(
+    "sample",
+    "DDPM",
+    "DDIM",
+    "EpsModel",
+    "ClipX0",
+    "variational_bound",
+    "make_chain",
+    "toy.discrete_eps2_fn",
+    "toy.DiscreteMixtureEps2",
+    diff=(1, 2),
+)
+def _(dt):
+    g = gm(dt)
+
+    def fn(k, b, x):
+        s = sd.DiscreteSchedule.from_betas(b)
+        model = sd.EpsModel(sd.toy.discrete_eps_fn(g, s))
+        tau = sd.respace(8, 4)
+        ddpm = sd.sample(k, s, model, sd.DDPM(), tau, x, save_trajectory=True)
+        ddim = sd.sample(None, s, sd.ClipX0(model, -2.0, 2.0), sd.DDIM(eta=0.0), tau, x)
+        eta = sd.sample(k, s, model, sd.DDIM(eta=0.5), tau, x)
+        chain = sd.DDPM(large_variance=True).chain(s, tau)
+        chain = sd.make_chain(s, tau, chain.lam2, chain.variances, decoder_var=0.1)
+        bound = sd.variational_bound(k, s, model, chain, x, levels=None)
+        eps2 = sd.toy.discrete_eps2_fn(g, s)(s.time(3), x)
+        return ddpm, ddim.x, eta.x, bound, eps2
+
+    return (
+        fn,
+        (key(0), betas(dt), arr([0.5, -1.0], dt)),
+        (key(1), betas(dt, shift=0.01), arr([1.0, 0.2], dt)),
+    )
+
+
+@case("ScoreModel", "X0Model", "VModel", diff=(0, 1))
+def _(dt):
+    g = gm(dt)
+    score = g.score_fn(VP)
+    eps = g.eps_fn(VP)
+
+    def x0_net(t, x):
+        a, s = VP.marginal(t)
+        return (x - s * eps(t, x)) / a
+
+    def v_net(t, x):
+        a, s = VP.marginal(t)
+        return a * eps(t, x) - s * x0_net(t, x)
+
+    def fn(t, x):
+        out = []
+        for m in (sd.ScoreModel(score), sd.X0Model(x0_net), sd.VModel(v_net)):
+            out += [m.eps(VP, t, x), m.x0(VP, t, x), m.score(VP, t, x), m.v(VP, t, x)]
+        return out
+
+    return fn, (arr(0.3, dt), arr([0.5, -1.0], dt)), (arr(0.7, dt), arr([1.0, 0.2], dt))
+
+
+@case(
+    "analytic.AnalyticDPM",
+    "analytic.AnalyticDDIM",
+    "analytic.SNDPM",
+    "analytic.NPRDPM",
+    diff=(1, 2),
+)
+def _(dt):
+    g = gm(dt)
+    s = sched(dt)
+    model = sd.EpsModel(sd.toy.discrete_eps_fn(g, s))
+    head = sd.toy.discrete_eps2_fn(g, s)
+    tau = sd.respace(8, 4)
+
+    def fn(k, x, ms):
+        outs = [
+            sd.sample(k, s, model, solver, tau, x).x
+            for solver in (
+                sd.analytic.AnalyticDPM(ms, data_range=(-2.0, 2.0)),
+                sd.analytic.AnalyticDDIM(ms),
+                sd.analytic.SNDPM(head),
+                sd.analytic.NPRDPM(head),
+            )
+        ]
+        chain = sd.analytic.AnalyticDPM(ms).chain(s, tau)
+        return outs, sd.variational_bound(k, s, model, chain, x, levels=None).total
+
+    return fn, (key(0), arr([0.5, -1.0], dt), _ms(dt)), (key(1), arr([1.0, 0.2], dt), _ms(dt, 0.2))
+
+
+@case("analytic.monotone_ms_eps", diff=(0, 1))
+def _(dt):
+    fn = lambda b, ms: sd.analytic.monotone_ms_eps(sd.DiscreteSchedule.from_betas(b), ms)
+    return fn, (betas(dt), _ms(dt)), (betas(dt, shift=0.01), _ms(dt, 0.2))
+
+
+@case("dequantization_t_eps", grad="bisection: piecewise constant in bin_width (zero gradient)")
+def _(dt):
+    fn = lambda w: sd.dequantization_t_eps(VP, w)
+    return fn, (arr(0.125, dt),), (arr(0.5, dt),)
 
 
 # ------------------------------------------------------------------------------ likelihood

@@ -50,8 +50,8 @@ class VPSDE(AbstractLinearSDE):
         Song et al., *Score-Based Generative Modeling through SDEs*, arXiv:2011.13456.
     """
 
-    beta_min: float = 0.1
-    beta_max: float = 20.0
+    beta_min: float | Scalar = 0.1
+    beta_max: float | Scalar = 20.0
     T: float = 1.0
 
     def __check_init__(self):
@@ -107,8 +107,8 @@ class SubVPSDE(AbstractLinearSDE):
         T: final time.
     """
 
-    beta_min: float = 0.1
-    beta_max: float = 20.0
+    beta_min: float | Scalar = 0.1
+    beta_max: float | Scalar = 20.0
     T: float = 1.0
 
     def __check_init__(self):
@@ -145,7 +145,8 @@ class VESDE(AbstractLinearSDE):
     2 s(t)^2 \log(\sigma_{\max}/\sigma_{\min})$. The transition kernel started from clean data
     at $t = 0$ is exact:
 
-    $$\sigma(t)^2 = s(t)^2 - \sigma_{\min}^2 = \sigma_{\min}^2\,\operatorname{expm1}(2t\log(\sigma_{\max}/\sigma_{\min})).$$
+    $$\sigma(t)^2 = s(t)^2 - \sigma_{\min}^2
+      = \sigma_{\min}^2\,\operatorname{expm1}(2t\log(\sigma_{\max}/\sigma_{\min})).$$
 
     (Song et al.'s code uses $\sigma(t) = s(t)$, which differs by $\sigma_{\min}^2$ in variance;
     the exact form makes $\sigma(0) = 0$ like the other SDEs.)
@@ -156,8 +157,8 @@ class VESDE(AbstractLinearSDE):
         T: final time.
     """
 
-    sigma_min: float = 0.01
-    sigma_max: float = 50.0
+    sigma_min: float | Scalar = 0.01
+    sigma_max: float | Scalar = 50.0
     T: float = 1.0
 
     def __check_init__(self):
@@ -204,7 +205,8 @@ class VESDE(AbstractLinearSDE):
         return -2.0 * self._log_sigma_min() - self._log_expm1(2.0 * t * self._log_ratio())
 
     def time_at_log_snr(self, lam: Float[ArrayLike, "..."]) -> Float[Array, "..."]:
-        r"""Closed-form inverse of $\lambda(t) = -2\log\sigma_{\min} - \log\operatorname{expm1}(2tL)$,
+        r"""Closed-form inverse of
+        $\lambda(t) = -2\log\sigma_{\min} - \log\operatorname{expm1}(2tL)$,
         $L = \log(\sigma_{\max}/\sigma_{\min})$:
         $t = \operatorname{softplus}(-\lambda - 2\log\sigma_{\min})/(2L)$."""
         lam = _float(lam)
@@ -214,9 +216,11 @@ class VESDE(AbstractLinearSDE):
 class CosineVPSDE(AbstractLinearSDE):
     r"""Variance-preserving SDE with the cosine schedule of Nichol & Dhariwal (2021).
 
-    $$\alpha(t) = \frac{\cos\big(\frac{\pi}{2}\frac{t + s}{1 + s}\big)}{\cos\big(\frac{\pi}{2}\frac{s}{1 + s}\big)},\qquad
+    $$\alpha(t) = \frac{\cos\big(\frac{\pi}{2}\frac{t + s}{1 + s}\big)}
+      {\cos\big(\frac{\pi}{2}\frac{s}{1 + s}\big)},\qquad
       \sigma(t)^2 = 1 - \alpha(t)^2,$$
-    $$f(t) = -\frac{\pi}{2(1+s)}\tan\Big(\frac{\pi}{2}\frac{t+s}{1+s}\Big),\qquad g(t)^2 = -2 f(t).$$
+    $$f(t) = -\frac{\pi}{2(1+s)}\tan\Big(\frac{\pi}{2}\frac{t+s}{1+s}\Big),\qquad
+      g(t)^2 = -2 f(t).$$
 
     At $t = 1$ the schedule has $\alpha = 0$ and an infinite drift, so the default end time is
     $T = 0.9946$ (as in DPM-Solver), where $\alpha \approx 8.4\times10^{-3}$ and
@@ -227,7 +231,7 @@ class CosineVPSDE(AbstractLinearSDE):
         T: final time, $0 < T < 1$.
     """
 
-    s: float = 0.008
+    s: float | Scalar = 0.008
     T: float = 0.9946
 
     def __check_init__(self):
@@ -265,11 +269,21 @@ class CosineVPSDE(AbstractLinearSDE):
         return la2 - log1mexp(la2)
 
     def time_at_log_snr(self, lam: Float[ArrayLike, "..."]) -> Float[Array, "..."]:
-        r"""Closed-form inverse of $\lambda(t)$: $\alpha = \operatorname{sigmoid}(\lambda)^{1/2}$,
-        then $\frac{\pi}{2}\frac{t + s}{1 + s} = \arccos(\alpha\cos a_0)$ with
-        $a_0 = \frac{\pi}{2}\frac{s}{1+s}$."""
+        r"""Closed-form inverse of $\lambda(t)$.
+
+        With $\alpha^2 = \operatorname{sigmoid}(\lambda)$, $1 - \alpha^2 =
+        \operatorname{sigmoid}(-\lambda)$ and $a_0 = \frac{\pi}{2}\frac{s}{1+s}$, the angle
+        $\delta = \frac{\pi}{2}\frac{t}{1+s}$ solves $\cos(a_0 + \delta) = \alpha\cos a_0$. It is
+        taken as $\operatorname{atan2}(\sin\delta, \cos\delta)$ with
+        $S = \sqrt{\sin^2 a_0 + (1 - \alpha^2)\cos^2 a_0}$,
+        $\sin\delta = \cos a_0\,(1 - \alpha^2)/(S + \alpha\sin a_0)$ and
+        $\cos\delta = \alpha\cos^2 a_0 + S\sin a_0$: no cancellation as $t \to 0$.
+        """
         lam = _float(lam)
         alpha = jnp.exp(-0.5 * jax.nn.softplus(-lam))
+        one_m_a2 = jax.nn.sigmoid(-lam)
         a0 = 0.5 * math.pi * self.s / (1.0 + self.s)
-        angle = jnp.arccos(alpha * jnp.cos(a0))
-        return jnp.maximum(angle - a0, 0.0) * (1.0 + self.s) / (0.5 * math.pi)
+        c0, s0 = _scalar_fn(math.cos, jnp.cos, a0), _scalar_fn(math.sin, jnp.sin, a0)
+        S = jnp.sqrt(s0**2 + one_m_a2 * c0**2)
+        delta = jnp.arctan2(c0 * one_m_a2 / (S + alpha * s0), alpha * c0**2 + S * s0)
+        return delta * (1.0 + self.s) / (0.5 * math.pi)
