@@ -1,18 +1,21 @@
 """Converters between score, eps, x0 and v predictions, against the exact oracle."""
 
+from typing import Literal
+
 import chex
 import jax
 import jax.numpy as jnp
 import pytest
 
 import scoredyn as sd
-from helpers import ALL_LINEAR_SDES, SDE_IDS, mixture_2d
+from helpers import ALL_LINEAR_SDES, SDE_IDS, mixture_2d, no_runtime_typecheck
 
-KINDS = ["score", "eps", "x0", "v"]
+KINDS: list[Literal["score", "eps", "x0", "v"]] = ["score", "eps", "x0", "v"]
 
 
 def _truth(gm, sde, t, x, kind):
-    """Each parameterisation from its own definition: Tweedie's x0, eps = (x - a x0)/s, v = a eps - s x0."""
+    """Each parameterisation from its own definition: Tweedie's x0, eps = (x - a x0)/s,
+    v = a eps - s x0."""
     alpha, sigma = sde.marginal(t)
     x0, _ = gm.posterior_moments(alpha, sigma, x)
     eps = (x - alpha * x0) / sigma
@@ -52,7 +55,8 @@ def test_named_converters_and_transforms():
 
 
 def test_bad_kind_raises():
-    with pytest.raises(ValueError, match="source"):
-        sd.convert(sd.VPSDE(), lambda t, x: x, "noise", "eps")
-    with pytest.raises(TypeError, match="sde"):
-        sd.convert("vp", lambda t, x: x, "eps", "score")
+    with no_runtime_typecheck():  # ill-typed on purpose: scoredyn's own errors
+        with pytest.raises(ValueError, match="source"):
+            sd.convert(sd.VPSDE(), lambda t, x: x, "noise", "eps")  # pyright: ignore[reportArgumentType]
+        with pytest.raises(TypeError, match="sde"):
+            sd.convert("vp", lambda t, x: x, "eps", "score")  # pyright: ignore[reportArgumentType]

@@ -80,19 +80,21 @@ UNIT = st.one_of(st.floats(0.0, 1.0), st.sampled_from([0.0, 1.0, 1e-12, 1.0 - 1e
 def test_vp_schedules_finite(beta_min, spread, u, sub):
     cls = sd.SubVPSDE if sub else sd.VPSDE
     # parameters as arrays: traced by the jitted check, so it compiles once
-    _check_sde(cls(jnp.asarray(beta_min), jnp.asarray(beta_min + spread)), u)
+    _check_sde(cls(beta_min=jnp.asarray(beta_min), beta_max=jnp.asarray(beta_min + spread)), u)
 
 
 @settings(max_examples=30)
 @given(sigma_min=_logfloat(-5, 0), ratio=_logfloat(0.01, 5), u=UNIT)
 def test_ve_schedules_finite(sigma_min, ratio, u):
-    _check_sde(sd.VESDE(jnp.asarray(sigma_min), jnp.asarray(sigma_min * ratio)), u)
+    _check_sde(
+        sd.VESDE(sigma_min=jnp.asarray(sigma_min), sigma_max=jnp.asarray(sigma_min * ratio)), u
+    )
 
 
 @settings(max_examples=30)
 @given(s=_logfloat(-4, -0.3), u=UNIT)
 def test_cosine_schedules_finite(s, u):
-    _check_sde(sd.CosineVPSDE(jnp.asarray(s)), u)
+    _check_sde(sd.CosineVPSDE(s=jnp.asarray(s)), u)
 
 
 @given(a=ANY_FLOAT, b=ANY_FLOAT, kind=st.sampled_from(["vp", "subvp", "ve"]))
@@ -206,7 +208,7 @@ def test_any_linear_schedule_valid_or_named_error(b0, b1, n):
 def test_any_trajectory_valid_or_named_error(idx):
     N = 10
     try:
-        tau = sd.trajectory(idx, N)
+        tau = sd.trajectory(np.asarray(idx, dtype=np.int64), N)
     except Exception as e:
         _library_error(e, "indices")
         TRIED["invalid"] += 1

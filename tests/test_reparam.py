@@ -8,6 +8,7 @@ invariance / limit of the construction.
 
 import functools
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -34,7 +35,7 @@ MU4 = np.array([0.3, -1.2, 2.0, 0.5])
 SCALE = {"gaussian": 1.0, "gumbel": 1.0, "logistic": 1.0, "laplace": 1.0, "uniform": 4.0}
 
 
-def scipy_dist(name: str, scale: float):
+def scipy_dist(name: str, scale: float) -> Any:  # a frozen scipy.stats distribution
     if name == "uniform":
         return stats.uniform(loc=-scale / 2, scale=scale)
     base = {
@@ -50,10 +51,10 @@ def scipy_dist(name: str, scale: float):
 def scipy_probs(name: str, mu: tuple, scale: float = 1.0) -> np.ndarray:
     """$p_i = \\int p(e) \\prod_{j\\ne i} F(e + \\mu_i - \\mu_j) de$ by scipy's QUADPACK."""
     dist = scipy_dist(name, scale)
-    mu = np.asarray(mu, float)
+    m = np.asarray(mu, float)
     out = []
-    for i in range(mu.size):
-        d = mu[i] - np.delete(mu, i)
+    for i in range(m.size):
+        d = m[i] - np.delete(m, i)
         pts = [0.0]
         if name == "laplace":
             pts = sorted({0.0, *(-d).tolist()})
@@ -67,7 +68,7 @@ def scipy_probs(name: str, mu: tuple, scale: float = 1.0) -> np.ndarray:
         def f(e, d=d):
             return dist.pdf(e) * np.prod(dist.cdf(e + d))
 
-        kw = {"points": pts} if pts else {}
+        kw: dict[str, Any] = {"points": pts} if pts else {}
         out.append(integrate.quad(f, lo, hi, epsabs=0.0, epsrel=1e-13, limit=2000, **kw)[0])
     return np.asarray(out)
 
@@ -228,7 +229,7 @@ def test_log_diff_cdf_tails(name):
         ref = -np.logaddexp(0.0, -np.asarray(x))
     elif name == "laplace":  # density (1 + |y|) e^{-|y|} / 4: integrate it directly
         dens = lambda y: (1 + abs(y)) * np.exp(-abs(y)) / 4  # noqa: E731
-        kw = dict(epsabs=0.0, epsrel=1e-13, limit=200)
+        kw: dict[str, Any] = dict(epsabs=0.0, epsrel=1e-13, limit=200)
         ref = [
             np.log(integrate.quad(dens, v - 80.0, v, **kw)[0])
             if v < 0
@@ -573,7 +574,7 @@ def test_bad_input():
     with pytest.raises(ValueError, match="mu"):
         R.PerturbMax(jnp.zeros((3, 0)), R.Gaussian())
     with pytest.raises(TypeError, match="noise"):
-        R.PerturbMax(mu, "gaussian")
+        R.PerturbMax(mu, "gaussian")  # pyright: ignore[reportArgumentType]
     for cls in CLASSES.values():
         with pytest.raises(ValueError, match="scale"):
             cls(0.0)

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 import scoredyn as sd
-from helpers import ALL_LINEAR_SDES, SDE_IDS
+from helpers import ALL_LINEAR_SDES, SDE_IDS, no_runtime_typecheck
 
 sde_params = pytest.mark.parametrize("sde", ALL_LINEAR_SDES, ids=SDE_IDS)
 
@@ -62,7 +62,7 @@ def test_log_snr_matches_definition_and_decreases(sde):
     alpha, sigma = jax.vmap(sde.marginal)(t)
     lam = jax.vmap(sde.log_snr)(t)
     np.testing.assert_allclose(lam, np.log(alpha**2 / sigma**2), rtol=1e-9)
-    assert np.all(np.diff(np.asarray(lam)) < 0)
+    assert np.all(np.diff(np.asarray(lam, dtype=float)) < 0)
 
 
 @sde_params
@@ -185,7 +185,7 @@ def test_stationary_ou_pf_is_zero():
         (lambda: sd.CosineVPSDE(T=1.0), "T"),
         (lambda: sd.CosineVPSDE(s=-1.0), "s"),
         (lambda: sd.VPSDE(T=0.0), "T"),
-        (lambda: sd.SDE(1.0, lambda t, x: 1.0), "drift_fn"),
+        (lambda: sd.SDE(1.0, lambda t, x: 1.0), "drift_fn"),  # pyright: ignore[reportArgumentType]
     ],
 )
 def test_bad_parameters_raise(make, match):
@@ -197,10 +197,11 @@ def test_bad_time_raises(getkey):
     sde = sd.VPSDE()
     with pytest.raises(ValueError, match="t"):
         sd.perturb(getkey(), sde, jnp.zeros(2), 1.5)
-    with pytest.raises(ValueError, match="scalar"):
-        sd.perturb(getkey(), sde, jnp.zeros(2), jnp.array([0.1, 0.2]))
-    with pytest.raises(TypeError, match="x0"):
-        sd.perturb(getkey(), sde, jnp.zeros(2, jnp.complex64), 0.5)
+    with no_runtime_typecheck():  # ill-typed on purpose: scoredyn's own errors
+        with pytest.raises(ValueError, match="scalar"):
+            sd.perturb(getkey(), sde, jnp.zeros(2), jnp.array([0.1, 0.2]))
+        with pytest.raises(TypeError, match="x0"):
+            sd.perturb(getkey(), sde, jnp.zeros(2, jnp.complex64), 0.5)
     # traced time outside [0, T]: a runtime error, not a silent NaN
     with pytest.raises(Exception, match=r"\[0, T"):
         jax.jit(lambda t: sd.perturb(jax.random.key(0), sde, jnp.zeros(2), t))(

@@ -14,7 +14,7 @@ from helpers import ALL_LINEAR_SDES, SDE_IDS, mixture_2d
 
 def _scipy_log_prob(gm, x):
     dens = sum(
-        float(w) * stats.multivariate_normal(np.asarray(m), np.asarray(c)).pdf(np.asarray(x))
+        float(w) * stats.multivariate_normal(np.asarray(m), np.asarray(c)).pdf(np.asarray(x))  # pyright: ignore[reportArgumentType]
         for w, m, c in zip(gm.weights, gm.means, gm.covs)
     )
     return np.log(dens)
@@ -31,7 +31,8 @@ def test_log_prob_matches_scipy(x):
 @settings(max_examples=8)
 @given(u=st.floats(0.01, 1.0), x=st.tuples(st.floats(-3, 3), st.floats(-3, 3)))
 def test_score_is_gradient_of_marginal_log_prob(sde, u, x):
-    """Closed-form score equals autodiff of the diffused log-density, and the marginal is scipy's."""
+    """Closed-form score equals autodiff of the diffused log-density, and the marginal is
+    scipy's."""
     gm = mixture_2d()
     t = u * sde.T
     x = jnp.array(x)
@@ -86,10 +87,10 @@ def test_posterior_moments_match_quadrature_1d():
     a, s, x = 0.6, 0.8, jnp.array([0.4])
 
     def joint(x0, power):
-        prior = 0.3 * stats.norm(-1.0, np.sqrt(0.2)).pdf(x0) + 0.7 * stats.norm(
-            1.5, np.sqrt(0.5)
-        ).pdf(x0)
-        return x0**power * prior * stats.norm(a * x0, s).pdf(float(x[0]))
+        prior = 0.3 * stats.norm.pdf(x0, -1.0, np.sqrt(0.2)) + 0.7 * stats.norm.pdf(
+            x0, 1.5, np.sqrt(0.5)
+        )
+        return x0**power * prior * stats.norm.pdf(float(x[0]), a * x0, s)
 
     z = integrate.quad(joint, -15, 15, args=(0,), epsabs=1e-14)[0]
     m1 = integrate.quad(joint, -15, 15, args=(1,), epsabs=1e-14)[0] / z
@@ -127,7 +128,7 @@ def test_tweedie_posterior_mean(u):
 )
 def test_bad_mixture_raises(kwargs, match):
     args = dict(weights=[0.5, 0.5], means=[[0.0, 0.0], [1.0, 1.0]], covs=[np.eye(2), np.eye(2)])
-    args.update(kwargs)
+    args = {k: np.asarray(v) for k, v in (args | kwargs).items()}
     with pytest.raises(ValueError, match=match):
         sd.toy.GaussianMixture(**args)
 

@@ -4,6 +4,7 @@ import math
 
 import equinox as eqx
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike
@@ -72,22 +73,22 @@ def check_times(t: ArrayLike, T, name: str = "t") -> Array:
     Concrete values raise `ValueError` at trace time, naming the first bad value; traced values
     are checked at run time with `eqx.error_if`. Returns `t` as a floating array.
     """
-    t = as_float(t, name)
-    slack = time_slack(T, t.dtype)
-    if is_concrete(t, T):
-        v = np.asarray(t, dtype=np.float64)
+    t_ = as_float(t, name)
+    slack = time_slack(T, t_.dtype)
+    if is_concrete(t_, T):
+        v = np.asarray(t_, dtype=np.float64)
         Tv = float(T)
         bad = np.isnan(v) | (v < -slack) | (v > Tv + slack)
         if bad.any():
             first = v.reshape(-1)[int(np.argmax(bad.reshape(-1)))]
             raise ValueError(f"`{name}` must lie in [0, T] = [0, {Tv}], got {first}.")
     else:
-        bad = jnp.isnan(t) | (t < -slack) | (t > jnp.asarray(T, t.dtype) + slack)
-        t = eqx.error_if(t, bad, f"`{name}` must lie in [0, T] (the SDE's time interval).")
+        bad = jnp.isnan(t_) | (t_ < -slack) | (t_ > jnp.asarray(T, t_.dtype) + slack)
+        t_ = eqx.error_if(t_, bad, f"`{name}` must lie in [0, T] (the SDE's time interval).")
     # move a time within the slack onto the interval (t = -1e-300 would otherwise give
     # sigma^2 < 0); `where`, not `clip`, keeps d/dt = 1 at the end points themselves
-    T_ = jnp.asarray(T, t.dtype)
-    return jnp.where(t < 0, jnp.zeros_like(t), jnp.where(t > T_, T_, t))
+    T_ = jnp.asarray(T, t_.dtype)
+    return jnp.where(t_ < 0, jnp.zeros_like(t_), jnp.where(t_ > T_, T_, t_))
 
 
 def check_time(t: ArrayLike, T: float, name: str = "t") -> Array:

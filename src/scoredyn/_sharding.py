@@ -21,7 +21,7 @@ def sharded_vmap(
     *,
     mesh: Mesh | None = None,
     axis_name: str = "batch",
-    in_axes=0,
+    in_axes: int | None | tuple[int | None, ...] | list[int | None] = 0,
 ) -> Callable:
     r"""`jax.vmap(fn)` over the leading batch axis, with the batch split across devices.
 

@@ -117,7 +117,8 @@ class AbstractLinearSDE(AbstractSDE, AbstractProcess):
         return self.marginal(self.T)[1]
 
     def prior_sample(self, key: Key, shape: tuple[int, ...], dtype=None) -> Float[Array, "*shape"]:
-        r"""Draw from the prior $\mathcal N(0, \sigma(T)^2 I)$ (the term $\alpha(T) x_0$ is dropped)."""
+        r"""Draw from the prior $\mathcal N(0, \sigma(T)^2 I)$ (the term $\alpha(T) x_0$ is
+        dropped)."""
         dtype = jnp.result_type(float) if dtype is None else dtype
         return self.prior_std().astype(dtype) * jax.random.normal(key, shape, dtype)
 

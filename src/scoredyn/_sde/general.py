@@ -11,7 +11,8 @@ from .base import AbstractSDE
 
 
 class SDE(AbstractSDE):
-    r"""A general Itô SDE $\mathrm{d}x = f(t, x)\,\mathrm{d}t + g(t, x)\,\mathrm{d}W$ from callables.
+    r"""A general Itô SDE $\mathrm{d}x = f(t, x)\,\mathrm{d}t + g(t, x)\,\mathrm{d}W$ from
+    callables.
 
     Use it for non-linear drifts (e.g. a Langevin or Ornstein–Uhlenbeck process with a learned
     potential). The reverse-time SDE and the probability-flow ODE work for it too, with the

@@ -2,7 +2,7 @@
 
 import equinox as eqx
 import jax
-from jaxtyping import Array, ArrayLike, Float
+from jaxtyping import Array, ArrayLike, Float, Real
 
 from .._custom_types import Key, Time
 from .._misc import as_float, check_time
@@ -10,18 +10,20 @@ from .base import AbstractLinearSDE
 
 
 def perturb(
-    key: Key, sde: AbstractLinearSDE, x0: Float[ArrayLike, "*shape"], t: Time
+    key: Key, sde: AbstractLinearSDE, x0: Real[ArrayLike, "*shape"], t: Time
 ) -> Float[Array, "*shape"]:
-    r"""Draw $x_t = \alpha(t)\,x_0 + \sigma(t)\,\varepsilon$ with $\varepsilon \sim \mathcal N(0, I)$.
+    r"""Draw $x_t = \alpha(t)\,x_0 + \sigma(t)\,\varepsilon$ with
+    $\varepsilon \sim \mathcal N(0, I)$.
 
     Args:
         key: PRNG key.
         sde: a linear SDE.
-        x0: clean data, one example (any shape).
+        x0: clean data, one example (any shape; integer data are promoted to the default
+            float).
         t: scalar time in $[0, T]$.
 
     Returns:
-        $x_t$, shaped and typed like `x0`.
+        $x_t$, shaped like `x0`, of its (floating) dtype.
 
     Raises:
         ValueError: if `t` lies outside $[0, T]$ (at trace time when concrete).

@@ -10,7 +10,8 @@ from .base import AbstractSDE
 
 
 def _g2_divergence(sde: AbstractSDE, t, x):
-    r"""$\big(\nabla\cdot (g g^\top)\big)_i = \partial_{x_i} g_i(t, x)^2$ for diagonal $g$ (zero if $g$ ignores $x$)."""
+    r"""$\big(\nabla\cdot (g g^\top)\big)_i = \partial_{x_i} g_i(t, x)^2$ for diagonal $g$
+    (zero if $g$ ignores $x$)."""
     if not sde.state_dependent_diffusion:
         return jnp.zeros_like(x)
     g2 = lambda y: jnp.broadcast_to(sde.diffusion(t, y) ** 2, y.shape)
@@ -24,8 +25,8 @@ class ReverseSDE(AbstractSDE):
 
     Integrated from $t = T$ down to $t = 0$ it has the same marginals $p_t$ as the forward SDE:
 
-    $$\mathrm{d}x = \big[f(t, x) - \nabla\cdot(g g^\top) - g g^\top\nabla_x\log p_t(x)\big]\,\mathrm{d}t
-      + g(t, x)\,\mathrm{d}\bar W.$$
+    $$\mathrm{d}x = \big[f(t, x) - \nabla\cdot(g g^\top)
+      - g g^\top\nabla_x\log p_t(x)\big]\,\mathrm{d}t + g(t, x)\,\mathrm{d}\bar W.$$
 
     `drift` returns the bracket; time runs backwards, so a sampler steps with $\mathrm{d}t < 0$.
     See [the reverse-time SDE](../derivations/reverse-sde.md).
@@ -34,8 +35,13 @@ class ReverseSDE(AbstractSDE):
     sde: AbstractSDE
     score: ScoreFn
 
+    # explicit, because pyright would otherwise count the base's `T: AbstractVar` as a field
+    def __init__(self, sde: AbstractSDE, score: ScoreFn):
+        self.sde = sde
+        self.score = score
+
     @property
-    def T(self) -> float:  # pyright: ignore
+    def T(self) -> float:  # pyright: ignore[reportIncompatibleMethodOverride]
         return self.sde.T
 
     @property
@@ -44,7 +50,8 @@ class ReverseSDE(AbstractSDE):
 
     def drift(self, t: Time, x: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
         g = self.sde.diffusion(t, x)
-        return self.sde.drift(t, x) - _g2_divergence(self.sde, t, x) - g**2 * self.score(t, x)
+        s = self.score(jnp.asarray(t, x.dtype), x)
+        return self.sde.drift(t, x) - _g2_divergence(self.sde, t, x) - g**2 * s
 
     def diffusion(self, t: Time, x: Float[Array, "*shape"]) -> Float[Array, "..."]:
         return self.sde.diffusion(t, x)
@@ -83,7 +90,8 @@ class ProbabilityFlow(eqx.Module):
     def __call__(self, t: Time, x: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
         g = self.sde.diffusion(t, x)
         corr = _g2_divergence(self.sde, t, x)
-        return self.sde.drift(t, x) - 0.5 * corr - 0.5 * g**2 * self.score(t, x)
+        s = self.score(jnp.asarray(t, x.dtype), x)
+        return self.sde.drift(t, x) - 0.5 * corr - 0.5 * g**2 * s
 
 
 def probability_flow(sde: AbstractSDE, score: ScoreFn) -> ProbabilityFlow:

@@ -6,14 +6,14 @@ covariance of $x_0$ given $x_n$, and through it the reverse variance of any step
 """
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, Int
 
-from .._custom_types import Key
+from .._custom_types import Key, Scalar
 from .._discrete import DiscreteSchedule
 from .._discrete.schedule import check_index
 from .._misc import as_float, check_positive
@@ -130,7 +130,7 @@ def step_variance(
     x0_cov: Float[ArrayLike, "*shape"],
     *,
     forward: Forward = "ddpm",
-    eta: float = 0.0,
+    eta: float | Scalar = 0.0,
 ) -> Float[Array, "*shape"]:
     r"""Reverse variance of a step $n\to m$ implied by a (diagonal) covariance of $x_0$ given $x_n$.
 
@@ -166,7 +166,7 @@ class DiagonalVariance(eqx.Module):
     head_fn: Callable
     kind: Literal["sn", "npr"] = eqx.field(static=True)
     forward: Forward = eqx.field(static=True)
-    eta: float = 0.0
+    eta: float | Scalar = 0.0
     data_range: tuple[float, float] | None = eqx.field(static=True, default=None)
 
     def __call__(self, n, m, x_n, eps_hat):
@@ -190,7 +190,7 @@ def sn_variance_fn(
     head_fn: Callable,
     *,
     forward: Forward = "ddpm",
-    eta: float = 0.0,
+    eta: float | Scalar = 0.0,
     data_range: tuple[float, float] | None = None,
 ) -> DiagonalVariance:
     r"""SN-DPM's variance $\lambda^2 + \gamma^2(1 - \bar a_n)(h - \hat\varepsilon^2)/\bar a_n$.
@@ -216,7 +216,7 @@ def npr_variance_fn(
     head_fn: Callable,
     *,
     forward: Forward = "ddpm",
-    eta: float = 0.0,
+    eta: float | Scalar = 0.0,
     data_range: tuple[float, float] | None = None,
 ) -> DiagonalVariance:
     r"""NPR-DPM reverse variance: $\lambda^2 + \gamma^2\,\frac{1 - \bar a_n}{\bar a_n}g(x_n)$.
@@ -249,7 +249,7 @@ def _noised(key, sched, x0):
     return sched.time(n).astype(x0.dtype), x_n, eps
 
 
-def _two_heads(model_fn, t, x_n):
+def _two_heads(model_fn: Callable[..., Any], t, x_n):
     """`model_fn(t, x_n)` as a pair of arrays shaped like `x_n` (shapes checked at trace time)."""
     if not callable(model_fn):
         raise TypeError(f"`model_fn` must be callable (t, x) -> (eps_hat, head), got {model_fn!r}.")

@@ -43,14 +43,15 @@ class GammaEstimate(eqx.Module):
         num_samples: $S$, the number of $(x_0, \varepsilon)$ pairs used per step.
     """
 
-    ms_eps: Float[Array, " N+1"]
-    stderr: Float[Array, " N+1"]
-    ms_eps_plain: Float[Array, " N+1"]
-    stderr_plain: Float[Array, " N+1"]
-    ms_eps_cv: Float[Array, " N+1"]
-    stderr_cv: Float[Array, " N+1"]
-    cv_coef: Float[Array, "N+1 2"]
-    gamma: Float[Array, " N+1"]
+    # `num_times` = N + 1 (n = 0..N; jaxtyping binds no arithmetic in a field's shape)
+    ms_eps: Float[Array, " num_times"]
+    stderr: Float[Array, " num_times"]
+    ms_eps_plain: Float[Array, " num_times"]
+    stderr_plain: Float[Array, " num_times"]
+    ms_eps_cv: Float[Array, " num_times"]
+    stderr_cv: Float[Array, " num_times"]
+    cv_coef: Float[Array, "num_times 2"]
+    gamma: Float[Array, " num_times"]
     num_samples: int = eqx.field(static=True)
 
 
@@ -291,7 +292,9 @@ def _estimate(key, sched, eps_fn, data, num_noise: int, chunk_size: int):
     return jax.tree.map(lambda x: jnp.concatenate([jnp.zeros((1,) + x.shape[1:], x.dtype), x]), out)
 
 
-def as_ms_eps(gamma_or_ms_eps: "GammaEstimate | ArrayLike", num_steps: int) -> Float[Array, " N+1"]:
+def as_ms_eps(
+    gamma_or_ms_eps: "GammaEstimate | ArrayLike", num_steps: int
+) -> Float[Array, " {num_steps}+1"]:
     """Accept a `GammaEstimate` or an `ms_eps` array of shape `(N+1,)`."""
     ms = gamma_or_ms_eps.ms_eps if isinstance(gamma_or_ms_eps, GammaEstimate) else gamma_or_ms_eps
     ms = as_float(ms, "ms_eps")

@@ -5,6 +5,7 @@ import math
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, Int
 
+from .._custom_types import Scalar
 from .._discrete import DiscreteSchedule
 from .._misc import as_float, check_positive
 from ._common import (
@@ -26,7 +27,7 @@ def x0_variance(
     *,
     data_range: tuple[float, float] | None = None,
     clip: bool = True,
-) -> Float[Array, " N+1"]:
+) -> Float[Array, " {sched.num_steps}+1"]:
     r"""Average posterior variance of the data, $\kappa_n = \mathbb E\,\mathrm{tr\,Cov}[x_0|x_n]/d$.
 
     By the law of total variance and the score identity (Analytic-DPM, Lemma 13 and 11),
@@ -71,12 +72,12 @@ def _pairs(sched, tau):
 
 def variance_bounds(
     sched: DiscreteSchedule,
-    tau: Int[ArrayLike, " K+1"],
+    tau: Int[ArrayLike, " num_indices"],
     *,
     forward: Forward = "ddpm",
-    eta: float = 0.0,
+    eta: float | Scalar = 0.0,
     data_range: tuple[float, float] | None = None,
-) -> tuple[Float[Array, " K"], Float[Array, " K"]]:
+) -> tuple[Float[Array, " num_indices-1"], Float[Array, " num_indices-1"]]:
     r"""Lower and upper bounds on the optimal reverse variance of every step of `tau`.
 
     For a step $n \to m$ (Analytic-DPM Theorem 2 and Corollary 1, in the code's symbols):
@@ -110,15 +111,15 @@ def variance_bounds(
 
 def optimal_variances(
     sched: DiscreteSchedule,
-    tau: Int[ArrayLike, " K+1"],
+    tau: Int[ArrayLike, " num_indices"],
     ms_eps,
     *,
     forward: Forward = "ddpm",
-    eta: float = 0.0,
+    eta: float | Scalar = 0.0,
     data_range: tuple[float, float] | None = None,
     clip: bool = True,
     last_step_clip: float | None = None,
-) -> Float[Array, " K"]:
+) -> Float[Array, " num_indices-1"]:
     r"""The Analytic-DPM (or Analytic-DDIM) optimal reverse variance of every step of `tau`.
 
     For a step $n \to m$ with forward variance $\lambda^2$ (see
@@ -193,15 +194,15 @@ def optimal_variances(
 
 def optimal_variance(
     sched: DiscreteSchedule,
-    n: Int[ArrayLike, ""],
-    m: Int[ArrayLike, ""],
-    ms_eps_n: Float[ArrayLike, ""],
+    n: Int[ArrayLike, "*pairs"],
+    m: Int[ArrayLike, "*pairs"],
+    ms_eps_n: Float[ArrayLike, "*pairs"],
     *,
     forward: Forward = "ddpm",
-    eta: float = 0.0,
+    eta: float | Scalar = 0.0,
     data_range: tuple[float, float] | None = None,
     clip: bool = True,
-) -> Float[Array, ""]:
+) -> Float[Array, "*pairs"]:
     r"""The optimal reverse variance $v^*_{m|n}$ for pairs $n\to m$ (not a trajectory).
 
     Same formula as [`optimal_variances`][scoredyn.analytic.optimal_variances], with

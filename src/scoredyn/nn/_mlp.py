@@ -28,8 +28,10 @@ def _check_size(width: int, depth: int, time_dim: int):
 
 def _zero_linear(lin: eqx.nn.Linear, bias: float = 0.0) -> eqx.nn.Linear:
     """`lin` with zero weights and a constant bias (an output layer that starts at `bias`)."""
+    assert lin.bias is not None, "_zero_linear needs a Linear with a bias"
+    new_bias = jnp.full_like(lin.bias, bias)
     lin = eqx.tree_at(lambda m: m.weight, lin, jnp.zeros_like(lin.weight))
-    return eqx.tree_at(lambda m: m.bias, lin, jnp.full_like(lin.bias, bias))
+    return eqx.tree_at(lambda m: m.bias, lin, new_bias)
 
 
 class TimeMLP(eqx.Module):
@@ -176,7 +178,7 @@ class MLP(eqx.Module):
         """$d$, the length of `x`."""
         return self.trunk.data_dim
 
-    def __call__(self, t: Float[ArrayLike, ""], x: Float[Array, " d"]) -> Float[Array, " d"]:
+    def __call__(self, t: Float[ArrayLike, ""], x: Float[Array, " d"]) -> Float[Array, " out"]:
         return self.out(self.trunk(t, x)).astype(jnp.result_type(x))
 
 
