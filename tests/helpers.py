@@ -85,7 +85,9 @@ def old_bound(
     from scoredyn._discrete.sampler import LegacyChain, legacy_model
     from scoredyn._misc import as_float, check_vector_field
 
-    if callable(eps_fn):  # 0.1 named the callable in its errors
+    if not callable(eps_fn):  # 0.1 named the callable in its errors
+        raise TypeError(f"`eps_fn` must be callable (t, x) -> array, got {eps_fn!r}.")
+    else:
         check_vector_field(eps_fn, "eps_fn", jnp.asarray(sched.T, as_float(x0).dtype), x0)
 
     chain = LegacyChain(lam2, variances, eta, decoder_var=decoder_var).chain(sched, tau)

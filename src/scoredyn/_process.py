@@ -35,11 +35,11 @@ class AbstractProcess(eqx.Module):
     """
 
     @abc.abstractmethod
-    def marginal(self, t) -> tuple[Scalar, Scalar]:
+    def marginal(self, t, /) -> tuple[Scalar, Scalar]:
         r"""$(\alpha(s), \sigma(s))$ of $x_s \mid x_0$."""
 
     @abc.abstractmethod
-    def log_snr(self, t) -> Scalar:
+    def log_snr(self, t, /) -> Scalar:
         r"""$\lambda(s) = \log(\alpha(s)^2/\sigma(s)^2)$, decreasing in $s$."""
 
     @abc.abstractmethod
@@ -47,5 +47,5 @@ class AbstractProcess(eqx.Module):
         r"""The coordinate $s$ with $\lambda(s) = $ `lam` (the inverse of `log_snr`)."""
 
     @abc.abstractmethod
-    def model_time(self, t) -> Float[Array, "..."]:
+    def model_time(self, t, /) -> Float[Array, "..."]:
         r"""The time at which a network is evaluated at coordinate $s$."""

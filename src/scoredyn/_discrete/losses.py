@@ -135,7 +135,7 @@ def diffusion_loss(
         Ho et al. arXiv:2006.11239; Song et al. arXiv:2101.09258 (likelihood weighting);
         Salimans & Ho arXiv:2202.00512; Hang et al. arXiv:2303.09556.
     """
-    prediction = check_prediction(prediction)
+    prediction = check_prediction(prediction)  # pyright: ignore[reportAssignmentType]
     if not (callable(weighting) or weighting in _WEIGHTINGS):
         raise ValueError(
             f"`weighting` must be one of {_WEIGHTINGS} or a callable t -> w, got {weighting!r}."

@@ -183,7 +183,7 @@ def posterior_variance(sched: DiscreteSchedule, n, m) -> Array:
 
 def reverse_variances(
     sched: DiscreteSchedule,
-    tau: Int[ArrayLike, " K+1"],
+    tau: Int[ArrayLike, " num_points"],
     kind: VarianceKind = "ddpm",
     eta: float = 0.0,
 ) -> Float[Array, " K"]:

@@ -21,7 +21,7 @@ _KINDS = ("uniform", "quadratic")
 
 def respace(
     num_steps: int, K: int, kind: Literal["uniform", "quadratic"] = "uniform"
-) -> Int[Array, " K+1"]:
+) -> Int[Array, " num_points"]:
     r"""A trajectory of $K$ steps through $\{0, \dots, N\}$: shape `(K + 1,)`, from 0 up to $N$.
 
     - `"uniform"`: $\tau_k = \lfloor kN/K + \tfrac12\rfloor$ (evenly spaced, rounded half up, so
@@ -70,7 +70,7 @@ def respace(
     return jnp.asarray(tau.astype(np.int32))
 
 
-def trajectory(indices: Int[ArrayLike, " K+1"], num_steps: int) -> Int[Array, " K+1"]:
+def trajectory(indices: Int[ArrayLike, " num_points"], num_steps: int) -> Int[Array, " num_points"]:
     r"""Validate a user trajectory and return it as an int32 array `tau` of shape `(K + 1,)`.
 
     `indices` must be strictly monotone, start at 0 and end at $N$ (or start at $N$ and end

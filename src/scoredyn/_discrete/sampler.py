@@ -146,7 +146,7 @@ def sample_discrete(
     sched: DiscreteSchedule,
     eps_fn: VectorField,
     x_T: Float[ArrayLike, "*shape"],
-    tau: Int[ArrayLike, " K+1"],
+    tau: Int[ArrayLike, " num_points"],
     *,
     lam2: str | Float[ArrayLike, " K"] | None = None,
     variances: str | Float[ArrayLike, " K"] | VarianceFn | None = None,
@@ -155,7 +155,7 @@ def sample_discrete(
     prediction: str = "eps",
     return_trajectory: bool = False,
     final_noise: bool = False,
-) -> Float[Array, "*shape"] | tuple[Float[Array, "*shape"], Float[Array, " K+1 *shape"]]:
+) -> Float[Array, "*shape"] | tuple[Float[Array, "*shape"], Float[Array, " num_points *shape"]]:
     r"""Deprecated alias (removed in 0.3): use [`sd.sample`][scoredyn.sample] with a discrete
     solver.
 
@@ -187,4 +187,7 @@ def sample_discrete(
     spec = LegacyChain(lam2, variances, eta, final_noise)
     spec.chain(sched, tau)  # checks on concrete values, before anything is traced
     res = sample(key, sched, model, LegacySolver(spec), tau, x_T, save_trajectory=return_trajectory)
-    return (res.x, res.trajectory) if return_trajectory else res.x
+    if return_trajectory:
+        assert res.trajectory is not None
+        return res.x, res.trajectory
+    return res.x

@@ -14,6 +14,7 @@ import math
 
 import equinox as eqx
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int
@@ -95,16 +96,16 @@ class DiscreteSchedule(AbstractProcess):
         ```
     """
 
-    log_alpha_bar: Float[Array, " N+1"]
-    alpha_bar: Float[Array, " N+1"]
-    one_minus_alpha_bar: Float[Array, " N+1"]
+    log_alpha_bar: Float[Array, " num_indices"]
+    alpha_bar: Float[Array, " num_indices"]
+    one_minus_alpha_bar: Float[Array, " num_indices"]
     T: float = 1.0
 
     def __init__(
         self,
-        alpha_bar: Float[ArrayLike, " N+1"] | None = None,
+        alpha_bar: Float[ArrayLike, " num_indices"] | None = None,
         *,
-        log_alpha_bar: Float[ArrayLike, " N+1"] | None = None,
+        log_alpha_bar: Float[ArrayLike, " num_indices"] | None = None,
         T: float = 1.0,
     ):
         if (alpha_bar is None) == (log_alpha_bar is None):
@@ -118,6 +119,7 @@ class DiscreteSchedule(AbstractProcess):
             self.alpha_bar = jnp.exp(la)
             self.one_minus_alpha_bar = -jnp.expm1(la)
         else:
+            assert alpha_bar is not None
             ab = as_float(alpha_bar, "alpha_bar")
             name = "alpha_bar"
             if ab.ndim != 1 or ab.shape[0] < 2:
@@ -151,8 +153,8 @@ class DiscreteSchedule(AbstractProcess):
     def linear(
         cls,
         num_steps: int = 1000,
-        beta_start: float = 1e-4,
-        beta_end: float = 0.02,
+        beta_start: float | Scalar = 1e-4,
+        beta_end: float | Scalar = 0.02,
         *,
         dtype=None,
     ) -> "DiscreteSchedule":
@@ -196,7 +198,12 @@ class DiscreteSchedule(AbstractProcess):
 
     @classmethod
     def cosine(
-        cls, num_steps: int = 1000, s: float = 0.008, max_beta: float = 0.999, *, dtype=None
+        cls,
+        num_steps: int = 1000,
+        s: float | Scalar = 0.008,
+        max_beta: float | Scalar = 0.999,
+        *,
+        dtype=None,
     ) -> "DiscreteSchedule":
         r"""The cosine schedule of Nichol & Dhariwal (2021), with its clip $\beta_n \le$ `max_beta`.
 
@@ -303,7 +310,7 @@ class DiscreteSchedule(AbstractProcess):
         return self.log_alpha_bar.dtype
 
     @property
-    def betas(self) -> Float[Array, " N+1"]:
+    def betas(self) -> Float[Array, " num_indices"]:
         r"""$\beta_n = 1 - \bar a_n/\bar a_{n-1}$, shape `(N + 1,)`, with `betas[0] = 0`."""
         step = -jnp.expm1(jnp.diff(self.log_alpha_bar))
         return jnp.concatenate([jnp.zeros((1,), step.dtype), step])
@@ -338,7 +345,7 @@ class DiscreteSchedule(AbstractProcess):
         return self.time(n)
 
     @property
-    def times(self) -> Float[Array, " N+1"]:
+    def times(self) -> Float[Array, " num_indices"]:
         r"""The continuous times $t_n = nT/N$, shape `(N + 1,)`."""
         return jnp.arange(self.num_steps + 1, dtype=self.dtype) * (self.T / self.num_steps)
 

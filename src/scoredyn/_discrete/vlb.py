@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import jax.numpy as jnp
 from jax.scipy.special import log_ndtr
-from jaxtyping import Array, ArrayLike, Float
+from jaxtyping import Array, ArrayLike, Float, Real
 
 from .._custom_types import Scalar
 from .._misc import as_float, log1mexp
@@ -53,10 +53,10 @@ def _kl_terms(diff2, var_q, var_p):
 
 
 def gaussian_kl(
-    mean_q: Float[ArrayLike, "*shape"],
-    var_q: Float[ArrayLike, "*shape"],
-    mean_p: Float[ArrayLike, "*shape"],
-    var_p: Float[ArrayLike, "*shape"],
+    mean_q: Real[ArrayLike, "*shape"],
+    var_q: Real[ArrayLike, "*shape"],
+    mean_p: Real[ArrayLike, "*shape"],
+    var_p: Real[ArrayLike, "*shape"],
 ) -> Scalar:
     r"""KL divergence of two diagonal Gaussians, summed over entries.
 

@@ -41,7 +41,7 @@ class Sample(NamedTuple):
     """
 
     x: Float[Array, "*shape"]
-    trajectory: Float[Array, " K+1 *shape"] | None
+    trajectory: Float[Array, " num_points *shape"] | None
     stats: dict[str, Any]
 
 
@@ -108,5 +108,6 @@ class AbstractSolver(eqx.Module):
         state, xs = lax.scan(body, state, jnp.arange(K, dtype=jnp.int32))
         traj = None
         if save_trajectory:
+            assert xs is not None
             traj = self.grid_order(jnp.concatenate([x_T[None], xs], axis=0))
         return Sample(state.x, traj, {"nfe": self.nfe(K), "num_steps": K})

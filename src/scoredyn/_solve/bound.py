@@ -110,6 +110,8 @@ def _bound(key, sched, model, chain: Chain, x0, levels, cond) -> VariationalBoun
     t = pair_terms(sched, n_arr, m_arr)
     var = chain.variances
     var_fn = var if callable(var) else None
+    var_arr = None if callable(var) else var
+    d_x0 = d_xn = None
     cast = lambda a: jnp.asarray(a).astype(dtype)
     pc_p = posterior_coefficients(t, chain.lam2)
     alpha_n, sigma_n, soa_n = map(cast, (t.alpha_n, t.sigma_n, t.soa_n))
@@ -151,14 +153,14 @@ def _bound(key, sched, model, chain: Chain, x0, levels, cond) -> VariationalBoun
     def body(_, k):
         eps, x_n = draw(k)
         eps_hat, err = predict(k, eps, x_n)
-        v = (
-            var[k].astype(dtype)
-            if var_fn is None
-            else cast(var_fn(n_arr[k], m_arr[k], x_n, eps_hat))
-        )
+        if var_arr is not None:
+            v = var_arr[k].astype(dtype)
+        else:
+            v = cast(var_fn(n_arr[k], m_arr[k], x_n, eps_hat))  # pyright: ignore[reportOptionalCall]
         if chain.forward_lam2 is None:
             dmean2 = coef_x0[k] ** 2 * err**2
         else:  # mu_q - mu_p = c0_p (x0 - x0_hat) + (c0_q - c0_p) x0 + (cn_q - cn_p) x_n
+            assert d_x0 is not None and d_xn is not None
             dmean2 = (d_x0[k] * x0 + d_xn[k] * x_n - coef_x0[k] * err) ** 2
         el = _kl_terms(dmean2, lam2_q[k], v)
         return None, jnp.sum(jnp.broadcast_to(el, x0.shape))

@@ -55,7 +55,7 @@ class Chain(eqx.Module):
         final_noise: whether the sampler adds noise on the last step too (static).
     """
 
-    tau: Int[Array, " K+1"]
+    tau: Int[Array, " num_points"]
     lam2: Float[Array, " K"]
     variances: Float[Array, " K"] | VarianceFn
     decoder_var: Float[Array, ""] | None
@@ -129,7 +129,7 @@ def make_chain(
         decoder_var = default_decoder_var(t, variances)
     else:
         decoder_var = check_var(decoder_var, "decoder_var")
-    return Chain(tau, lam2, variances, decoder_var, forward_lam2, final_noise)
+    return Chain(tau, lam2, variances, decoder_var, forward_lam2, final_noise)  # pyright: ignore[reportArgumentType]
 
 
 class DiscreteState(AbstractState):
@@ -197,7 +197,8 @@ class AbstractDiscreteSolver(AbstractSolver):
         chain = self.chain(sched, grid)
         return init_chain(chain, sched, model, x_T, cond, self.is_stochastic(sched, grid))
 
-    def step(self, key: Key | None, state: DiscreteState) -> tuple[DiscreteState, DiscreteInfo]:
+    def step(self, key: Key | None, state: AbstractState) -> tuple[DiscreteState, DiscreteInfo]:
+        assert isinstance(state, DiscreteState)
         return chain_step(key, state)
 
     def solve(self, key, process, model, grid, x_T, cond, save_trajectory) -> Sample:
@@ -217,6 +218,7 @@ class AbstractDiscreteSolver(AbstractSolver):
         x, ys = lax.scan(body, x_T, xs)
         traj = None
         if save_trajectory:
+            assert ys is not None
             traj = self.grid_order(jnp.concatenate([x_T[None], ys], axis=0))
         return Sample(x, traj, {"nfe": self.nfe(K), "num_steps": K})
 
@@ -235,11 +237,12 @@ def init_chain(
     if not chain.final_noise:
         mask[0] = 0.0  # no noise on the decoder step tau[1] -> 0
     mask = jnp.asarray(mask, dtype)
-    var_fn = chain.variances if callable(chain.variances) else None
-    if var_fn is None:
-        std = safe_sqrt(chain.variances.astype(dtype)) * mask  # safe: d sqrt(v)/dv at v = 0
-    else:
+    variances = chain.variances
+    var_fn = variances if callable(variances) else None
+    if callable(variances):
         std = mask
+    else:
+        std = safe_sqrt(variances.astype(dtype)) * mask  # safe: d sqrt(v)/dv at v = 0
     return DiscreteState(
         x=x_T,
         k=jnp.asarray(K - 1, jnp.int32),
