@@ -211,9 +211,7 @@ def test_likelihood_loss_is_the_limit_of_the_bound():
 
     M = 2000
     tau = sd.respace(N, N)
-    kl = lambda k, f: (
-        old_bound(k, sched, f, x0, tau, decoder="gaussian", variances="ddpm").kl
-    )
+    kl = lambda k, f: old_bound(k, sched, f, x0, tau, decoder="gaussian", variances="ddpm").kl
     dkl = jax.jit(jax.vmap(lambda k: kl(k, model) - kl(k, orc)))(
         jax.random.split(jax.random.key(4), M)
     )

@@ -183,9 +183,7 @@ def mixture_bounds():
         run = jax.jit(
             jax.vmap(
                 lambda k, x: (
-                    old_bound(
-                        k, SCHED, eps_fn, x, tau, decoder="gaussian", variances=var
-                    ).total
+                    old_bound(k, SCHED, eps_fn, x, tau, decoder="gaussian", variances=var).total
                 )
             )
         )
@@ -223,9 +221,7 @@ def test_discretized_bound_on_grid_data():
     res = {}
     for K in (64, 1000):
         tau = sd.respace(1000, K)
-        vb = jax.jit(
-            jax.vmap(lambda k, x: old_bound(k, SCHED, eps_fn, x, tau, levels=4))
-        )(keys, x0)
+        vb = jax.jit(jax.vmap(lambda k, x: old_bound(k, SCHED, eps_fn, x, tau, levels=4)))(keys, x0)
         gap = vb.total - nll
         res[K] = (float(gap.mean()), float(gap.std()) / np.sqrt(M))
         np.testing.assert_allclose(vb.bits_per_dim, vb.total / (2 * np.log(2)), rtol=1e-12)
@@ -250,9 +246,7 @@ def test_callable_variances_and_transforms():
 
     @jax.jit
     def run(key, scale):
-        f = lambda v: old_bound(
-            key, SCHED, Scaled(scale), x0, tau, decoder="gaussian", variances=v
-        )
+        f = lambda v: old_bound(key, SCHED, Scaled(scale), x0, tau, decoder="gaussian", variances=v)
         return (
             f(var),
             f(lookup),
@@ -274,9 +268,7 @@ def test_callable_variances_and_transforms():
     )
     np.testing.assert_allclose(g, fd, rtol=1e-4)
     batch = jax.jit(
-        jax.vmap(
-            lambda k: old_bound(k, SCHED, eps_fn, x0, tau, decoder="gaussian").total
-        )
+        jax.vmap(lambda k: old_bound(k, SCHED, eps_fn, x0, tau, decoder="gaussian").total)
     )(jax.random.split(jax.random.key(0), 3))
     assert batch.shape == (3,) and bool(jnp.all(jnp.isfinite(batch)))
 
@@ -287,9 +279,7 @@ def test_float32_bound_finite():
     eps_fn = sd.toy.discrete_eps_fn(gm32, s32)
     x0 = jnp.array([0.25, -0.5], jnp.float32)
     tau = sd.respace(1000, 1000)
-    vb = jax.jit(lambda k: old_bound(k, s32, eps_fn, x0, tau, levels=256))(
-        jax.random.key(0)
-    )
+    vb = jax.jit(lambda k: old_bound(k, s32, eps_fn, x0, tau, levels=256))(jax.random.key(0))
     assert vb.total.dtype == jnp.float32
     assert all(bool(jnp.all(jnp.isfinite(v))) for v in vb)
 

@@ -3,10 +3,10 @@
 from collections.abc import Callable
 from typing import TypeAlias
 
-from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, Real
 
 Scalar: TypeAlias = Float[Array, ""]
-ScalarLike: TypeAlias = Float[ArrayLike, ""] | float
+ScalarLike: TypeAlias = Real[ArrayLike, ""] | float
 Time: TypeAlias = ScalarLike
 Key: TypeAlias = PRNGKeyArray
 # Any callable (t, x) -> array shaped like x: a score, eps-, x0- or v-prediction.

@@ -9,23 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike
 
-
-def default_float() -> jnp.dtype:
-    """float64 when `jax_enable_x64` is on, float32 otherwise."""
-    return jnp.result_type(float)
-
-
-def as_float(x: ArrayLike, name: str = "x") -> Array:
-    """Convert to a floating array, keeping float64/float32 as given.
-
-    Python scalars and integer arrays become the default float; complex input is refused.
-    """
-    x = jnp.asarray(x)
-    if jnp.issubdtype(x.dtype, jnp.complexfloating):
-        raise TypeError(f"`{name}` must be real floating point, got dtype {x.dtype}.")
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        x = x.astype(default_float())
-    return x
+# the shared checks live in _checks; re-exported here for the modules that import them from _misc
+from ._checks import (
+    as_float as as_float,
+    check_positive as check_positive,
+    default_float as default_float,
+    is_concrete as is_concrete,
+)
 
 
 def log1mexp(x: ArrayLike) -> Array:
@@ -43,21 +33,6 @@ def safe_sqrt(x: ArrayLike) -> Array:
     x = jnp.asarray(x)
     pos = x > 0
     return jnp.where(pos, jnp.sqrt(jnp.where(pos, x, 1.0)), 0.0)
-
-
-def is_concrete(*xs) -> bool:
-    """True when none of `xs` is a tracer, so values may be inspected in Python."""
-    return not any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(xs))
-
-
-def check_positive(value, name: str, *, strict: bool = True) -> None:
-    """Raise `ValueError` when a concrete scalar parameter is not (strictly) positive and finite."""
-    if not is_concrete(value):
-        return
-    v = float(value)  # not jnp.asarray: under jit that would be a tracer
-    if not math.isfinite(v) or (v <= 0 if strict else v < 0):
-        want = "> 0" if strict else ">= 0"
-        raise ValueError(f"`{name}` must be {want} and finite, got {v}.")
 
 
 def time_slack(T, dtype) -> float:

@@ -5,6 +5,7 @@ $n = \tau_k$ to $m = \tau_{k-1}$, and the last one ($\tau_1 \to 0$) is the decod
 See [respaced trajectories](../derivations/ddim.md#respaced-trajectories).
 """
 
+from collections.abc import Sequence
 from typing import Literal
 
 import equinox as eqx
@@ -70,7 +71,9 @@ def respace(
     return jnp.asarray(tau.astype(np.int32))
 
 
-def trajectory(indices: Int[ArrayLike, " num_points"], num_steps: int) -> Int[Array, " num_points"]:
+def trajectory(
+    indices: Int[ArrayLike, " num_points"] | Sequence[int], num_steps: int
+) -> Int[Array, " num_points"]:
     r"""Validate a user trajectory and return it as an int32 array `tau` of shape `(K + 1,)`.
 
     `indices` must be strictly monotone, start at 0 and end at $N$ (or start at $N$ and end

@@ -19,31 +19,15 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int
 
+from .._checks import check_float_dtype, check_int, concrete_value
 from .._custom_types import Scalar
-from .._misc import as_float, default_float, is_concrete, log1mexp
+from .._misc import as_float, is_concrete, log1mexp
 from .._process import AbstractProcess
 from .._sde import AbstractLinearSDE
 
 
-def concrete_value(x) -> np.ndarray | None:
-    """`x` as a NumPy array when its value is known at trace time (not a tracer), else None.
-
-    Uses NumPy, not `jnp`: inside `jax.jit`, `jnp.asarray(0.5)` is itself a tracer.
-    """
-    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(x)):
-        return None
-    try:
-        return np.asarray(x)
-    except Exception:  # pragma: no cover - exotic array-likes
-        return None
-
-
 def _check_num_steps(num_steps, name: str = "num_steps") -> int:
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int):
-        raise TypeError(f"`{name}` must be a Python int >= 1, got {num_steps!r}.")
-    if num_steps < 1:
-        raise ValueError(f"`{name}` must be >= 1, got {num_steps}.")
-    return num_steps
+    return check_int(num_steps, name)
 
 
 def _check_open_unit(value, name: str) -> None:
@@ -57,12 +41,7 @@ def _check_open_unit(value, name: str) -> None:
 
 
 def _dtype(dtype):
-    if dtype is None:
-        return default_float()
-    dtype = jnp.dtype(dtype)
-    if not jnp.issubdtype(dtype, jnp.floating):
-        raise TypeError(f"`dtype` must be a floating dtype, got {dtype}.")
-    return dtype
+    return check_float_dtype(dtype, "dtype")
 
 
 class DiscreteSchedule(AbstractProcess):
@@ -353,7 +332,7 @@ class DiscreteSchedule(AbstractProcess):
         r"""The continuous time $t_n = nT/N$ at which networks are called."""
         return jnp.asarray(n).astype(self.dtype) * (self.T / self.num_steps)
 
-    def marginal(self, n: Int[ArrayLike, "..."]) -> tuple[Scalar, Scalar]:
+    def marginal(self, n: Int[ArrayLike, "..."]) -> tuple[Float[Array, "..."], Float[Array, "..."]]:
         r"""$(\alpha_n, \sigma_n) = (\sqrt{\bar a_n}, \sqrt{1 - \bar a_n})$ for an integer `n`.
 
         `n` may be traced.

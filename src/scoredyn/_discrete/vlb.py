@@ -53,10 +53,10 @@ def _kl_terms(diff2, var_q, var_p):
 
 
 def gaussian_kl(
-    mean_q: Real[ArrayLike, "*shape"],
-    var_q: Real[ArrayLike, "*shape"],
-    mean_p: Real[ArrayLike, "*shape"],
-    var_p: Real[ArrayLike, "*shape"],
+    mean_q: Real[ArrayLike, "..."],
+    var_q: Real[ArrayLike, "..."],
+    mean_p: Real[ArrayLike, "..."],
+    var_p: Real[ArrayLike, "..."],
 ) -> Scalar:
     r"""KL divergence of two diagonal Gaussians, summed over entries.
 

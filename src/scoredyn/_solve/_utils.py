@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array
 
-from .._misc import as_float, check_vector_field, default_float, is_concrete
+from .._checks import check_float_dtype, check_int
+from .._misc import as_float, check_vector_field, is_concrete
 from .._sde import VESDE, AbstractLinearSDE, AbstractSDE
 
 
@@ -33,19 +34,12 @@ def check_shape(shape, name: str = "shape") -> tuple[int, ...]:
 
 def check_dtype(dtype, name: str = "dtype"):
     """The default float when `dtype` is None; otherwise a floating dtype."""
-    if dtype is None:
-        return default_float()
-    dtype = jnp.dtype(dtype)
-    if not jnp.issubdtype(dtype, jnp.floating):
-        raise TypeError(f"`{name}` must be a floating dtype, got {dtype}.")
-    return dtype
+    return check_float_dtype(dtype, name)
 
 
 def check_num_steps(n, name: str = "num_steps") -> int:
     """A Python int >= 1 (it sets a loop length, so it must be static)."""
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"`{name}` must be a Python int >= 1, got {n!r}.")
-    return n
+    return check_int(n, name)
 
 
 def default_t_eps(sde: AbstractSDE, *, likelihood: bool = False) -> float:

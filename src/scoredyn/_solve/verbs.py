@@ -101,8 +101,9 @@ def sample(
     """
     model, grid, x_T = _check(process, model, solver, grid, x_T, "x_T")
     cond = _cond(cond)
+    stochastic = solver.is_stochastic(process, grid)  # also checks the process's kind
     _check_output(process, model, grid, x_T, cond)
-    if key is None and solver.is_stochastic(process, grid):
+    if key is None and stochastic:
         raise ValueError(
             f"`key` is None but {type(solver).__name__} adds noise on this grid; pass a key."
         )

@@ -21,18 +21,13 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from .._discrete import DiscreteSchedule, forward_posterior, posterior_variance
+from .._discrete.posterior import check_schedule as check_schedule
 from .._discrete.respace import check_tau
 from .._misc import is_concrete
 
 Forward = Literal["ddpm", "ddim"]
 
 __all__ = ["check_tau"]
-
-
-def check_schedule(sched) -> DiscreteSchedule:
-    if not isinstance(sched, DiscreteSchedule):
-        raise TypeError(f"`sched` must be a DiscreteSchedule, got {type(sched).__name__}.")
-    return sched
 
 
 def snr_inv(sched: DiscreteSchedule, n) -> Array:
