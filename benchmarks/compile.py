@@ -17,16 +17,22 @@ UNROLLED_MAX_K = 100
 
 
 def _samplers(net, sched, sde):
-    def discrete(**kw):
+    def discrete(solver, save_trajectory=False):
         def build(K):
             tau = sd.respace(N, K)
-            stochastic = kw.get("lam2") != "ddim"
+            stochastic = solver.is_stochastic(sched, tau)
 
             def f(net, key, x_T):
                 keys = jax.random.split(key, x_T.shape[0])
-                g = lambda k, x: sd.sample_discrete(
-                    k if stochastic else None, sched, net, x, tau, **kw
-                )
+                model = sd.EpsModel(net)
+
+                def g(k, x):
+                    k = k if stochastic else None
+                    res = sd.sample(
+                        k, sched, model, solver, tau, x, save_trajectory=save_trajectory
+                    )
+                    return (res.x, res.trajectory) if save_trajectory else res.x
+
                 return jax.vmap(g)(keys, x_T)
 
             return f
@@ -67,21 +73,24 @@ def _samplers(net, sched, sde):
         return f
 
     out = {
-        "DDIM": discrete(lam2="ddim"),
-        "DDPM": discrete(lam2="ddpm"),
-        "DDIM, return_trajectory=True": discrete(lam2="ddim", return_trajectory=True),
+        "DDIM": discrete(sd.DDIM()),
+        "DDPM": discrete(sd.DDPM()),
+        "DDIM, save_trajectory=True": discrete(sd.DDIM(), save_trajectory=True),
         "PF-ODE Euler (diffrax)": ode,
     }
-    if hasattr(sd, "dpm_solver"):
+    if hasattr(sd, "DPMSolver"):
 
         def dpm(K):
+            grid = sd.grids.log_snr(sde, K, t_eps=1e-3)  # concrete: built once, outside jit
+
             def f(net, key, x_T):
-                g = lambda z: sd.dpm_solver(sde, net, z, num_steps=K, order=2, t_eps=1e-3)
+                model = sd.EpsModel(net)
+                g = lambda z: sd.sample(None, sde, model, sd.DPMSolver(order=2), grid, z).x
                 return jax.vmap(g)(x_T)
 
             return f
 
-        out["DPM-Solver-2 (sd.dpm_solver)"] = dpm
+        out["DPM-Solver-2 (sd.DPMSolver)"] = dpm
     out["naive Python loop (unrolled DDIM)"] = unrolled
     return out
 
@@ -130,11 +139,14 @@ def report(res: dict) -> str:
         [
             "## 2. Compile time and peak memory against K",
             "",
-            f"Batch {res['batch']} of the 64-D MLP, `jax.jit(f).lower(...).compile()`: trace + compile "
+            f"Batch {res['batch']} of the 64-D MLP, `jax.jit(f).lower(...).compile()`: trace + "
+            "compile "
             "seconds, and XLA's `memory_analysis()` peak = temp + output bytes (arguments, the "
             "network's weights included, excluded; the "
-            "CPU backend has no device memory statistics). Flat rows mean no unrolled Python loops and "
-            "no stored trajectories; `return_trajectory=True` stores K + 1 states by request, and the "
+            "CPU backend has no device memory statistics). Flat rows mean no unrolled Python loops "
+            "and "
+            "no stored trajectories; `save_trajectory=True` stores K + 1 states by request, and "
+            "the "
             "naive Python loop is shown for contrast (only up to "
             f"K = {UNROLLED_MAX_K}).",
             "",

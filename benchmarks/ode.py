@@ -32,20 +32,21 @@ def _timed(f, *args, repeats=3):
 
 
 def _dpm_solver_flow(sde, eps_fn):
-    """`name -> make(nfe) -> (jitted fn(x_T), NFE used)` for `sd.dpm_solver`, or {} if absent."""
-    if not hasattr(sd, "dpm_solver"):
+    """`name -> make(nfe) -> (jitted fn(x_T), NFE used)` for `sd.DPMSolver`, or {} if absent."""
+    if not hasattr(sd, "DPMSolver"):
         return {}
+    model = sd.EpsModel(eps_fn)
+    grids = {"log-SNR": sd.grids.log_snr, "time-quadratic": sd.grids.quadratic}
     out = {}
-    for order, skip in ((2, "logSNR"), (3, "logSNR"), (3, "time_quadratic")):
+    for order, label in ((2, "log-SNR"), (3, "log-SNR"), (3, "time-quadratic")):
 
-        def make(nfe, order=order, skip=skip):
+        def make(nfe, order=order, make_grid=grids[label]):
             steps = max(1, nfe // order)
-            g = lambda z: sd.dpm_solver(
-                sde, eps_fn, z, num_steps=steps, order=order, t_eps=T_EPS, skip=skip
-            )
+            grid = make_grid(sde, steps, t_eps=T_EPS)
+            solver = sd.DPMSolver(order=order)
+            g = lambda z: sd.sample(None, sde, model, solver, grid, z).x
             return jax.jit(jax.vmap(g)), steps * order
 
-        label = "log-SNR" if skip == "logSNR" else "time-quadratic"
         out[f"DPM-Solver-{order} ({label} steps)"] = make
     return out
 
@@ -180,7 +181,8 @@ def likelihood_oracle(batch: int, log) -> dict:
             "wall_s": wall,
         }
         log(
-            f"  [3] likelihood {est:10s} on the oracle: RMSE {out[est]['rmse']:.2e} nats, mean NFE {out[est]['nfe']:.0f}, {1e3 * wall:.0f} ms"
+            f"  [3] likelihood {est:10s} on the oracle: RMSE {out[est]['rmse']:.2e} nats, mean NFE "
+            f"{out[est]['nfe']:.0f}, {1e3 * wall:.0f} ms"
         )
     return out
 
@@ -234,7 +236,8 @@ def likelihood_dims(dims, batch: int, log) -> dict:
         }
         rows.append(row)
         log(
-            f"  [3] likelihood cost d={d:4d}: exact {1e3 * te:.0f} ms, Hutchinson {1e3 * th:.0f} ms (x{te / th:.1f}); Hutchinson std {noise:.3f} nats"
+            f"  [3] likelihood cost d={d:4d}: exact {1e3 * te:.0f} ms, Hutchinson {1e3 * th:.0f} "
+            f"ms (x{te / th:.1f}); Hutchinson std {noise:.3f} nats"
         )
     return {"rows": rows, "batch": batch}
 
@@ -284,7 +287,7 @@ def report(res: dict) -> str:
         []
         if any("DPM-Solver" in k for k in s["table"])
         else [
-            "- Missing: `sd.dpm_solver` (exponential integrator in log-SNR time) is not in the "
+            "- Missing: `sd.DPMSolver` (exponential integrator in log-SNR time) is not in the "
             "library yet, so its row is absent."
         ]
     )
@@ -292,12 +295,16 @@ def report(res: dict) -> str:
         [
             "## 3. PF-ODE sampling and likelihood",
             "",
-            f"Sampling: the flow map $x_T \\mapsto x(t_\\epsilon = {T_EPS})$ of the 2-D mixture oracle "
-            f"(VP SDE, exact score, float64) for {s['batch']} prior draws, against a reference solved "
+            f"Sampling: the flow map $x_T \\mapsto x(t_\\epsilon = {T_EPS})$ of the 2-D mixture "
+            "oracle "
+            f"(VP SDE, exact score, float64) for {s['batch']} prior draws, against a reference "
+            "solved "
             "by adaptive Tsit5 at tolerance $10^{-10}$. Error = RMS Euclidean distance to the "
-            "reference. For each tolerance, the cheapest setting that reaches it (fixed-step solvers: "
+            "reference. For each tolerance, the cheapest setting that reaches it (fixed-step "
+            "solvers: "
             f"doubling the steps up to {s['max_fixed_nfe']} evaluations; Tsit5: PID tolerances "
-            "$10^{-2} .. 10^{-7}$, mean NFE over the batch) and its jitted wall time for the whole batch.",
+            "$10^{-2} .. 10^{-7}$, mean NFE over the batch) and its jitted wall time for the whole "
+            "batch.",
             "",
             md_table(hdr, rows),
             *([""] + missing if missing else []),
@@ -308,11 +315,14 @@ def report(res: dict) -> str:
             "",
             md_table(["estimator", "RMSE (nats)", "bias (nats)", "mean NFE", "time (ms)"], lrows),
             "",
-            f"Likelihood cost against dimension (the MLP at width 256, batch {ld['batch']}, float32, "
-            "Heun with 8 fixed steps so both estimators make the same number of network calls): the "
+            f"Likelihood cost against dimension (the MLP at width 256, batch {ld['batch']}, "
+            "float32, "
+            "Heun with 8 fixed steps so both estimators make the same number of network calls): "
+            "the "
             "exact divergence needs d JVPs per evaluation, Hutchinson one. `Hutchinson std` is the "
             "spread of one-probe estimates over probe draws (nats, per example); "
-            f'`estimator="auto"` switches to Hutchinson above d = {res["exact_max_dim"]} when a key '
+            f'`estimator="auto"` switches to Hutchinson above d = {res["exact_max_dim"]} when a '
+            "key "
             "is given.",
             "",
             md_table(

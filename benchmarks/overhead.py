@@ -78,45 +78,50 @@ def make_floor(K: int):
     return floor
 
 
-def make_scoredyn(sched, tau, **kw):
+def make_scoredyn(sched, tau, solver):
+    """`jax.vmap` of `sd.sample` with `solver` over a batch, jitted; the net is an argument."""
+    stochastic = solver.is_stochastic(sched, tau)
+
     @jax.jit
     def run(net, key, x_T):
         keys = jax.random.split(key, x_T.shape[0])
-        stochastic = kw.get("lam2") != "ddim"
-        f = lambda k, x: sd.sample_discrete(k if stochastic else None, sched, net, x, tau, **kw)
+        model = sd.EpsModel(net)
+        f = lambda k, x: sd.sample(k if stochastic else None, sched, model, solver, tau, x).x
         return jax.vmap(f)(keys, x_T)
 
     return run
 
 
-def analytic_variances(sched, tau):
-    """Analytic-DPM variances from a fixed ms_eps profile (timing only: the values do not matter)."""
+def analytic_solver(sched):
+    """Analytic-DPM from a fixed ms_eps profile (timing only: the values do not matter), or
+    `None` if the library has no `sd.analytic.AnalyticDPM`."""
+    if not (hasattr(sd, "analytic") and hasattr(sd.analytic, "AnalyticDPM")):
+        return None
     ms = jnp.clip(1.0 - jnp.asarray(sched.alpha_bar) ** 2, 0.0, 1.0).astype(jnp.float32)
-    if hasattr(sd, "analytic") and hasattr(sd.analytic, "optimal_variances"):
-        return sd.analytic.optimal_variances(sched, tau, ms), True
-    return None, False
+    return sd.analytic.AnalyticDPM(ms)
 
 
 def run(*, batches=(16, 512), steps=(50, 1000), repeats=3, budget_s=20.0, log=print) -> dict:
     key = jax.random.key(0)
     net = BenchMLP(DIM, key=jax.random.key(1))
     sched = sd.DiscreteSchedule.linear(N, dtype=jnp.float32)
+    analytic = analytic_solver(sched)
+    have_analytic = analytic is not None
     rows = []
     for B in batches:
         for K in steps:
             tau = sd.respace(N, K)
             x_T = jax.random.normal(jax.random.key(2), (B, DIM), jnp.float32)
-            var_a, have_analytic = analytic_variances(sched, tau)
             fns = {
                 "floor": make_floor(K),
                 "hand_ddim": make_hand(_coefficients(sched, tau, "ddim"), False),
                 "hand_ddpm": make_hand(_coefficients(sched, tau, "ddpm"), True),
-                "DDIM": make_scoredyn(sched, tau, lam2="ddim"),
-                "DDPM": make_scoredyn(sched, tau, lam2="ddpm"),
+                "DDIM": make_scoredyn(sched, tau, sd.DDIM()),
+                "DDPM": make_scoredyn(sched, tau, sd.DDPM()),
             }
             if have_analytic:
                 # same arithmetic as DDPM with other variances: compared with the DDPM hand loop
-                fns["Analytic-DPM"] = make_scoredyn(sched, tau, lam2="ddpm", variances=var_a)
+                fns["Analytic-DPM"] = make_scoredyn(sched, tau, analytic)
             args = {name: (net, key, x_T) for name in fns}
             # correctness: scoredyn DDIM equals the hand loop (same maths, same net)
             ref = fns["hand_ddim"](net, key, x_T)
@@ -187,13 +192,16 @@ def report(res: dict) -> str:
             if r["B"] >= 512 and r["vs_floor"][s] > 1.10:
                 miss.append(
                     f"{s} at B={r['B']}, K={r['K']}: {100 * (r['vs_floor'][s] - 1):.1f}% over the "
-                    f"floor, where the hand loop itself is {100 * (r['hand_vs_floor'][hand] - 1):+.1f}%"
+                    "floor, where the hand loop itself is "
+                    f"{100 * (r['hand_vs_floor'][hand] - 1):+.1f}%"
                     + (" (the cost of drawing the Gaussian noise)" if s != "DDIM" else "")
                 )
     text = [
         "## 1. Sampler overhead",
         "",
-        "Wall time of `jax.vmap(sd.sample_discrete)` over a batch (jitted, compile excluded) for the "
+        "Wall time of `jax.vmap` of `sd.sample(key, sched, sd.EpsModel(net), solver, tau, x_T).x` "
+        "with `solver` = `sd.DDIM()`, `sd.DDPM()` or `sd.analytic.AnalyticDPM(gamma)` over a batch "
+        "(jitted, compile excluded) for the "
         "64-D MLP eps-network (3 hidden SiLU layers of 256), as a ratio to (a) a hand-written "
         "`lax.scan` loop with the same network and the same update, and (b) the floor: `K` chained "
         "network evaluations and nothing else. Every variant takes the network as an argument of "
@@ -208,7 +216,8 @@ def report(res: dict) -> str:
         "",
         _ratio_table(rows, samplers, "vs_hand", "vs_floor", "hand_vs_floor", True),
         "",
-        "The same ratios by CPU time of the process (all threads; the fastest run of each variant). "
+        "The same ratios by CPU time of the process (all threads; the fastest run of each "
+        "variant). "
         "CPU time counts the work done and is not inflated when other processes preempt the run, "
         "so on a shared machine it is the steadier of the two:",
         "",

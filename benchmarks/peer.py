@@ -92,7 +92,7 @@ def run(*, batches=(16, 512), repeats=5, budget_s=15.0, log=print) -> dict:
         x_np = np.asarray(jax.random.normal(jax.random.key(2), (B, DIM), jnp.float32))
         x_j = jnp.asarray(x_np)
         x_t = torch.from_numpy(x_np.copy())
-        ours = make_scoredyn(sched, tau, lam2="ddim")
+        ours = make_scoredyn(sched, tau, sd.DDIM())
         jfloor = make_floor(K)
         # equivalence: the same trajectory, the same network, the same DDIM update
         diff = float(np.max(np.abs(np.asarray(ours(net, key, x_j)) - diffusers_loop(x_t).numpy())))
@@ -178,7 +178,9 @@ def report(res: dict) -> str:
             "(`inference_mode`; timed with 1 thread and with all cores, the faster kept) with the "
             f"diffusers {res['diffusers']} `DDIMScheduler` loop (eta = 0, {res['K']} steps, "
             "`trailing` timesteps, which end at t = N - 1 like our trajectory), against "
-            '`jax.vmap(sd.sample_discrete(..., lam2="ddim"))` on the same trajectory '
+            "`jax.vmap` of `sd.sample(None, sched, sd.EpsModel(net), sd.DDIM(), tau, x_T).x` on "
+            "the "
+            "same trajectory "
             "(diffusers' timestep t is our n = t + 1). Time per step in ms (fastest of the "
             "interleaved rounds); ratio < 1 means "
             "scoredyn is faster. The two outputs agree to the last column (float32).",

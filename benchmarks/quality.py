@@ -1,8 +1,8 @@
 """Section 4: sample quality per network evaluation on the exact 2-D Gaussian-mixture oracle.
 
 Error measure: the cross-entropy gap  E_q[-log p(x)] - H(p)  of the samples q against the exact
-mixture p (H(p) by a large Monte Carlo of p's own samples), and the sliced 2-Wasserstein distance
-to a fresh sample of p. Every sampler starts from the same prior draws x_T ~ N(0, I).
+mixture p (H(p) by a large Monte Carlo of p's own samples), and a kernel MMD against p (exact on
+p's side). Every sampler starts from the same prior draws x_T ~ N(0, I).
 """
 
 import time
@@ -27,14 +27,16 @@ MMD_BANDWIDTH = 0.25
 
 
 def mmd(gm, x, h: float = MMD_BANDWIDTH, num_pairs: int = 2**14) -> float:
-    r"""Maximum mean discrepancy with a Gaussian kernel $k(x, y) = e^{-|x-y|^2/2h^2}$, exact on p's side.
+    r"""Maximum mean discrepancy with a Gaussian kernel $k(x, y) = e^{-|x-y|^2/2h^2}$, exact on
+    p's side.
 
-    $\mathrm{MMD}^2 = \mathbb E_{qq}k - 2\,\mathbb E_{q}\mathbb E_{p}k + \mathbb E_{pp}k$. For a Gaussian
-    mixture $p$ the last two are closed forms: $\mathbb E_{y\sim p}k(x, y) = (2\pi h^2)^{d/2}
-    p_h(x)$ with $p_h = p * \mathcal N(0, h^2 I)$, and $\mathbb E_{pp}k = (2\pi h^2)^{d/2}
-    \sum_{jk} w_j w_k \mathcal N(m_j; m_k, C_j + C_k + h^2 I)$. The $qq$ term is the U-statistic on
-    the first `num_pairs` samples. Unlike the cross-entropy gap it is a metric (zero iff q = p),
-    so it cannot cancel. Returns $\sqrt{\max(\mathrm{MMD}^2, 0)}$.
+    $\mathrm{MMD}^2 = \mathbb E_{qq}k - 2\,\mathbb E_{q}\mathbb E_{p}k + \mathbb E_{pp}k$. For a
+    Gaussian mixture $p$ the last two are closed forms:
+    $\mathbb E_{y\sim p}k(x, y) = (2\pi h^2)^{d/2} p_h(x)$ with $p_h = p * \mathcal N(0, h^2 I)$,
+    and $\mathbb E_{pp}k = (2\pi h^2)^{d/2}
+    \sum_{jk} w_j w_k \mathcal N(m_j; m_k, C_j + C_k + h^2 I)$. The $qq$ term is the U-statistic
+    on the first `num_pairs` samples. Unlike the cross-entropy gap it is a metric (zero iff
+    q = p), so it cannot cancel. Returns $\sqrt{\max(\mathrm{MMD}^2, 0)}$.
     """
     d = x.shape[1]
     c = (2 * np.pi * h**2) ** (d / 2)
@@ -71,22 +73,26 @@ def mmd(gm, x, h: float = MMD_BANDWIDTH, num_pairs: int = 2**14) -> float:
 
 
 def _dpm_solver_caller(sde, eps_fn):
-    """`name -> fn(x_T, nfe) -> (x, NFE used)` for `sd.dpm_solver` (orders 2, 3), or {} if absent."""
-    if not hasattr(sd, "dpm_solver"):
+    """`name -> fn(x_T, nfe) -> (x, NFE used)` for `sd.DPMSolver` (orders 2, 3), or {} if absent."""
+    if not hasattr(sd, "DPMSolver"):
         return {}
+    model = sd.EpsModel(eps_fn)
     out = {}
-    for skip, label in (("logSNR", "log-SNR steps"), ("time_quadratic", "time-quadratic steps")):
+    for make_grid, label in (
+        (sd.grids.log_snr, "log-SNR steps"),
+        (sd.grids.quadratic, "time-quadratic steps"),
+    ):
         for order in (2, 3):
             cache = {}
 
-            def call(x_T, nfe, order=order, cache=cache, skip=skip):
+            def call(x_T, nfe, order=order, cache=cache, make_grid=make_grid):
                 steps = nfe // order
                 if steps < 1:
                     return None
                 if steps not in cache:
-                    g = lambda z: sd.dpm_solver(
-                        sde, eps_fn, z, num_steps=steps, order=order, t_eps=T_EPS, skip=skip
-                    )
+                    grid = make_grid(sde, steps, t_eps=T_EPS)
+                    solver = sd.DPMSolver(order=order)
+                    g = lambda z: sd.sample(None, sde, model, solver, grid, z).x
                     cache[steps] = jax.jit(jax.vmap(g))
                 return cache[steps](x_T), steps * order
 
@@ -120,55 +126,39 @@ def _run(num_samples, num_entropy, nfes, log):
     keys = jax.random.split(k_samp, num_samples)
 
     samplers = {}
-    # One compiled function per (structure, K): tau and the variances are traced arguments, so
-    # DDPM, Analytic-DPM and Analytic-DPM on the optimal trajectory share one compilation.
-    stoch_ddpm = jax.jit(
-        jax.vmap(
-            lambda k, x, tau, v: sd.sample_discrete(
-                k, sched, eps_d, x, tau, lam2="ddpm", variances=v
-            ),
-            in_axes=(0, 0, None, None),
-        )
-    )
-    stoch_ddim = jax.jit(
-        jax.vmap(
-            lambda k, x, tau, v: sd.sample_discrete(
-                k, sched, eps_d, x, tau, lam2="ddim", variances=v
-            ),
-            in_axes=(0, 0, None, None),
-        )
-    )
+    model_d = sd.EpsModel(eps_d)
+
+    # One compiled function per (solver structure, K): the trajectory tau and the solver's
+    # arrays (Gamma) are traced arguments, so Analytic-DPM on the uniform and on the optimal
+    # trajectory share one compilation.
+    def stochastic(make_solver):
+        f = lambda k, x, tau, p: sd.sample(k, sched, model_d, make_solver(p), tau, x).x
+        return jax.jit(jax.vmap(f, in_axes=(0, 0, None, None)))
+
     deterministic = jax.jit(
         jax.vmap(
-            lambda x, tau: sd.sample_discrete(None, sched, eps_d, x, tau, lam2="ddim"),
+            lambda x, tau: sd.sample(None, sched, model_d, sd.DDIM(), tau, x).x,
             in_axes=(0, None),
         )
     )
-    samplers["DDPM"] = lambda x, nfe: stoch_ddpm(
-        keys, x, (tau := sd.respace(N, nfe)), sd.reverse_variances(sched, tau, "ddpm")
-    )
+    ddpm = stochastic(lambda _: sd.DDPM())
+    samplers["DDPM"] = lambda x, nfe: ddpm(keys, x, sd.respace(N, nfe), None)
     samplers["DDIM"] = lambda x, nfe: deterministic(x, sd.respace(N, nfe))
     samplers["DDIM (quadratic)"] = lambda x, nfe: deterministic(x, sd.respace(N, nfe, "quadratic"))
 
-    analytic_ok = hasattr(sd, "analytic") and hasattr(sd.analytic, "estimate_gamma")
+    analytic_ok = hasattr(sd, "analytic") and hasattr(sd.analytic, "AnalyticDPM")
     if analytic_ok:
         t0 = time.perf_counter()
         est = sd.analytic.estimate_gamma(k_gam, sched, eps_d, gm.sample(k_gam, 2048))
         jax.block_until_ready(est.ms_eps)
         log(f"  [4] Gamma estimated from 2048 oracle samples in {time.perf_counter() - t0:.1f} s")
-        opt_var = sd.analytic.optimal_variances
-        samplers["Analytic-DPM"] = lambda x, nfe: stoch_ddpm(
-            keys, x, (tau := sd.respace(N, nfe)), opt_var(sched, tau, est, forward="ddpm")
-        )
-        samplers["Analytic-DDIM"] = lambda x, nfe: stoch_ddim(
-            keys, x, (tau := sd.respace(N, nfe)), opt_var(sched, tau, est, forward="ddim")
-        )
+        a_dpm = stochastic(sd.analytic.AnalyticDPM)
+        a_ddim = stochastic(sd.analytic.AnalyticDDIM)
+        samplers["Analytic-DPM"] = lambda x, nfe: a_dpm(keys, x, sd.respace(N, nfe), est)
+        samplers["Analytic-DDIM"] = lambda x, nfe: a_ddim(keys, x, sd.respace(N, nfe), est)
         if hasattr(sd.analytic, "optimal_trajectory"):
-            samplers["Analytic-DPM (optimal trajectory)"] = lambda x, nfe: stoch_ddpm(
-                keys,
-                x,
-                (tau := sd.analytic.optimal_trajectory(sched, est, nfe)),
-                opt_var(sched, tau, est, forward="ddpm"),
+            samplers["Analytic-DPM (optimal trajectory)"] = lambda x, nfe: a_dpm(
+                keys, x, sd.analytic.optimal_trajectory(sched, est, nfe), est
             )
 
     # PF-ODE solvers (diffrax), time-uniform steps; dt0 is traced so one compile per solver
@@ -240,7 +230,8 @@ def _run(num_samples, num_entropy, nfes, log):
     direct_ref_gap = float(lp_ref.mean() - H)
     log(
         f"  [4] exact-flow reference in {time.perf_counter() - t0:.1f} s: CE(p_teps, p) - H(p) = "
-        f"{flow_gap:.5f} +- {flow_gap_se:.5f}; direct MC of the reference samples {direct_ref_gap:+.4f}"
+        f"{flow_gap:.5f} +- {flow_gap_se:.5f}; direct MC of the reference samples "
+        f"{direct_ref_gap:+.4f}"
     )
 
     results = {}
@@ -273,7 +264,7 @@ def _run(num_samples, num_entropy, nfes, log):
         )
     missing = []
     if not dpm:
-        missing.append("`sd.dpm_solver` (exponential integrator) is not in the library yet")
+        missing.append("`sd.DPMSolver` (exponential integrator) is not in the library yet")
     if not analytic_ok:
         missing.append("`sd.analytic` (Analytic-DPM) is not in the library yet")
     mmd_floor = float(
@@ -323,21 +314,27 @@ def report(res: dict) -> str:
         "",
         "Cross-entropy gap $\\mathbb E_q[-\\log p(x)] - H(p)$ in nats, for "
         f"{res['num_samples']:,} samples $q$ of each sampler against the exact three-component "
-        "2-D mixture $p$. All samplers start from the same prior draws $x_T$. Discrete samplers use "
+        "2-D mixture $p$. All samplers start from the same prior draws $x_T$. Discrete samplers "
+        "use "
         "the N = 1000 schedule sampled from the VP SDE ($\\beta \\in [0.1, 20]$), with uniform "
         "respacing unless stated; PF-ODE solvers integrate from $T = 1$ to "
         f"$t_\\epsilon = {T_EPS}$ ($= t_1$ of that schedule) with time-uniform steps. NFE in "
         "parentheses is what a solver used when the budget is not a multiple of its stages "
         "(Heun: 2 per step; Tsit5: 6 per step + 1).",
         "",
-        "Estimator: the gap is computed as the paired difference $\\overline{\\log p(x_{\\mathrm{ref}}) "
-        "- \\log p(x_q)}$ against the exact PF-ODE flow $x_{\\mathrm{ref}}$ of the same $x_T$ (adaptive "
-        "Tsit5, tolerance $10^{-8}$), plus that flow's own gap $\\mathrm{CE}(p_{t_\\epsilon}, p) - H(p) = "
+        "Estimator: the gap is computed as the paired difference $\\overline{\\log "
+        "p(x_{\\mathrm{ref}}) "
+        "- \\log p(x_q)}$ against the exact PF-ODE flow $x_{\\mathrm{ref}}$ of the same $x_T$ "
+        "(adaptive "
+        "Tsit5, tolerance $10^{-8}$), plus that flow's own gap $\\mathrm{CE}(p_{t_\\epsilon}, p) - "
+        "H(p) = "
         f"{res['flow_gap']:.5f} \\pm {res['flow_gap_se']:.5f}$ (a paired Monte Carlo over "
-        f"{res['num_entropy']:,} draws $x_0 \\sim p$). Unbiased either way, but the pairing makes the "
+        f"{res['num_entropy']:,} draws $x_0 \\sim p$). Unbiased either way, but the pairing makes "
+        "the "
         "deterministic samplers' entries precise. Standard errors of the entries below 1 nat: "
         f"{min(ses):.4f} to {max(ses):.4f}. A negative gap means samples too concentrated on the "
-        "modes (the last DDIM step outputs a posterior mean); since the gap can cross zero, read it "
+        "modes (the last DDIM step outputs a posterior mean); since the gap can cross zero, read "
+        "it "
         "with the MMD table below, which cannot cancel.",
         "",
         md_table(hdr, rows),
@@ -350,7 +347,8 @@ def report(res: dict) -> str:
     ]
     lines.append(
         "Targets: |gap| <= 0.03 at NFE 10 and <= 0.01 at NFE 20 (anchor, the best PyTorch "
-        "samplers: 0.095 and 0.015). A sampler counts only if it *stays* within the target at every "
+        "samplers: 0.095 and 0.015). A sampler counts only if it *stays* within the target at "
+        "every "
         "larger NFE of the table, so a gap that merely crosses zero does not count."
     )
     lines.append("")

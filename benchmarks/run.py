@@ -97,7 +97,8 @@ def main(argv=None) -> int:
         print(msg, flush=True)
 
     log(
-        f"scoredyn benchmarks -> {stem}.md  ({info['cpu_model']}, {info['cpus']} CPUs, jax {info['jax']})"
+        f"scoredyn benchmarks -> {stem}.md  ({info['cpu_model']}, {info['cpus']} CPUs, jax "
+        f"{info['jax']})"
     )
     reports, results, seconds = [], {}, {}
     for i in sections:

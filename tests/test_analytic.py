@@ -8,6 +8,7 @@ paper's published clipping thresholds, and brute-force enumeration of trajectori
 
 import itertools
 import math
+from typing import Literal
 
 import chex
 import jax
@@ -291,7 +292,12 @@ def test_variances_inside_bounds_even_with_a_wrong_eps(sched, gm, kind, data_ran
     if kind == "overconfident":
         assert float(est.ms_eps.max()) > 1.5  # the estimate really is outside [0, 1]
     tau = sd.respace(N, 10, "quadratic")
-    for forward, eta in (("ddpm", 0.0), ("ddim", 0.0), ("ddim", 0.7)):
+    forwards: tuple[tuple[Literal["ddpm", "ddim"], float], ...] = (
+        ("ddpm", 0.0),
+        ("ddim", 0.0),
+        ("ddim", 0.7),
+    )
+    for forward, eta in forwards:
         lo, hi = sd.analytic.variance_bounds(
             sched, tau, forward=forward, eta=eta, data_range=data_range
         )
@@ -316,10 +322,11 @@ def test_bounds_property_any_ms_eps(sched, ms, eta):
 
 @jax.jit
 def _clipped_and_bounds(sched, tau, ms, eta):
-    kw = dict(forward="ddim", eta=eta, data_range=(-1.0, 1.0))
     return (
-        sd.analytic.optimal_variances(sched, tau, ms, **kw),
-        *sd.analytic.variance_bounds(sched, tau, **kw),
+        sd.analytic.optimal_variances(
+            sched, tau, ms, forward="ddim", eta=eta, data_range=(-1.0, 1.0)
+        ),
+        *sd.analytic.variance_bounds(sched, tau, forward="ddim", eta=eta, data_range=(-1.0, 1.0)),
     )
 
 

@@ -6,6 +6,7 @@ chain for Gaussian data, and the quadratic form of the expected losses around th
 """
 
 import math
+from typing import cast
 
 import chex
 import equinox as eqx
@@ -170,8 +171,11 @@ def test_sampling_with_diagonal_covariance_is_exact_for_gaussian_data(sched):
     ms = (1 - ab) * jnp.mean(1 / (ab[:, None] * jnp.diag(cov)[None] + 1 - ab[:, None]), -1)
     v_iso = sd.analytic.optimal_variances(sched, tau, ms)
     xs_iso = jax.vmap(
-        lambda k, x: sd.sample_discrete(
-            k, sched, eps_fn, x, tau, lam2="ddpm", variances=v_iso, final_noise=True
+        lambda k, x: cast(  # return_trajectory=False: the final sample only
+            jax.Array,
+            sd.sample_discrete(
+                k, sched, eps_fn, x, tau, lam2="ddpm", variances=v_iso, final_noise=True
+            ),
         )
     )(keys, x_T)
     assert abs(float(jnp.var(xs_iso[:, 0])) / 0.02 - 1) > 0.2

@@ -99,4 +99,4 @@ def test_errors():
         with pytest.raises(ValueError, match="shape"):
             sd.analytic.monotone_ms_eps(sched, jnp.zeros(10))
         with pytest.raises(TypeError, match="DiscreteSchedule"):
-            sd.analytic.monotone_ms_eps(sched.alpha_bar, jnp.zeros(11))
+            sd.analytic.monotone_ms_eps(sched.alpha_bar, jnp.zeros(11))  # pyright: ignore[reportArgumentType]

@@ -43,6 +43,9 @@ def test_headline_table(res):
         for name, vals in rows.items():
             v, se = vals[i]
             assert math.isinf(v) or v > res["entropy"] - 4 * se, (name, K)
+    # NPR-DPM with the exact residual head E[eps^2] - eps_hat^2 is SN-DPM with the exact head
+    K_n, npr_minus_sn = res["npr_minus_sn"]
+    assert K_n == res["target_K"] and npr_minus_sn < 1e-9
     # the optimal trajectory helps most at small K
     assert diffs["Analytic-DPM (OT)"][0][0] < 0
     # the speed-up is stated: DDPM needs more steps than Analytic-DPM at K = 10

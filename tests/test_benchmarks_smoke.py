@@ -12,29 +12,79 @@ import scoredyn as sd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import (  # noqa: E402
+    compile as bench_compile,
+    ode as bench_ode,
+    overhead,
+    quality,
+)
 from benchmarks._common import BenchMLP, compile_stats  # noqa: E402
 from benchmarks.quality import mmd  # noqa: E402
 
 
 def test_ddim_peak_memory_does_not_store_states():
-    """`sample_discrete` keeps only x in the scan: XLA's peak memory may grow with K by the
-    per-step schedule constants (a few scalars per step) but not by stored states (B * d floats
-    per step)."""
+    """`sd.sample` with `sd.DDIM()` keeps only x in the scan: XLA's peak memory may grow with K by
+    the per-step schedule constants (a few scalars per step) but not by stored states (B * d
+    floats per step)."""
     d, K0, K1 = 8, 5, 200
     net = BenchMLP(d, width=16, depth=1, time_dim=4, key=jax.random.key(0))
     sched = sd.DiscreteSchedule.linear(K1, dtype=jnp.float32)
+    model = sd.EpsModel(net)
 
     def peak(B, K):
         tau = sd.respace(K1, K)
-        f = lambda x: jax.vmap(lambda z: sd.sample_discrete(None, sched, net, z, tau, lam2="ddim"))(
-            x
-        )
-        return compile_stats(f, jnp.zeros((B, d), jnp.float32))["peak_bytes"]
+        one = lambda z: sd.sample(None, sched, model, sd.DDIM(), tau, z).x
+        return compile_stats(jax.vmap(one), jnp.zeros((B, d), jnp.float32))["peak_bytes"]
 
     B = 64
     growth = peak(B, K1) - peak(B, K0)
     state_bytes = B * d * 4  # 2 KiB: what storing one state per step would add
     assert 0 <= growth <= 64 * (K1 - K0) < state_bytes * (K1 - K0) / 10
+
+
+def test_overhead_samplers_match_the_hand_loop():
+    """The section-1 variants on the 0.2 API: scoredyn DDIM equals the hand-written loop, and
+    DDPM / Analytic-DPM run and give finite samples of the right shape."""
+    d, B, K = 8, 4, 5
+    net = BenchMLP(d, width=16, depth=1, time_dim=4, key=jax.random.key(0))
+    sched = sd.DiscreteSchedule.linear(overhead.N, dtype=jnp.float32)
+    tau = sd.respace(overhead.N, K)
+    key = jax.random.key(1)
+    x_T = jax.random.normal(jax.random.key(2), (B, d), jnp.float32)
+    ref = overhead.make_hand(overhead._coefficients(sched, tau, "ddim"), False)(net, key, x_T)
+    ours = overhead.make_scoredyn(sched, tau, sd.DDIM())(net, key, x_T)
+    assert float(jnp.max(jnp.abs(ours - ref))) <= 1e-5 * float(jnp.max(jnp.abs(ref)))
+    analytic = overhead.analytic_solver(sched)
+    assert analytic is not None
+    for solver in (sd.DDPM(), analytic):
+        x = overhead.make_scoredyn(sched, tau, solver)(net, key, x_T)
+        assert x.shape == (B, d) and bool(jnp.all(jnp.isfinite(x)))
+
+
+def test_compile_and_dpm_solver_builders_run():
+    """Every section-2 builder traces and compiles at a tiny K, and the DPM-Solver callers of
+    sections 3 and 4 run on the 0.2 API with the advertised NFE."""
+    d, B = 8, 2
+    net = BenchMLP(d, width=16, depth=1, time_dim=4, key=jax.random.key(0))
+    sched = sd.DiscreteSchedule.linear(bench_compile.N, dtype=jnp.float32)
+    builders = bench_compile._samplers(net, sched, sd.VPSDE())
+    assert "DPM-Solver-2 (sd.DPMSolver)" in builders
+    x_T = jnp.zeros((B, d), jnp.float32)
+    for build in builders.values():
+        assert compile_stats(build(3), net, jax.random.key(0), x_T)["compile_s"] >= 0
+    gm = sd.toy.GaussianMixture(jnp.ones(1), jnp.zeros((1, 2)), 0.1 * jnp.eye(2)[None])
+    sde = sd.VPSDE()
+    z = jax.random.normal(jax.random.key(3), (B, 2))
+    callers = quality._dpm_solver_caller(sde, gm.eps_fn(sde))
+    assert len(callers) == 4
+    for call in callers.values():
+        x, used = call(z, 6)
+        assert used == 6 and x.shape == z.shape and bool(jnp.all(jnp.isfinite(x)))
+    makers = bench_ode._dpm_solver_flow(sde, gm.eps_fn(sde))
+    assert len(makers) == 3
+    for make in makers.values():
+        f, used = make(6)
+        assert used == 6 and bool(jnp.all(jnp.isfinite(f(z))))
 
 
 def test_mmd_matches_closed_form_for_shifted_gaussian():

@@ -97,6 +97,26 @@ def test_pf_ode_start_matches_the_bin_width():
     assert _evaluate.pf_ode_start(sde, sched, toy) == 1.0 / 1000
 
 
+def test_bound_chains_are_the_solvers_chains_with_a_floored_decoder():
+    """Each bound row is its solver's chain (same lam2 and variances); only the decoder variance
+    is the demo's max(v_1, 1 - abar[tau_1])."""
+    sde = sd.VPSDE(beta_min=0.1, beta_max=20.0)
+    sched = sd.DiscreteSchedule.from_sde(sde, 1000, dtype=jnp.float32)
+    ms_eps = jnp.linspace(0.0, 1.0 - 1e-5, 1001, dtype=jnp.float32)
+    tau = sd.grids.even(1000, 10)
+    chains = _evaluate._bound_chains(sched, tau, ms_eps, (-1.0, 1.0))
+    solvers = _evaluate.bound_solvers(ms_eps, (-1.0, 1.0))
+    assert list(solvers) == list(_evaluate.BOUND_NAMES)
+    floor = float(sched.one_minus_alpha_bar[1])
+    for chain, solver in zip(chains, solvers.values()):
+        ref = solver.chain(sched, tau)
+        np.testing.assert_array_equal(chain.tau, ref.tau)
+        np.testing.assert_allclose(chain.lam2, ref.lam2, rtol=1e-6)
+        np.testing.assert_allclose(chain.variances, ref.variances, rtol=1e-6)
+        want = max(float(np.asarray(ref.variances)[0]), floor)
+        np.testing.assert_allclose(float(chain.decoder_var), want, rtol=1e-6)
+
+
 # ----------------------------------------------------------------------------- the demo itself
 @pytest.mark.slow
 def test_quick_demo_end_to_end(tmp_path, capsys):

@@ -63,6 +63,6 @@ def test_errors():
         dequantization_t_eps(sd.VPSDE(), -1.0)
     with no_runtime_typecheck():  # ill-typed on purpose: scoredyn's own errors
         with pytest.raises(TypeError, match="AbstractLinearSDE"):
-            dequantization_t_eps(sd.DiscreteSchedule.linear(10), 0.1)
+            dequantization_t_eps(sd.DiscreteSchedule.linear(10), 0.1)  # pyright: ignore[reportArgumentType]
         with pytest.raises(ValueError, match="scalar"):
             dequantization_t_eps(sd.VPSDE(), jnp.ones(2))

@@ -1,5 +1,8 @@
 """Training losses: parameterisations, weightings, time sampling, and the link to the bound."""
 
+from collections.abc import Callable
+from typing import Literal
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -13,18 +16,21 @@ from helpers import gaussian_1comp, mixture_2d, old_bound
 GM = mixture_2d()
 VP = sd.VPSDE(0.1, 20.0)
 
+Prediction = Literal["eps", "x0", "v", "score"]
+Weighting = Literal["uniform", "snr", "snr_trunc", "snr_plus_one", "min_snr", "likelihood"]
+
 
 class _Scaled(eqx.Module):
     """A deliberately imperfect model: c * (exact eps)."""
 
-    fn: eqx.Module
+    fn: Callable[[jax.Array, jax.Array], jax.Array]
     c: float
 
     def __call__(self, t, x):
         return self.c * self.fn(t, x)
 
 
-def _native_models(sde, eps_fn):
+def _native_models(sde, eps_fn) -> dict[Prediction, Callable]:
     """The same (imperfect) model written in the four parameterisations (formulas of the test)."""
 
     def coeffs(t):
@@ -57,7 +63,14 @@ def test_weightings_agree_across_parameterisations(process):
     eps_fn = sd.toy.discrete_eps_fn(GM, sde) if process == "discrete" else GM.eps_fn(sde)
     models = _native_models(sde, _Scaled(eps_fn, 0.8))
     x0 = jnp.array([0.4, -0.9])
-    weightings = ["uniform", "snr", "snr_trunc", "snr_plus_one", "min_snr", "likelihood"]
+    weightings: list[Weighting] = [
+        "uniform",
+        "snr",
+        "snr_trunc",
+        "snr_plus_one",
+        "min_snr",
+        "likelihood",
+    ]
     if process == "discrete":  # no likelihood weighting for a discrete schedule
         weightings = ["uniform", "snr", "snr_plus_one", "min_snr"]
     elif process == "cosine":  # same code path as vp: a smaller matrix
@@ -136,6 +149,8 @@ def test_importance_sampling_is_unbiased_and_reduces_variance():
     M = 50_000
     keys = jax.random.split(jax.random.key(3), M)
     out = {}
+    w: Weighting  # declared: the lambda below captures the loop variables
+    ts: Literal["uniform", "importance"]
     for w in ("uniform", "likelihood"):
         for ts in ("uniform", "importance"):
             f = jax.jit(
@@ -264,12 +279,13 @@ def test_loss_transforms_and_validation():
     np.testing.assert_allclose(grad.w, fd, rtol=1e-6)
     batch = jax.vmap(lambda kk: sd.diffusion_loss(kk, lin, net, x0))(jax.random.split(k, 4))
     assert batch.shape == (4,)
+    # the pyright-ignored calls below are ill-typed on purpose: scoredyn's own errors
     with pytest.raises(ValueError, match="weighting"):
-        sd.diffusion_loss(k, VP, net, x0, weighting="elbo")
+        sd.diffusion_loss(k, VP, net, x0, weighting="elbo")  # pyright: ignore[reportArgumentType]
     with pytest.raises(ValueError, match="prediction"):
-        sd.diffusion_loss(k, VP, net, x0, prediction="noise")
+        sd.diffusion_loss(k, VP, net, x0, prediction="noise")  # pyright: ignore[reportArgumentType]
     with pytest.raises(ValueError, match="time_sampling"):
-        sd.diffusion_loss(k, VP, net, x0, time_sampling="sobol")
+        sd.diffusion_loss(k, VP, net, x0, time_sampling="sobol")  # pyright: ignore[reportArgumentType]
     with pytest.raises(ValueError, match="t_eps"):
         sd.diffusion_loss(k, VP, net, x0, t_eps=0.0)
     with pytest.raises(ValueError, match="snr_gamma"):
@@ -277,6 +293,6 @@ def test_loss_transforms_and_validation():
     with pytest.raises(ValueError, match="likelihood"):
         sd.diffusion_loss(k, lin, net, x0, weighting="likelihood")
     with pytest.raises(TypeError, match="process"):
-        sd.diffusion_loss(k, "vp", net, x0)
+        sd.diffusion_loss(k, "vp", net, x0)  # pyright: ignore[reportArgumentType]
     with pytest.raises(TypeError, match="model_fn"):
         sd.diffusion_loss(k, VP, lambda t, x: x.astype(jnp.float32), x0)

@@ -196,9 +196,10 @@ def test_trajectory_output_and_final_noise():
     @jax.jit
     def run(key):
         out = sd.sample_discrete(key, sched, eps_fn, xT, tau, return_trajectory=True)
-        kw = {"variances": "ddpm_beta"}
-        y0 = sd.sample_discrete(key, sched, eps_fn, xT, tau, **kw)
-        y1 = sd.sample_discrete(key, sched, eps_fn, xT, tau, final_noise=True, **kw)
+        y0 = sd.sample_discrete(key, sched, eps_fn, xT, tau, variances="ddpm_beta")
+        y1 = sd.sample_discrete(
+            key, sched, eps_fn, xT, tau, final_noise=True, variances="ddpm_beta"
+        )
         return out, y0, y1
 
     (x0, traj), y0, y1 = run(jax.random.key(0))
@@ -277,8 +278,8 @@ def test_sampler_validation():
         sd.sample_discrete(key, sched, lambda t, y: y.astype(jnp.float32), x, tau)
     with pytest.raises(ValueError, match="eps_fn"):
         sd.sample_discrete(key, sched, lambda t, y: y[:1], x, tau)
-    with pytest.raises(TypeError, match="eps_fn"):
-        sd.sample_discrete(key, sched, "eps", x, tau)
+    with pytest.raises(TypeError, match="eps_fn"):  # ill-typed on purpose
+        sd.sample_discrete(key, sched, "eps", x, tau)  # pyright: ignore[reportArgumentType]
     with pytest.raises(ValueError, match="K <= N"):
         sd.sample_discrete(key, sched, eps_fn, x, jnp.arange(102))
     with pytest.raises(ValueError, match="strictly increasing"):

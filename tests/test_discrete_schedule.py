@@ -143,8 +143,8 @@ def test_schedule_validation():
         sd.DiscreteSchedule.linear(10, float("nan"), 0.01)
     with pytest.raises(ValueError, match="num_steps"):
         sd.DiscreteSchedule.linear(0)
-    with pytest.raises(TypeError, match="num_steps"):
-        sd.DiscreteSchedule.linear(10.0)
+    with pytest.raises(TypeError, match="num_steps"):  # ill-typed on purpose
+        sd.DiscreteSchedule.linear(10.0)  # pyright: ignore[reportArgumentType]
     with pytest.raises(ValueError, match="`s`"):
         sd.DiscreteSchedule.cosine(10, s=-1.0)
     with pytest.raises(ValueError, match="max_beta"):
@@ -156,7 +156,7 @@ def test_schedule_validation():
     with pytest.raises(ValueError, match="strictly decreasing"):
         sd.DiscreteSchedule(jnp.array([1.0, 0.5, 0.6]))
     with pytest.raises(TypeError, match="linear SDE"), no_runtime_typecheck():
-        sd.DiscreteSchedule.from_sde(sd.SDE(lambda t, x: -x, lambda t, x: 1.0), 10)
+        sd.DiscreteSchedule.from_sde(sd.SDE(lambda t, x: -x, lambda t, x: 1.0), 10)  # pyright: ignore[reportArgumentType]
     sched = sd.DiscreteSchedule.linear(10)
     with pytest.raises(ValueError, match="`n`"):
         sched.marginal(11)
@@ -194,12 +194,13 @@ def test_trajectory_validation():
     np.testing.assert_array_equal(sd.trajectory([10, 3, 0], 10), [0, 3, 10])  # DDIM-style
     with pytest.raises(ValueError, match="K"):
         sd.respace(10, 11)
+    # the pyright-ignored calls below are ill-typed on purpose: scoredyn's own errors
     with pytest.raises(TypeError, match="K"):
-        sd.respace(10, 2.0)
+        sd.respace(10, 2.0)  # pyright: ignore[reportArgumentType]
     with pytest.raises(TypeError, match="K"):
         sd.respace(10, True)
     with pytest.raises(ValueError, match="kind"):
-        sd.respace(10, 2, "cubic")
+        sd.respace(10, 2, "cubic")  # pyright: ignore[reportArgumentType]
     with pytest.raises(ValueError, match="duplicate"):
         sd.trajectory([0, 3, 3, 10], 10)
     with pytest.raises(ValueError, match="decrease"):
@@ -213,7 +214,7 @@ def test_trajectory_validation():
     with pytest.raises(ValueError, match="K <= N"):
         sd.trajectory(list(range(12)), 10)
     with pytest.raises(TypeError, match="indices"):
-        sd.trajectory([0.0, 5.0, 10.0], 10)
+        sd.trajectory([0.0, 5.0, 10.0], 10)  # pyright: ignore[reportArgumentType]
     # traced indices are checked at run time
     f = jax.jit(lambda idx: sd.trajectory(idx, 10))
     np.testing.assert_array_equal(f(jnp.array([0, 4, 10])), [0, 4, 10])

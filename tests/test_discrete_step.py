@@ -1,5 +1,7 @@
 """Forward posterior q(x_m | x_n, x_0) and the generalised reverse step (DDIM family)."""
 
+from typing import Any
+
 import equinox as eqx
 import hypothesis.strategies as st
 import jax
@@ -105,7 +107,7 @@ def test_ddim_family_marginals_monte_carlo(eta):
     tau = sd.respace(N, 5, "quadratic")
     a_N, s_N = sched.marginal(N)
     xT = a_N * x0[None] + s_N * jax.random.normal(jax.random.key(3), (M, 2))
-    kw = {"variances": "ddpm_beta"} if eta == "beta" else {"eta": eta}
+    kw: dict[str, Any] = {"variances": "ddpm_beta"} if eta == "beta" else {"eta": eta}
     run = jax.jit(
         jax.vmap(
             lambda k, x: sd.sample_discrete(
@@ -264,10 +266,11 @@ def test_step_validation():
         sd.reverse_step(None, SCHED, 5, 3, x, e)
     with pytest.raises(ValueError, match="clip_x0"):
         sd.ddim_step(None, SCHED, 5, 3, x, e, clip_x0=-1.0)
+    # ill-typed on purpose (pyright: ignore): scoredyn's own errors
     with pytest.raises(TypeError, match="sched"):
-        sd.forward_posterior(jnp.ones(3), 2, 1)
+        sd.forward_posterior(jnp.ones(3), 2, 1)  # pyright: ignore[reportArgumentType]
     with pytest.raises(ValueError, match="kind"):
-        sd.reverse_variances(SCHED, sd.respace(20, 4), "large")
+        sd.reverse_variances(SCHED, sd.respace(20, 4), "large")  # pyright: ignore[reportArgumentType]
     with pytest.raises(ValueError, match="eta"):
         sd.reverse_variances(SCHED, sd.respace(20, 4), "eta", eta=-0.1)
     # traced indices: checked at run time

@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 import textwrap
-from typing import Any
+from typing import Any, cast
 
 import diffrax
 import jax
@@ -203,8 +203,8 @@ def test_float64_pipeline_accuracy():
     tight: dict[str, Any] = dict(
         stepsize_controller=diffrax.PIDController(rtol=1e-11, atol=1e-11), max_steps=100_000
     )
-    z = sd.encode(sde, score, x, **tight)
-    back = sd.decode(sde, score, z, **tight)
+    z = cast(jax.Array, sd.encode(sde, score, x, **tight))
+    back = cast(jax.Array, sd.decode(sde, score, z, **tight))
     assert back.dtype == jnp.float64
     assert float(jnp.max(jnp.abs(back - x))) < 1e-9
 
@@ -358,18 +358,21 @@ def test_debug_nans_subset():
         b = jnp.linspace(1e-3, 0.1, 20)
         jax.grad(
             lambda b: jnp.sum(
-                sd.sample_discrete(
-                    key,
-                    sd.DiscreteSchedule.from_betas(b),
-                    lambda t, y: 0.1 * y,
-                    x,
-                    sd.respace(20, 5),
+                cast(
+                    jax.Array,
+                    sd.sample_discrete(
+                        key,
+                        sd.DiscreteSchedule.from_betas(b),
+                        lambda t, y: 0.1 * y,
+                        x,
+                        sd.respace(20, 5),
+                    ),
                 )
             )
         )(b)
         for noise in (sd.reparam.Gaussian(), sd.reparam.Laplace(), sd.reparam.Uniform(2.0)):
             pm = sd.reparam.PerturbMax(jnp.array([0.3, -0.2, 0.5]), noise)
-            pm.probs, pm.entropy(), pm.relaxed_sample(key, 0.5)
+            _ = pm.probs, pm.entropy(), pm.relaxed_sample(key, 0.5)
 
 
 def test_suite_runs_with_debug_nans():

@@ -6,6 +6,8 @@ truth. Monte Carlo tolerances are stated next to each test; run `pytest -s` to s
 figures.
 """
 
+from typing import cast
+
 import diffrax
 import jax
 import jax.numpy as jnp
@@ -182,7 +184,10 @@ def test_flow_map_stats_and_ts(gm):
 
     x0 = gm.means[0]
     ts = jnp.array([1e-3, 0.5, 1.0])
-    traj, stats = sd.encode(sde, counted, x0, ts=ts, return_stats=True)
+    traj, stats = cast(
+        tuple[jax.Array, dict[str, jax.Array]],
+        sd.encode(sde, counted, x0, ts=ts, return_stats=True),
+    )
     jax.effects_barrier()
     print(
         f"\n[encode stats] {count[0]} score calls counted, stats = "
@@ -201,12 +206,13 @@ def score_vp(gm):
 
 
 def test_bad_shape(score_vp):
+    # the pyright-ignored calls in the test_bad_* tests are ill-typed on purpose (error checks)
     key = jax.random.key(0)
     for fn in (sd.sample_ode, sd.sample_sde, sd.sample_pc):
         with pytest.raises(TypeError, match="shape"):
-            fn(key, VP, score_vp, 2)
+            fn(key, VP, score_vp, 2)  # pyright: ignore[reportArgumentType]
         with pytest.raises(TypeError, match="shape"):
-            fn(key, VP, score_vp, (2.0,))
+            fn(key, VP, score_vp, (2.0,))  # pyright: ignore[reportArgumentType]
 
 
 def test_bad_t_eps(score_vp):
@@ -225,9 +231,9 @@ def test_bad_num_steps_and_options(score_vp):
     key = jax.random.key(0)
     for n in (0, -3, 2.5, True):
         with pytest.raises(ValueError, match="num_steps"):
-            sd.sample_sde(key, VP, score_vp, (2,), num_steps=n)
+            sd.sample_sde(key, VP, score_vp, (2,), num_steps=n)  # pyright: ignore[reportArgumentType]
         with pytest.raises(ValueError, match="num_steps"):
-            sd.sample_pc(key, VP, score_vp, (2,), num_steps=n)
+            sd.sample_pc(key, VP, score_vp, (2,), num_steps=n)  # pyright: ignore[reportArgumentType]
     with pytest.raises(ValueError, match="snr"):
         sd.sample_pc(key, VP, score_vp, (2,), snr=0.0)
     with pytest.raises(ValueError, match="num_corrector_steps"):
@@ -235,9 +241,9 @@ def test_bad_num_steps_and_options(score_vp):
     with pytest.raises(ValueError, match="dt0"):
         sd.sample_ode(key, VP, score_vp, (2,), stepsize_controller=diffrax.ConstantStepSize())
     with pytest.raises(TypeError, match="solver"):
-        sd.sample_ode(key, VP, score_vp, (2,), solver="tsit5")
+        sd.sample_ode(key, VP, score_vp, (2,), solver="tsit5")  # pyright: ignore[reportArgumentType]
     with pytest.raises(TypeError, match="stepsize_controller"):
-        sd.sample_ode(key, VP, score_vp, (2,), stepsize_controller="pid")
+        sd.sample_ode(key, VP, score_vp, (2,), stepsize_controller="pid")  # pyright: ignore[reportArgumentType]
     with pytest.raises(ValueError, match="ts"):
         sd.decode(VP, score_vp, jnp.zeros(2), ts=jnp.array([0.1, 0.5]))  # must decrease
     with pytest.raises(ValueError, match="ts"):
@@ -253,12 +259,12 @@ def test_bad_score_and_sde(score_vp):
     with pytest.raises(TypeError, match="score"):
         sd.sample_sde(key, VP, lambda t, x: x.astype(jnp.float32), (2,))
     with pytest.raises(TypeError, match="score"):
-        sd.encode(VP, "not callable", jnp.zeros(2))
+        sd.encode(VP, "not callable", jnp.zeros(2))  # pyright: ignore[reportArgumentType]
     general = sd.SDE(lambda t, x: -x, lambda t, x: jnp.sqrt(2.0))
     with pytest.raises(TypeError, match="sde"):
-        sd.sample_ode(key, general, score_vp, (2,))
+        sd.sample_ode(key, general, score_vp, (2,))  # pyright: ignore[reportArgumentType]
     with pytest.raises(TypeError, match="sde"):
-        sd.sample_pc(key, "vp", score_vp, (2,))
+        sd.sample_pc(key, "vp", score_vp, (2,))  # pyright: ignore[reportArgumentType]
 
 
 def test_general_sde_flow_map():
@@ -269,7 +275,7 @@ def test_general_sde_flow_map():
     """
     ou = sd.SDE(lambda t, x: -x, lambda t, x: jnp.sqrt(2.0))
     x = jnp.array([0.3, -1.2])
-    z = sd.encode(ou, lambda t, x: -x, x)
+    z = cast(jax.Array, sd.encode(ou, lambda t, x: -x, x))
     np.testing.assert_allclose(z, x, atol=1e-12)
 
 
@@ -374,7 +380,8 @@ def test_dpm_solver_bad_input(gm):
         sd.dpm_solver(VP, eps, x, t_eps=1.5)
     with pytest.raises(ValueError, match="eps_fn"):
         sd.dpm_solver(VP, lambda t, y: y[:1], x)
+    # ill-typed on purpose (pyright: ignore): scoredyn's own error messages
     with pytest.raises(TypeError, match="shape"):
-        sd.sample_dpm_solver(jax.random.key(0), VP, eps, [2.0])
+        sd.sample_dpm_solver(jax.random.key(0), VP, eps, [2.0])  # pyright: ignore[reportArgumentType]
     with pytest.raises(TypeError, match="sde"):
-        sd.dpm_solver(sd.SDE(lambda t, y: -y, lambda t, y: 1.0), eps, x)
+        sd.dpm_solver(sd.SDE(lambda t, y: -y, lambda t, y: 1.0), eps, x)  # pyright: ignore[reportArgumentType]

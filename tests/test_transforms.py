@@ -23,6 +23,7 @@ import dataclasses
 import functools
 import inspect
 from collections.abc import Callable
+from typing import Any
 
 import diffrax
 import jax
@@ -40,10 +41,12 @@ NAMESPACES = {
     "analytic.": sd.analytic,
     "reparam.": sd.reparam,
     "nn.": sd.nn,
+    "grids.": sd.grids,
 }
 
 # Public names with no cell, and why (abstract bases and plain result containers have no
 # behaviour of their own; every concrete subclass / producer has a case).
+_INT_GRID = "integer trajectory built from Python ints (no arrays to transform); test_grids.py"
 EXCLUDED = {
     "AbstractSDE": "abstract base; its concrete subclasses SDE, VPSDE, ... have cases",
     "AbstractLinearSDE": "abstract base; VPSDE, SubVPSDE, VESDE, CosineVPSDE have cases",
@@ -62,6 +65,13 @@ EXCLUDED = {
     "DiscreteInfo": "NamedTuple of per-step results",
     "Sample": "NamedTuple of results, produced in every cell of sample",
     "Chain": "container, produced by make_chain and solver.chain in the sample cells",
+    "grids.uniform_trajectory": _INT_GRID,
+    "grids.quadratic_trajectory": _INT_GRID,
+    "grids.even": _INT_GRID,
+    "grids.leading": _INT_GRID,
+    "grids.trailing": _INT_GRID,
+    "grids.linspace": _INT_GRID,
+    "grids.optimal": "a wrapper of analytic.optimal_trajectory, which has a case",
 }
 
 TRANSFORMS = ("jit", "vmap", "grad", "x32", "x64")
@@ -134,7 +144,7 @@ def betas(dt, N=8, shift=0.0):
     return jnp.linspace(0.05 + shift, 0.3 + shift, N, dtype=dt)
 
 
-EULER = dict(solver=diffrax.Euler(), stepsize_controller=diffrax.ConstantStepSize())
+EULER: dict[str, Any] = dict(solver=diffrax.Euler(), stepsize_controller=diffrax.ConstantStepSize())
 
 
 # ------------------------------------------------------------------------------ SDEs
@@ -491,6 +501,40 @@ def _(dt):
         return outs, sd.variational_bound(k, s, model, chain, x, levels=None).total
 
     return fn, (key(0), arr([0.5, -1.0], dt), _ms(dt)), (key(1), arr([1.0, 0.2], dt), _ms(dt, 0.2))
+
+
+@case(
+    "ODE",
+    "DiffraxSDE",
+    "EulerMaruyama",
+    "PredictorCorrector",
+    "DPMSolver",
+    "grids.uniform",
+    "grids.log_snr",
+    "grids.quadratic",
+    "grids.karras",
+    diff=(1,),
+)
+def _(dt):
+    g = gm(dt)
+    model = sd.ScoreModel(g.score_fn(VP))
+
+    def fn(k, x):
+        out = []
+        grid = sd.grids.uniform(VP, 4, t_eps=1e-2, dtype=dt)
+        out.append(sd.sample(None, VP, model, sd.ODE(**EULER, dt0=-0.25), grid, x).x)
+        out.append(sd.sample(k, VP, model, sd.DiffraxSDE(), grid, x).x)
+        out.append(sd.sample(k, VP, model, sd.EulerMaruyama(), grid, x).x)
+        out.append(sd.sample(k, VP, model, sd.PredictorCorrector(), grid, x).x)
+        for grid in (
+            sd.grids.log_snr(VP, 3, t_eps=1e-2, dtype=dt),
+            sd.grids.quadratic(VP, 3, t_eps=1e-2, dtype=dt),
+            sd.grids.karras(VP, 3, t_eps=1e-2, dtype=dt),
+        ):
+            out.append(sd.sample(None, VP, model, sd.DPMSolver(order=2), grid, x).x)
+        return out
+
+    return fn, (key(0), arr([0.5, -1.0], dt)), (key(1), arr([1.0, 0.2], dt))
 
 
 @case("analytic.monotone_ms_eps", diff=(0, 1))

@@ -51,7 +51,7 @@ def load_digits(num_test: int = 297) -> Dataset:
     """
     from sklearn.datasets import load_digits as _load
 
-    raw = _load().data  # (1797, 64), integers 0..16 stored as float64
+    raw, _ = _load(return_X_y=True)  # (1797, 64), integers 0..16 stored as float64
     levels = DIGIT_LEVELS
     x = (raw / ((levels - 1) / 2.0) - 1.0).astype(np.float32)
     perm = np.random.default_rng(_SPLIT_SEED).permutation(x.shape[0])

@@ -1,16 +1,20 @@
 r"""Evaluation: Gamma, bounds of every sampler at every K, the PF-ODE likelihood, samples.
 
 Everything here is a composition of public library calls (`sd.analytic.estimate_gamma`,
-`sd.analytic.monotone_ms_eps`, `sd.grids.even`, `sd.reverse_variances`,
-`sd.analytic.optimal_variances`, `sd.analytic.optimal_trajectory`, `sd.variational_bound`,
-`sd.sample_discrete`, `sd.eps_to_score`, `sd.bits_per_dim`, `sd.log_likelihood`). Two devices
-keep it fast on a CPU:
+`sd.analytic.monotone_ms_eps`, `sd.grids.even`, `sd.analytic.optimal_trajectory`, the solver
+values `sd.DDPM`, `sd.DDIM`, `sd.analytic.AnalyticDPM` / `AnalyticDDIM` and their chains,
+`sd.make_chain`, `sd.variational_bound`, `sd.sample`, `sd.ClipX0`, `sd.eps_to_score`,
+`sd.bits_per_dim`, `sd.log_likelihood`). Two devices keep it fast on a CPU:
 
-- All samplers that share a trajectory are evaluated in ONE `jax.vmap` over their variance
-  arrays. The draws $x_n \sim q(x_n\mid x_0)$ depend only on the key and $x_0$, so JAX evaluates
-  the network once per step and batches only the Gaussian KL terms over the samplers.
-- Every sampler passes its variances as arrays, so there is one compilation per trajectory
-  length $K$, not one per sampler.
+- Every sampler is a solver value; bound to a trajectory it is a chain, `solver.chain(sched,
+  tau)`, the value `sd.sample` runs and `sd.variational_bound` scores. The chains of the bound
+  methods on one trajectory are stacked and evaluated in ONE `jax.vmap` with the trajectory
+  unbatched. The draws $x_n \sim q(x_n\mid x_0)$ then depend only on the key and $x_0$, so JAX
+  evaluates the network once per step and batches only the Gaussian KL terms over the methods.
+- The chains hold their variances as arrays, so there is one compilation of the bounds per
+  trajectory length $K$, not one per method. The samplers likewise: the five solvers' chains on
+  one trajectory are stacked and run by `sd.sample` in one `jax.vmap` (through `_Run`, a
+  discrete solver that runs a given chain), one compilation per $K$ instead of one per solver.
 
 The bounds use the DDPM forward process. DDIM's forward process ($\lambda = 0$) has a
 deterministic posterior $q(x_m\mid x_n, x_0)$, so its bound is $+\infty$ whatever the reverse
@@ -77,31 +81,37 @@ class Evaluation:
     num_eval: int
 
 
-@eqx.filter_jit
-def _bounds_batch(net, sched, x0s, keys, tau, variances, levels):
-    """bits/dim of every (method, example) under the DDPM forward process.
+def _stack(chains: list) -> tuple[sd.Chain, sd.Chain]:
+    """Chains on one trajectory as one chain of stacked arrays, and the matching `in_axes`
+    (the trajectory unbatched, so the draws and the network are shared by the methods)."""
+    stack = jax.tree.map(lambda *a: jnp.stack(a), *chains)
+    stack = eqx.tree_at(lambda c: c.tau, stack, chains[0].tau)
+    axes = eqx.tree_at(lambda c: c.tau, jax.tree.map(lambda _: 0, stack), None)
+    return stack, axes
 
-    `vmap` over methods (outer: their reverse variances) and examples (inner). The draws
-    $x_n$ do not depend on the method, so the network runs once per (example, step). `levels`
-    is the data grid (discretised decoder) or `None` (Gaussian decoder).
+
+@eqx.filter_jit
+def _bounds_batch(net, sched, x0s, keys, chains: list, levels):
+    """bits/dim of every (method, example): one chain per method, all on one trajectory.
+
+    `vmap` over the stacked chains (outer) and examples (inner). The draws $x_n$ do not depend
+    on the method, so the network runs once per (example, step). `levels` is the data grid
+    (discretised decoder) or `None` (Gaussian decoder).
     """
     model = sd.EpsModel(net)
-    lam2 = sd.reverse_variances(sched, tau, "ddpm")  # DDPM's forward posterior, beta-tilde
-    dec_vars = decoder_variances(sched, tau, variances)
+    stack, axes = _stack(chains)
 
-    def one_method(var, dec_var):
-        chain = sd.make_chain(sched, tau, lam2, var, decoder_var=dec_var)
-
+    def one_method(chain):
         def one_example(key, x0):
             return sd.variational_bound(key, sched, model, chain, x0, levels=levels).bits_per_dim
 
         return jax.vmap(one_example)(keys, x0s)
 
-    return jax.vmap(one_method)(variances, dec_vars)
+    return jax.vmap(one_method, in_axes=(axes,))(stack)
 
 
-def decoder_variances(sched, tau, variances):
-    r"""Decoder variance of each method: $\max(v_1, 1 - \bar\alpha_{\tau_1})$.
+def decoder_variance(sched, chain: sd.Chain):
+    r"""The demo's decoder variance: $\max(v_1, 1 - \bar\alpha_{\tau_1})$.
 
     The last step $x_{\tau_1}\to x_0$ is a discretised (or continuous) Gaussian with variance
     $v_1$, the method's own variance of that step, floored at the noise variance
@@ -110,50 +120,75 @@ def decoder_variances(sched, tau, variances):
     Analytic-DPM's estimate $\frac{\sigma_1^2}{\alpha_1^2}(1 - \texttt{ms\_eps}_1)$, which is 0
     once a network identifies the noise at $n = 1$ (as on grid data), give a degenerate decoder.
     """
-    floor = sched.one_minus_alpha_bar[tau[1]].astype(variances.dtype)
-    return jnp.maximum(variances[..., 0], floor)
+    v = jnp.asarray(chain.variances)
+    return jnp.maximum(v[0], sched.one_minus_alpha_bar[chain.tau[1]].astype(v.dtype))
 
 
 BOUND_NAMES = (DDPM_TILDE, DDPM_BETA, ANALYTIC_DPM)
 SAMPLER_NAMES = (DDPM_TILDE, DDPM_BETA, DDIM, ANALYTIC_DPM, ANALYTIC_DDIM)
 
 
-@eqx.filter_jit
-def _bound_variances(sched, tau, ms_eps, data_range):
-    """Reverse variances of the bound methods (`BOUND_NAMES`) on one trajectory, shape (3, K)."""
-    bt = sd.reverse_variances(sched, tau, "ddpm")
-    beta = sd.reverse_variances(sched, tau, "ddpm_beta")
-    a_dpm = sd.analytic.optimal_variances(sched, tau, ms_eps, forward="ddpm", data_range=data_range)
-    return jnp.stack([bt, beta, a_dpm])
+def bound_solvers(ms_eps, data_range) -> dict:
+    """The solver of each bound method (`BOUND_NAMES`)."""
+    return {
+        DDPM_TILDE: sd.DDPM(),
+        DDPM_BETA: sd.DDPM(large_variance=True),
+        ANALYTIC_DPM: sd.analytic.AnalyticDPM(ms_eps, data_range=data_range),
+    }
+
+
+def sampler_solvers(ms_eps, data_range, last_clip) -> dict:
+    """The solver of each sampler (`SAMPLER_NAMES`); the Analytic ones cap the noise of the step
+    into `tau[1]` at `last_clip` (Analytic-DPM's sampling practice)."""
+    opts = dict(data_range=data_range, last_step_clip=last_clip)
+    return {
+        DDPM_TILDE: sd.DDPM(),
+        DDPM_BETA: sd.DDPM(large_variance=True),
+        DDIM: sd.DDIM(),
+        ANALYTIC_DPM: sd.analytic.AnalyticDPM(ms_eps, **opts),
+        ANALYTIC_DDIM: sd.analytic.AnalyticDDIM(ms_eps, **opts),
+    }
 
 
 @eqx.filter_jit
-def _sampler_arrays(sched, tau, ms_eps, data_range, last_clip):
-    """Forward and reverse variances of the samplers (`SAMPLER_NAMES`), each shape (5, K)."""
-    bt = sd.reverse_variances(sched, tau, "ddpm")
-    beta = sd.reverse_variances(sched, tau, "ddpm_beta")
-    zero = jnp.zeros_like(bt)
-    a_dpm = sd.analytic.optimal_variances(
-        sched, tau, ms_eps, forward="ddpm", data_range=data_range, last_step_clip=last_clip
-    )
-    a_ddim = sd.analytic.optimal_variances(
-        sched, tau, ms_eps, forward="ddim", data_range=data_range, last_step_clip=last_clip
-    )
-    lam2s = jnp.stack([bt, bt, zero, bt, zero])
-    variances = jnp.stack([bt, beta, zero, a_dpm, a_ddim])
-    return lam2s, variances
+def _bound_chains(sched, tau, ms_eps, data_range) -> list:
+    """Chains of the bound methods (`BOUND_NAMES`) on one trajectory, with the demo's decoder."""
+    chains = []
+    for solver in bound_solvers(ms_eps, data_range).values():
+        c = solver.chain(sched, tau)
+        # The demo's decoder variance max(v_1, 1 - abar[tau_1]) is no solver's choice (DDPM's is
+        # v_2 where v_1 = 0, Analytic-DPM's v_1), so the chain is rebuilt with it by make_chain.
+        chains.append(
+            sd.make_chain(sched, tau, c.lam2, c.variances, decoder_var=decoder_variance(sched, c))
+        )
+    return chains
+
+
+class _Run(sd.AbstractDiscreteSolver):
+    """Runs a chain that a solver built, `solver.chain(sched, tau)`: the chains of several
+    solvers on one trajectory are then one stack, sampled in one compiled `jax.vmap`."""
+
+    given: sd.Chain
+
+    def chain(self, sched, tau):
+        return self.given
+
+
+def sampler_chains(sched, tau, solvers: dict) -> sd.Chain:
+    """The samplers' chains on `tau`, stacked (leading axis: `SAMPLER_NAMES`)."""
+    chains = [solvers[name].chain(sched, tau) for name in SAMPLER_NAMES]
+    return jax.tree.map(lambda *a: jnp.stack(a), *chains)
 
 
 @eqx.filter_jit
-def _sample_batch(net, sched, keys, x_T, tau, lam2s, variances, clip):
-    def one_method(lam2, var):
-        return jax.vmap(
-            lambda k, x: sd.sample_discrete(
-                k, sched, net, x, tau, lam2=lam2, variances=var, clip_x0=clip
-            )
-        )(keys, x_T)
+def _sample_batch(model, sched, chains, keys, x_T, tau):
+    """`sd.sample` of every stacked chain for a batch of starting points: (methods, batch, d)."""
 
-    return jax.vmap(one_method)(lam2s, variances)
+    def one_method(chain):
+        run = _Run(chain)
+        return jax.vmap(lambda k, x: sd.sample(k, sched, model, run, tau, x).x)(keys, x_T)
+
+    return jax.vmap(one_method)(chains)
 
 
 def _mean_se(x: np.ndarray) -> tuple[float, float]:
@@ -205,16 +240,17 @@ def evaluate(cfg: Config, data: Dataset, sched, sde, net, key, log=print, progre
             if store is None:
                 trajectories[K] = [int(v) for v in np.asarray(tau_ot)]
             names = BOUND_NAMES
-            variances = _bound_variances(sched, tau, e, data.data_range)
-            bpd = np.asarray(_bounds_batch(model, sched, test, keys, tau, variances, data.levels))
+            chains = _bound_chains(sched, tau, e, data.data_range)
+            bpd = np.asarray(_bounds_batch(model, sched, test, keys, chains, data.levels))
+            i_adpm = names.index(ANALYTIC_DPM)
             if K == N:  # the optimal trajectory of N steps is every step
-                bpd_ot = bpd[2]
+                bpd_ot = bpd[i_adpm]
             else:  # same shapes as above, so the compilation is re-used
-                var_ot = _bound_variances(sched, tau_ot, e, data.data_range)
+                chains_ot = _bound_chains(sched, tau_ot, e, data.data_range)
                 bpd_ot = np.asarray(
-                    _bounds_batch(model, sched, test, keys, tau_ot, var_ot, data.levels)
-                )[2]
-            rows = dict(zip(names, bpd))
+                    _bounds_batch(model, sched, test, keys, chains_ot, data.levels)
+                )[i_adpm]
+            rows: dict[str, np.ndarray] = dict(zip(names, bpd))
             rows[ANALYTIC_DPM_OT] = bpd_ot
             for name, vals in rows.items():
                 mean, se = _mean_se(vals)
@@ -241,9 +277,10 @@ def evaluate(cfg: Config, data: Dataset, sched, sde, net, key, log=print, progre
         reference["uniform over the grid"] = math.log2(data.levels)
     eps_error = None
     if data.oracle is not None:
+        gm = data.oracle
         nll = lambda n: float(
             jnp.mean(
-                -jax.vmap(data.oracle.log_prob)(jnp.asarray(data.test[:n], jnp.float32))
+                -jax.vmap(gm.log_prob)(jnp.asarray(data.test[:n], jnp.float32))
                 / (data.dim * math.log(2.0))
             )
         )
@@ -319,7 +356,7 @@ def pf_ode_start(sde, sched, data: Dataset) -> float:
     the network was trained at.
     """
     t1 = float(sched.T) / sched.num_steps
-    if data.levels is None:
+    if data.levels is None or data.data_range is None:
         return t1
     lo_, hi_ = data.data_range
     bin_width = (hi_ - lo_) / (data.levels - 1)
@@ -372,21 +409,22 @@ def _samples(cfg, data, sched, net, ms_eps, key) -> dict:
     kx, kz = jax.random.split(key)
     x_T = jax.random.normal(kx, (cfg.num_samples, data.dim), jnp.float32)
     keys = jax.random.split(kz, cfg.num_samples)
-    clip = data.data_range
+    model = sd.EpsModel(net)
+    if data.data_range is not None:  # clip x0_hat into the data's box at every step
+        model = sd.ClipX0(model, *data.data_range)
     # Analytic-DPM's sampling practice: cap the noise of the step into tau[1] at one grid bin
     last_clip = None if data.levels is None else 2.0 / (data.levels - 1)
+    solvers = sampler_solvers(ms_eps, data.data_range, last_clip)
     out = {name: {} for name in SAMPLERS}
     for K in cfg.sample_ks:
         K = min(K, N)
-        tau = sd.grids.even(N, K)
-        names = SAMPLER_NAMES
-        lam2s, variances = _sampler_arrays(sched, tau, ms_eps, data.data_range, last_clip)
-        xs = np.asarray(_sample_batch(net, sched, keys, x_T, tau, lam2s, variances, clip))
-        for name, x in zip(names, xs):
-            out[name][K] = x
-        # Analytic-DPM on the optimal trajectory: same shapes, so the compilation is re-used
-        tau_ot = optimal_trajectory(sched, ms_eps, K)
-        lam2s, variances = _sampler_arrays(sched, tau_ot, ms_eps, data.data_range, last_clip)
-        xs = np.asarray(_sample_batch(net, sched, keys, x_T, tau_ot, lam2s, variances, clip))
-        out[ANALYTIC_DPM_OT][K] = xs[names.index(ANALYTIC_DPM)]
+        for traj in ("even", "optimal"):
+            tau = sd.grids.even(N, K) if traj == "even" else optimal_trajectory(sched, ms_eps, K)
+            chains = sampler_chains(sched, tau, solvers)  # same shapes: one compilation per K
+            xs = np.asarray(_sample_batch(model, sched, chains, keys, x_T, tau))
+            if traj == "even":
+                for name, x in zip(SAMPLER_NAMES, xs):
+                    out[name][K] = x
+            else:  # Analytic-DPM on the optimal trajectory
+                out[ANALYTIC_DPM_OT][K] = xs[SAMPLER_NAMES.index(ANALYTIC_DPM)]
     return out

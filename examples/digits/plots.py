@@ -2,13 +2,14 @@
 
 import math
 import pathlib
+from typing import Any
 
 import numpy as np
 
 from .data import Dataset
 from .evaluate import PF_ODE, SAMPLERS, Evaluation
 
-_STYLE = {
+_STYLE: dict[str, dict[str, Any]] = {
     "DDPM, beta-tilde": dict(color="#d62728", marker="v"),
     "DDPM, beta": dict(color="#ff7f0e", marker="^"),
     "DDIM (eta = 0)": dict(color="#8c564b", marker="x"),
@@ -117,7 +118,7 @@ def plot_samples(ev: Evaluation, data: Dataset, path: pathlib.Path, title: str) 
         for j, name in enumerate(names):
             ax = axes[i, j]
             x = ev.samples[name][K]
-            if image:
+            if data.image_shape is not None:
                 ax.imshow(
                     _mosaic(np.clip(x, -1, 1), data.image_shape),
                     cmap=cmap,

@@ -113,6 +113,7 @@ def _footnotes(ev: Evaluation, data: Dataset) -> list[str]:
 
 def pf_line(ev: Evaluation, data: Dataset) -> str:
     pf = ev.pf_ode
+    assert pf is not None
     kind = "uniformly dequantised, Hutchinson trace" if data.levels is not None else "exact trace"
     return (
         f"{PF_ODE} likelihood: {pf['mean']:.2f} +/- {pf['stderr']:.2f} bits/dim on {pf['n']} "

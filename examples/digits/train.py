@@ -19,7 +19,7 @@ from .data import Dataset
 def build_network(cfg: Config, data: Dataset, sde, key):
     """The eps-network for `cfg` (float32 weights, whatever the global x64 setting)."""
     if cfg.net == "grid":
-        if data.levels is None:
+        if data.levels is None or data.data_range is None:
             raise ValueError("the grid head needs data on a grid (--data digits)")
         logits = sd.nn.MLP(
             data.dim,

@@ -39,6 +39,15 @@ from ._likelihood import (
     hutchinson_probes as hutchinson_probes,
     log_likelihood as log_likelihood,
 )
+from ._model import (
+    AbstractModel as AbstractModel,
+    ClipX0 as ClipX0,
+    EpsModel as EpsModel,
+    ScoreModel as ScoreModel,
+    VModel as VModel,
+    X0Model as X0Model,
+)
+from ._process import AbstractProcess as AbstractProcess
 from ._sde import (
     SDE as SDE,
     VESDE as VESDE,
@@ -53,42 +62,33 @@ from ._sde import (
     probability_flow as probability_flow,
     reverse_sde as reverse_sde,
 )
-from ._model import (
-    AbstractModel as AbstractModel,
-    ClipX0 as ClipX0,
-    EpsModel as EpsModel,
-    ScoreModel as ScoreModel,
-    VModel as VModel,
-    X0Model as X0Model,
-)
-from ._process import AbstractProcess as AbstractProcess
 from ._sharding import batch_mesh as batch_mesh, sharded_vmap as sharded_vmap
 from ._solve import (
     DDIM as DDIM,
     DDPM as DDPM,
+    ODE as ODE,
     AbstractDiscreteSolver as AbstractDiscreteSolver,
     AbstractSolver as AbstractSolver,
     AbstractState as AbstractState,
     Chain as Chain,
+    DiffraxSDE as DiffraxSDE,
     DiscreteInfo as DiscreteInfo,
     DiscreteState as DiscreteState,
+    DPMSolver as DPMSolver,
+    EulerMaruyama as EulerMaruyama,
+    PredictorCorrector as PredictorCorrector,
     Sample as Sample,
-    make_chain as make_chain,
-    sample as sample,
-    variational_bound as variational_bound,
     decode as decode,
     dpm_solver as dpm_solver,
     encode as encode,
+    make_chain as make_chain,
+    sample as sample,
     sample_dpm_solver as sample_dpm_solver,
     sample_ode as sample_ode,
     sample_pc as sample_pc,
     sample_sde as sample_sde,
     simulate_sde as simulate_sde,
-    ODE as ODE,
-    DiffraxSDE as DiffraxSDE,
-    DPMSolver as DPMSolver,
-    EulerMaruyama as EulerMaruyama,
-    PredictorCorrector as PredictorCorrector,
+    variational_bound as variational_bound,
 )
 
 try:

@@ -3,6 +3,7 @@ from .bound import variational_bound as variational_bound
 from .corrector import sample_pc as sample_pc
 from .ddim import DDIM as DDIM
 from .ddpm import DDPM as DDPM
+from .diffrax_sde import DiffraxSDE as DiffraxSDE
 from .discrete import (
     AbstractDiscreteSolver as AbstractDiscreteSolver,
     Chain as Chain,
@@ -10,8 +11,15 @@ from .discrete import (
     DiscreteState as DiscreteState,
     make_chain as make_chain,
 )
-from .dpm_solver import dpm_solver as dpm_solver, sample_dpm_solver as sample_dpm_solver
+from .dpm_solver import (
+    DPMSolver as DPMSolver,
+    dpm_solver as dpm_solver,
+    sample_dpm_solver as sample_dpm_solver,
+)
+from .euler_maruyama import EulerMaruyama as EulerMaruyama
 from .flow_map import decode as decode, encode as encode
 from .ode import sample_ode as sample_ode
+from .ode_solver import ODE as ODE
+from .predictor_corrector import PredictorCorrector as PredictorCorrector
 from .sde import sample_sde as sample_sde, simulate_sde as simulate_sde
 from .verbs import decode as decode_, encode as encode_, sample as sample

@@ -1,28 +1,20 @@
-"""Predictor–corrector sampling: Euler–Maruyama predictor, Langevin corrector."""
+"""Predictor–corrector sampling: Euler–Maruyama predictor, Langevin corrector (the 0.1 verb,
+now a wrapper of [`PredictorCorrector`][scoredyn.PredictorCorrector])."""
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from .._custom_types import Key, ScoreFn
-from .._misc import as_float, is_concrete
+from .._misc import is_concrete
+from .._model import ScoreModel
 from .._sde import AbstractLinearSDE
 from ._utils import check_dtype, check_num_steps, check_score, check_sde, check_shape, check_t_eps
-
-
-def langevin_step_size(snr, a, z, s, axis_name=None):
-    r"""$\epsilon = 2a\,(r\,\lVert z\rVert / \lVert s\rVert)^2$ (0 where the score vanishes).
-
-    With `axis_name`, both norms are first averaged over that named (vmapped) batch axis.
-    """
-    z_norm = jnp.sqrt(jnp.sum(z * z))
-    s_norm = jnp.sqrt(jnp.sum(s * s))
-    if axis_name is not None:
-        z_norm = lax.pmean(z_norm, axis_name)
-        s_norm = lax.pmean(s_norm, axis_name)
-    ratio = z_norm / jnp.where(s_norm > 0, s_norm, 1.0)
-    return jnp.where(s_norm > 0, 2.0 * a * (snr * ratio) ** 2, 0.0)
+from .predictor_corrector import (
+    PredictorCorrector,
+    langevin_step_size as langevin_step_size,  # re-exported: its home before 0.2
+)
+from .verbs import sample
 
 
 def sample_pc(
@@ -39,6 +31,12 @@ def sample_pc(
     dtype=None,
 ):
     r"""Predictor–corrector sampling: Langevin corrector, Euler–Maruyama predictor (Song et al.).
+
+    Deprecated alias (removed in 0.3): use
+    `sd.sample(k_loop, sde, sd.ScoreModel(score), sd.PredictorCorrector(snr, num_corrector_steps,
+    axis_name), jnp.linspace(T, t_eps, num_steps + 1), x_T)` with
+    `k_prior, k_loop = jax.random.split(key)` and `x_T = sde.prior_sample(k_prior, shape)`;
+    this function is exactly that (same bits).
 
     On the uniform grid $T = t_0 > t_1 > \dots > t_N = t_\epsilon$ each iteration $i$ first runs
     `num_corrector_steps` Langevin steps that target $p_{t_i}$,
@@ -106,47 +104,16 @@ def sample_pc(
         raise ValueError(f"`snr` must be > 0, got {snr}.")
     t_eps = check_t_eps(t_eps, sde)
     check_score(score, "score", sde.T, jnp.zeros(shape, dtype))
-    return _pc_kernel(
-        key, sde, score, shape, dtype, snr, t_eps, num_steps, num_corrector_steps, axis_name
-    )
+    solver = PredictorCorrector(snr, num_corrector_steps, axis_name)
+    return _pc_kernel(key, sde, score, shape, dtype, t_eps, num_steps, solver)
 
 
 @eqx.filter_jit
-def _pc_kernel(
-    key, sde, score, shape, dtype, snr, t_eps, num_steps, num_corrector_steps, axis_name
-):
-    """The prior draw and the loop, compiled whole: an eager call and a call under the user's
-    `jax.jit` run the same program, so the same key gives bit-identical samples."""
+def _pc_kernel(key, sde, score, shape, dtype, t_eps, num_steps, solver):
+    """The prior draw and `sd.sample(k_loop, sde, sd.ScoreModel(score), solver, grid, x_T)`,
+    compiled whole: an eager call and a call under the user's `jax.jit` run the same program,
+    so the same key gives bit-identical samples."""
     k_prior, k_loop = jax.random.split(key)
     x_T = sde.prior_sample(k_prior, shape, dtype)
-    snr = as_float(snr, "snr").astype(dtype)  # a Python float stays a compile-time constant
-    ts = jnp.linspace(jnp.asarray(sde.T, dtype), jnp.asarray(t_eps, dtype), num_steps + 1)
-
-    def corrector(t, a, x, k):
-        def body(x, kc):
-            s = score(t, x)
-            z = jax.random.normal(kc, shape, dtype)
-            eps = langevin_step_size(snr, a, z, s, axis_name)
-            return x + eps * s + jnp.sqrt(2.0 * eps) * z, None
-
-        x, _ = lax.scan(body, x, jax.random.split(k, num_corrector_steps))
-        return x
-
-    def step(x, inp):
-        t, t_next, k = inp
-        kc, kp = jax.random.split(k)
-        if num_corrector_steps > 0:
-            alpha_t, _ = sde.marginal(t)
-            alpha_n, _ = sde.marginal(t_next)
-            a = ((alpha_t / alpha_n) ** 2).astype(dtype)
-            x = corrector(t, a, x, kc)
-        f, g = sde.coefficients(t)
-        f, g = f.astype(dtype), g.astype(dtype)
-        h = t - t_next
-        z = jax.random.normal(kp, shape, dtype)
-        x = x - h * (f * x - g**2 * score(t, x)) + g * jnp.sqrt(h) * z
-        return x, None
-
-    keys = jax.random.split(k_loop, num_steps)
-    x, _ = lax.scan(step, x_T, (ts[:-1], ts[1:], keys))
-    return x
+    grid = jnp.linspace(jnp.asarray(sde.T, dtype), jnp.asarray(t_eps, dtype), num_steps + 1)
+    return sample(k_loop, sde, ScoreModel(score), solver, grid, x_T).x

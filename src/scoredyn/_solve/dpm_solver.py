@@ -17,8 +17,13 @@ from jax import lax
 from jaxtyping import Array, ArrayLike, Float
 
 from .._custom_types import EpsFn, Key
+from .._misc import check_vector_field
+from .._model import AbstractModel, EpsModel
 from .._sde import AbstractLinearSDE
+from ._continuous import check_grid, check_linear_process, with_start
 from ._utils import check_dtype, check_num_steps, check_score, check_sde, check_shape, check_t_eps
+from .base import AbstractSolver, AbstractState, Sample
+from .verbs import sample
 
 _SKIPS = ("logSNR", "time_uniform", "time_quadratic")
 # Intermediate log-SNR fractions of Lu et al.'s DPM-Solver-2 and -3 (Algorithms 1-2).
@@ -27,7 +32,8 @@ _R31, _R32 = 1.0 / 3.0, 2.0 / 3.0
 
 
 def _half_log_snr(sde, t):
-    return 0.5 * sde.log_snr(t)
+    r"""$\ell(t) = \lambda(t)/2$ for any shape of `t` (an SDE's methods take a scalar time)."""
+    return 0.5 * jnp.vectorize(sde.log_snr)(t)
 
 
 def time_of_half_log_snr(sde: AbstractLinearSDE, ell, t_lo, t_hi, iters: int = 64):
@@ -106,6 +112,126 @@ def _dpm_step(sde, eps_fn, order, x, t_s, t_t, h, stage_t):
     return (a_t / a_s) * x - s_t * em1 * e_s - (s_t / _R32) * phi2 * d2
 
 
+class ModelEps(eqx.Module):
+    """`model.eps(process, t, x, *cond)` as a noise prediction `(t, x) -> array like x`."""
+
+    model: AbstractModel
+    process: AbstractLinearSDE
+    cond: tuple
+
+    def __call__(self, t, x):
+        return self.model.eps(self.process, t, x, *self.cond)
+
+
+class DPMState(AbstractState):
+    """State of [`DPMSolver`][scoredyn.DPMSolver]: `x` at `grid[i]` and the per-step tables
+    (start and end times, $h$ in half log-SNR, stage times), computed once by `init`."""
+
+    x: Array
+    i: Array
+    t_s: Array
+    t_t: Array
+    h: Array
+    stage_t: tuple[Array, ...]
+    sde: AbstractLinearSDE
+    eps: ModelEps
+
+
+class DPMSolver(AbstractSolver):
+    r"""DPM-Solver-1, -2 or -3 (Lu et al. 2022): an exponential integrator of the
+    probability-flow ODE in half log-SNR time $\ell = \lambda/2 = \log(\alpha/\sigma)$.
+
+    From $t_i$ to $t_{i+1}$, $h_i = \ell_{i+1} - \ell_i$, $\hat\varepsilon_i =$
+    `model.eps(process, t_i, x_i, *cond)`:
+
+    - order 1 (exactly DDIM):
+      $x_{i+1} = \frac{\alpha_{i+1}}{\alpha_i}x_i - \sigma_{i+1}(e^{h_i} - 1)\hat\varepsilon_i$;
+    - order 2: one stage at $\ell_i + h_i/2$ (Lu et al., Algorithm 1 with $r_1 = 1/2$);
+    - order 3: two stages at $\ell_i + h_i/3$ and $\ell_i + 2h_i/3$ (Algorithm 2).
+
+    Any strictly decreasing grid works; the paper's choice is uniform in $\lambda$,
+    [`sd.grids.log_snr`][scoredyn.grids.log_snr]. The stage times are found once, in `init`,
+    by bisection of $\ell$ on $[t_K, t_0]$ (64 halvings), the schedule of scoredyn 0.1's
+    `dpm_solver`, which this reproduces bit for bit on the same grid; they agree with the
+    process's `time_at_log_snr` (closed form for VP, VE and cosine) to $10^{-12}$ in float64.
+    Deterministic; cost `order * K` evaluations of the model.
+
+    Args:
+        order: 1, 2 or 3.
+
+    Raises:
+        ValueError: at construction, for an `order` other than 1, 2, 3; in
+            [`sample`][scoredyn.sample], for a grid that is not strictly decreasing inside
+            $[0, T]$.
+        TypeError: for a `process` that is not a linear SDE.
+
+    Example:
+        ```python
+        grid = sd.grids.log_snr(sde, 10)
+        res = sd.sample(None, sde, sd.EpsModel(eps), sd.DPMSolver(order=3), grid, x_T)
+        res.stats["nfe"]   # 30
+        ```
+
+    References:
+        Lu et al., *DPM-Solver: A Fast ODE Solver for Diffusion Probabilistic Model Sampling
+        in Around 10 Steps*, arXiv:2206.00927.
+    """
+
+    order: int = eqx.field(static=True, default=2)
+
+    def __check_init__(self):
+        if self.order not in (1, 2, 3) or isinstance(self.order, bool):
+            raise ValueError(f"`order` must be 1, 2 or 3, got {self.order!r}.")
+
+    def is_stochastic(self, process, grid) -> bool:
+        check_grid(grid, check_linear_process(process, self), float)
+        return False
+
+    def nfe(self, num_steps: int) -> int:
+        return self.order * num_steps
+
+    def init(self, process, model, grid, x_T, cond: tuple = ()) -> DPMState:
+        sde = check_linear_process(process, self)
+        grid, x_T = check_grid(grid, sde, x_T.dtype, x=x_T)
+        eps = ModelEps(model, sde, tuple(cond))
+        check_vector_field(eps, "model.eps", grid[0], x_T)
+        t_s, t_t, h, stage_t = _step_tables(sde, grid, self.order)
+        i = jnp.zeros((), jnp.int32)
+        return DPMState(x_T, i, t_s, t_t, h, tuple(stage_t), sde, eps)
+
+    def step(self, key: Key | None, state: AbstractState) -> tuple[DPMState, Array]:
+        r"""One DPM-Solver step $t_i \to t_{i+1}$ (`key` is unused). The info is $h_i$."""
+        assert isinstance(state, DPMState)
+        i = state.i
+        stage_t = tuple(st[i] for st in state.stage_t)
+        x = _dpm_step(
+            state.sde,
+            state.eps,
+            self.order,
+            state.x,
+            state.t_s[i],
+            state.t_t[i],
+            state.h[i],
+            stage_t,
+        )
+        return eqx.tree_at(lambda st: (st.x, st.i), state, (x, i + 1)), state.h[i]
+
+    def solve(self, key, process, model, grid, x_T, cond, save_trajectory) -> Sample:
+        r"""`init`, then a `lax.scan` of the step over the tables (scanned over rather than
+        indexed, as scoredyn 0.1's kernel did, so the bits are the same)."""
+        st = self.init(process, model, grid, x_T, cond)
+        K = self.num_steps(grid)
+
+        def body(x, inp):
+            ts_, tt_, h_, stage_ = inp
+            x = _dpm_step(st.sde, st.eps, self.order, x, ts_, tt_, h_, stage_)
+            return x, (x if save_trajectory else None)
+
+        x, xs = lax.scan(body, st.x, (st.t_s, st.t_t, st.h, st.stage_t))
+        traj = with_start(x_T, xs) if save_trajectory else None
+        return Sample(x, traj, {"nfe": self.nfe(K), "num_steps": K})
+
+
 def _check_common(sde, order, skip, num_steps):
     check_sde(sde, linear=True)
     if order not in (1, 2, 3) or isinstance(order, bool):
@@ -126,6 +252,11 @@ def dpm_solver(
     skip: str = "logSNR",
 ) -> Float[Array, "*shape"]:
     r"""Integrate the probability-flow ODE from $x_T$ to $t_\epsilon$ with DPM-Solver-1, -2 or -3.
+
+    Deprecated alias (removed in 0.3): use
+    `sd.sample(None, sde, sd.EpsModel(eps_fn), sd.DPMSolver(order), grid, x_T)`, with `grid`
+    from [`sd.grids`](grids.md) (`log_snr`, `uniform`, `quadratic` for the three `skip`s);
+    this function is exactly that on its own grid (same bits).
 
     With $\ell = \log(\alpha/\sigma)$ (half the log-SNR), $h_i = \ell_{t_{i+1}} - \ell_{t_i}$ and
     $\hat\varepsilon_i = \hat\varepsilon(t_i, x_i)$, one step reads
@@ -176,16 +307,10 @@ def dpm_solver(
 
 @eqx.filter_jit
 def _dpm_kernel(sde, eps_fn, x_T, num_steps, order, t_eps, skip):
-    """The grid and the steps, compiled whole (eager and jitted calls give the same bits)."""
+    """The grid and `sd.sample(None, sde, sd.EpsModel(eps_fn), sd.DPMSolver(order), grid, x_T)`,
+    compiled whole (eager and jitted calls give the same bits)."""
     ts = time_grid(sde, num_steps, t_eps, skip, x_T.dtype)
-    t_s, t_t, h, stage_t = _step_tables(sde, ts, order)
-
-    def step(x, inp):
-        ts_, tt_, h_, st_ = inp
-        return _dpm_step(sde, eps_fn, order, x, ts_, tt_, h_, st_), None
-
-    x, _ = lax.scan(step, x_T, (t_s, t_t, h, tuple(stage_t)))
-    return x
+    return sample(None, sde, EpsModel(eps_fn), DPMSolver(order), ts, x_T).x
 
 
 def sample_dpm_solver(
@@ -201,6 +326,10 @@ def sample_dpm_solver(
     dtype=None,
 ) -> Float[Array, "*shape"]:
     r"""Draw $x_T \sim \mathcal N(0, \sigma(T)^2 I)$, then run [`dpm_solver`][scoredyn.dpm_solver].
+
+    Deprecated alias (removed in 0.3): use
+    `sd.sample(None, sde, sd.EpsModel(eps_fn), sd.DPMSolver(order), grid, x_T)` with
+    `x_T = sde.prior_sample(key, shape)`.
 
     Args:
         key: PRNG key for the prior draw.

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
 from .._custom_types import Key, ScoreFn
+from .._model import ScoreModel
 from .._sde import AbstractLinearSDE, AbstractSDE, probability_flow
 from ._utils import (
     check_controller,
@@ -18,15 +19,8 @@ from ._utils import (
     check_ts,
     solution_stats,
 )
-
-
-class _TimeCast(eqx.Module):
-    """Adapt `fn(t, x)` to diffrax's `(t, y, args)`, casting `t` to the state's dtype."""
-
-    fn: eqx.Module
-
-    def __call__(self, t, y, args):
-        return self.fn(jnp.asarray(t, y.dtype), y)
+from .ode_solver import ODE, integrate_flow
+from .verbs import sample
 
 
 def solve_flow(
@@ -56,23 +50,22 @@ def solve_flow(
         )
     dtype = x.dtype
     ts = check_ts(ts, t0, t1, dtype, decreasing=name == "decode")
-    t0 = jnp.asarray(t0, dtype)
-    t1 = jnp.asarray(t1, dtype)
     saveat = diffrax.SaveAt(t1=True) if ts is None else diffrax.SaveAt(ts=ts)
-    term = diffrax.ODETerm(_TimeCast(probability_flow(sde, score)))
-    sol = diffrax.diffeqsolve(
-        term,
-        solver,
+    sol = integrate_flow(
+        probability_flow(sde, score),
+        x,
         t0,
         t1,
-        None if dt0 is None else jnp.asarray(dt0, dtype),
-        x,
-        saveat=saveat,
+        solver=solver,
         stepsize_controller=stepsize_controller,
+        dt0=dt0,
         max_steps=max_steps,
         throw=throw,
+        saveat=saveat,
     )
-    out = sol.ys[0] if ts is None else sol.ys
+    ys = sol.ys
+    assert ys is not None
+    out = ys[0] if ts is None else ys
     if return_stats:
         return out, solution_stats(sol, solver)
     return out
@@ -103,6 +96,11 @@ def sample_ode(
     $$\frac{\mathrm{d}x}{\mathrm{d}t} = f(t)\,x - \tfrac12 g(t)^2\,s(t, x)$$
 
     from $t = T$ down to $t = t_\epsilon$ with a diffrax ODE solver, where $s$ = `score`.
+    This is `sd.sample(key, sde, sd.ScoreModel(score), sd.ODE(solver, stepsize_controller,
+    dt0, max_steps, throw), jnp.array([T, t_eps]), sde.prior_sample(key, shape, dtype))`
+    compiled as one program ([`ODE`][scoredyn.ODE]); with `ts`, the grid is
+    `[T, *ts, t_eps]` and the trajectory without its two ends is returned.
+
     With the exact score the result is distributed as $p_{t_\epsilon}$, which tends to the data
     distribution as $t_\epsilon \to 0$. The map $x_T \mapsto x_{t_\epsilon}$ is
     [`decode`][scoredyn.decode]. See
@@ -153,53 +151,34 @@ def sample_ode(
     check_controller(stepsize_controller)
     check_score(score, "score", sde.T, jnp.zeros(shape, dtype))
     check_ts(ts, sde.T, t_eps, dtype, decreasing=True)
-    return _sample_ode_kernel(
-        key,
-        sde,
-        score,
-        shape,
-        dtype,
-        t_eps,
-        solver,
-        stepsize_controller,
-        dt0,
-        max_steps,
-        throw,
-        ts,
-        return_stats,
-    )
+    if dt0 is None and isinstance(stepsize_controller, diffrax.ConstantStepSize):
+        raise ValueError(
+            "`dt0` must be given (e.g. dt0=-0.01 when integrating towards t=0) with a constant "
+            "step size; got dt0=None with stepsize_controller=ConstantStepSize()."
+        )
+    ode = ODE(solver, stepsize_controller, dt0, max_steps, throw)
+    return _sample_ode_kernel(key, sde, score, shape, dtype, t_eps, ode, ts, return_stats)
 
 
 @eqx.filter_jit
-def _sample_ode_kernel(
-    key,
-    sde,
-    score,
-    shape,
-    dtype,
-    t_eps,
-    solver,
-    stepsize_controller,
-    dt0,
-    max_steps,
-    throw,
-    ts,
-    return_stats,
-):
-    """The prior draw and the solve, compiled whole (eager and jitted calls give the same bits)."""
+def _sample_ode_kernel(key, sde, score, shape, dtype, t_eps, ode, ts, return_stats):
+    """The prior draw and `sd.sample(key, sde, sd.ScoreModel(score), ode, grid, x_T)`, compiled
+    whole (eager and jitted calls give the same bits). The grid is `[T, t_eps]`, or
+    `[T, *ts, t_eps]` when `ts` is given (the ODE's interior grid points are save points only,
+    so the solve is the same and the trajectory at `ts` is `trajectory[1:-1]`)."""
     x_T = sde.prior_sample(key, shape, dtype)
-    return solve_flow(
-        sde,
-        score,
-        x_T,
-        sde.T,
-        t_eps,
-        solver=solver,
-        stepsize_controller=stepsize_controller,
-        dt0=dt0,
-        max_steps=max_steps,
-        throw=throw,
-        ts=ts,
-        return_stats=return_stats,
-        name="decode",
-    )
+    T = jnp.asarray(sde.T, dtype)[None]
+    te = jnp.asarray(t_eps, dtype)[None]
+    if ts is None:
+        grid = jnp.concatenate([T, te])
+    else:
+        grid = jnp.concatenate([T, jnp.asarray(ts, dtype), te])
+    res = sample(key, sde, ScoreModel(score), ode, grid, x_T, save_trajectory=ts is not None)
+    if ts is None:
+        out = res.x
+    else:
+        assert res.trajectory is not None
+        out = res.trajectory[1:-1]
+    if return_stats:
+        return out, res.stats
+    return out

@@ -4,11 +4,12 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import lineax as lx
-from jaxtyping import Array, ArrayLike, Float
+import numpy as np
+from jaxtyping import ArrayLike, Float
 
 from .._custom_types import Key, ScoreFn
 from .._misc import check_time, check_vector_field, is_concrete
+from .._model import ScoreModel
 from .._sde import AbstractLinearSDE, AbstractSDE, reverse_sde
 from ._utils import (
     check_controller,
@@ -21,44 +22,9 @@ from ._utils import (
     check_state,
     check_t_eps,
     check_ts,
-    solution_stats,
 )
-
-_LEVY_AREAS = (diffrax.BrownianIncrement, diffrax.SpaceTimeLevyArea, diffrax.SpaceTimeTimeLevyArea)
-
-
-def _levy_area(solver):
-    """The cheapest Brownian object the solver accepts (plain increments for Euler/Heun)."""
-    minimal = getattr(solver, "minimal_levy_area", diffrax.AbstractBrownianIncrement)
-    for area in _LEVY_AREAS:
-        if issubclass(area, minimal):
-            return area
-    raise TypeError(f"`solver` needs an unsupported Levy area {minimal}.")  # pragma: no cover
-
-
-class _Drift(eqx.Module):
-    """Drift in running time $s$: $\\varsigma\\, b(\\tau, y)$ with $\\tau = t_0 + \\varsigma s$."""
-
-    sde: AbstractSDE
-    t0: Array
-    sign: float = eqx.field(static=True)
-
-    def __call__(self, s, y, args):
-        tau = self.t0 + self.sign * jnp.asarray(s, y.dtype)
-        return self.sign * self.sde.drift(tau, y)
-
-
-class _Diffusion(eqx.Module):
-    """Diagonal diffusion $g(\\tau(s), y)$ as a lineax operator."""
-
-    sde: AbstractSDE
-    t0: Array
-    sign: float = eqx.field(static=True)
-
-    def __call__(self, s, y, args):
-        tau = self.t0 + self.sign * jnp.asarray(s, y.dtype)
-        g = jnp.broadcast_to(jnp.asarray(self.sde.diffusion(tau, y), y.dtype), y.shape)
-        return lx.DiagonalLinearOperator(g)
+from .diffrax_sde import DiffraxSDE, simulate_kernel
+from .verbs import sample
 
 
 def simulate_sde(
@@ -180,7 +146,7 @@ def _simulate(
     stepsize_controller, num_steps, ts = _check_simulation(
         solver, stepsize_controller, num_steps, brownian_tol, ts, t0, t1, x.dtype, sign
     )
-    return _simulate_kernel(
+    return simulate_kernel(
         key,
         sde,
         x,
@@ -215,64 +181,6 @@ def _check_simulation(
     return stepsize_controller, num_steps, ts
 
 
-@eqx.filter_jit
-def _simulate_kernel(
-    key,
-    sde,
-    x,
-    t0,
-    t1,
-    sign,
-    solver,
-    num_steps,
-    stepsize_controller,
-    brownian_tol,
-    max_steps,
-    throw,
-    ts,
-    return_stats,
-):
-    """The simulation, compiled whole: eager calls and calls under the user's `jax.jit` run the
-    same program, so the same key gives bit-identical paths."""
-    dtype = x.dtype
-    t0 = jnp.asarray(t0, dtype)
-    t1 = jnp.asarray(t1, dtype)
-    span = jnp.abs(t1 - t0)
-    dt0 = None if num_steps is None else span / num_steps
-    if brownian_tol is None:
-        brownian_tol = dt0 / 2
-    saveat = diffrax.SaveAt(t1=True) if ts is None else diffrax.SaveAt(ts=sign * (ts - t0))
-    zero = jnp.zeros((), dtype)
-    bm = diffrax.VirtualBrownianTree(
-        zero,
-        span,
-        tol=brownian_tol,
-        shape=jax.ShapeDtypeStruct(x.shape, dtype),
-        key=key,
-        levy_area=_levy_area(solver),
-    )
-    terms = diffrax.MultiTerm(
-        diffrax.ODETerm(_Drift(sde, t0, sign)),
-        diffrax.ControlTerm(_Diffusion(sde, t0, sign), bm),
-    )
-    sol = diffrax.diffeqsolve(
-        terms,
-        solver,
-        zero,
-        span,
-        dt0,
-        x,
-        saveat=saveat,
-        stepsize_controller=stepsize_controller,
-        max_steps=max_steps,
-        throw=throw,
-    )
-    out = sol.ys[0] if ts is None else sol.ys
-    if return_stats:
-        return out, solution_stats(sol, solver)
-    return out
-
-
 def sample_sde(
     key: Key,
     sde: AbstractLinearSDE,
@@ -302,6 +210,13 @@ def sample_sde(
     `num_steps` equal steps is Euler–Maruyama:
     $x_{t-h} = x_t - h\,[f x_t - g^2 s(t, x_t)] + g\sqrt h\,z$. See
     [sampling the reverse SDE](../derivations/reverse-sde.md#sampling).
+
+    This is `sd.sample(k_bm, sde, sd.ScoreModel(score), sd.DiffraxSDE(solver,
+    stepsize_controller, brownian_tol, max_steps, throw), grid, x_T)` with
+    `k_prior, k_bm = jax.random.split(key)`, `x_T = sde.prior_sample(k_prior, shape, dtype)`
+    and `grid` the `num_steps` equal steps from $T$ to $t_\epsilon$, compiled as one program
+    ([`DiffraxSDE`][scoredyn.DiffraxSDE]). Save times `ts` need not lie on that grid, so with
+    `ts` the same diffrax kernel is run directly, saving at `ts`.
 
     Args:
         key: PRNG key (split into the prior draw and the Brownian motion).
@@ -335,61 +250,55 @@ def sample_sde(
     num_steps = check_num_steps(num_steps)
     t_eps = check_t_eps(t_eps, sde)
     check_score(score, "score", sde.T, jnp.zeros(shape, dtype))
-    stepsize_controller, num_steps, ts = _check_simulation(
+    _, _, ts = _check_simulation(
         solver, stepsize_controller, num_steps, brownian_tol, ts, sde.T, t_eps, dtype, -1.0
     )
+    method = DiffraxSDE(solver, stepsize_controller, brownian_tol, max_steps, throw)
     return _sample_sde_kernel(
-        key,
-        sde,
-        score,
-        shape,
-        dtype,
-        t_eps,
-        solver,
-        num_steps,
-        stepsize_controller,
-        brownian_tol,
-        max_steps,
-        throw,
-        ts,
-        return_stats,
+        key, sde, score, shape, dtype, t_eps, method, num_steps, ts, return_stats
     )
+
+
+def _uniform_grid(T, t_eps, num_steps: int, dtype):
+    """`num_steps` equal steps from T to t_eps, ends exact. A NumPy array when both are concrete,
+    so that it is a literal of the compiled program: XLA then folds the step-size arithmetic as
+    it did when scoredyn 0.1's kernel had `T` and `t_eps` as Python constants (same bits)."""
+    if is_concrete(T, t_eps):
+        grid = np.linspace(float(T), float(t_eps), num_steps + 1).astype(dtype)
+        grid[0], grid[-1] = T, t_eps
+        return grid
+    T, te = jnp.asarray(T, dtype), jnp.asarray(t_eps, dtype)
+    return jnp.linspace(T, te, num_steps + 1).at[0].set(T).at[-1].set(te)
 
 
 @eqx.filter_jit
-def _sample_sde_kernel(
-    key,
-    sde,
-    score,
-    shape,
-    dtype,
-    t_eps,
-    solver,
-    num_steps,
-    stepsize_controller,
-    brownian_tol,
-    max_steps,
-    throw,
-    ts,
-    return_stats,
-):
+def _sample_sde_kernel(key, sde, score, shape, dtype, t_eps, solver, num_steps, ts, return_stats):
     """The prior draw and the reverse-time simulation, compiled whole (eager and jitted calls
-    give the same bits)."""
+    give the same bits): `sd.sample(k_bm, sde, sd.ScoreModel(score), solver, grid, x_T)` on the
+    uniform grid of `num_steps` steps, with `k_prior, k_bm = jax.random.split(key)`. Save times
+    `ts` need not be grid points, so that case runs the same diffrax kernel directly, saving at
+    `ts`."""
     k_prior, k_bm = jax.random.split(key)
     x_T = sde.prior_sample(k_prior, shape, dtype)
-    return _simulate_kernel(
-        k_bm,
-        reverse_sde(sde, score),
-        x_T,
-        sde.T,
-        t_eps,
-        -1.0,
-        solver,
-        num_steps,
-        stepsize_controller,
-        brownian_tol,
-        max_steps,
-        throw,
-        ts,
-        return_stats,
-    )
+    if ts is not None:
+        return simulate_kernel(
+            k_bm,
+            reverse_sde(sde, score),
+            x_T,
+            sde.T,
+            t_eps,
+            -1.0,
+            solver.solver,
+            num_steps,
+            solver.controller(),
+            solver.brownian_tol,
+            solver.max_steps,
+            solver.throw,
+            ts,
+            return_stats,
+        )
+    grid = _uniform_grid(sde.T, t_eps, num_steps, dtype)
+    res = sample(k_bm, sde, ScoreModel(score), solver, grid, x_T)
+    if return_stats:
+        return res.x, res.stats
+    return res.x
