@@ -146,5 +146,6 @@ def x0_to_eps(sde: AbstractLinearSDE, x0_fn: VectorField) -> Converted:
 
 
 def v_to_eps(sde: AbstractLinearSDE, v_fn: VectorField) -> Converted:
-    r"""Eps-prediction $(\sigma x + \alpha\hat v)/(\alpha^2 + \sigma^2)$ from a v-prediction function."""
+    r"""Eps-prediction $(\sigma x + \alpha\hat v)/(\alpha^2 + \sigma^2)$ from a v-prediction
+    function."""
     return convert(sde, v_fn, "v", "eps")

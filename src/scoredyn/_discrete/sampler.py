@@ -172,7 +172,8 @@ def sample_discrete(
     | `return_trajectory=True` | `save_trajectory=True`, then `.trajectory` |
 
     Same outputs, bit for bit, as scoredyn 0.1 (checked against frozen fixtures), except with
-    `prediction="v"`, now converted with the exact $(\sigma x + \alpha\hat v)/(\alpha^2 + \sigma^2)$.
+    `prediction="v"`, now converted with the exact
+    $(\sigma x + \alpha\hat v)/(\alpha^2 + \sigma^2)$.
 
     Returns:
         The sample $x_0$, or `(x_0, trajectory)` indexed like `tau`.

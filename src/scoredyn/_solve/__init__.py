@@ -22,4 +22,4 @@ from .ode import sample_ode as sample_ode
 from .ode_solver import ODE as ODE
 from .predictor_corrector import PredictorCorrector as PredictorCorrector
 from .sde import sample_sde as sample_sde, simulate_sde as simulate_sde
-from .verbs import decode as decode_, encode as encode_, sample as sample
+from .verbs import sample as sample
