@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import scoredyn as sd
-from helpers import ALL_LINEAR_SDES, SDE_IDS, mixture_2d
+from helpers import ALL_LINEAR_SDES, SDE_IDS, mixture_2d, no_runtime_typecheck
 
 VP, SUBVP, VE, COSINE = ALL_LINEAR_SDES
 SAMPLING_SDES = [VP, SUBVP, VE]
@@ -229,10 +229,12 @@ def test_bad_t_eps(score_vp):
 
 def test_bad_num_steps_and_options(score_vp):
     key = jax.random.key(0)
-    for n in (0, -3, 2.5, True):
-        with pytest.raises(ValueError, match="num_steps"):
+    # one rule for step counts (scoredyn._checks.check_int): a non-int is a TypeError, an int
+    # below 1 a ValueError; both name the argument
+    for n, err in ((0, ValueError), (-3, ValueError), (2.5, TypeError), (True, TypeError)):
+        with pytest.raises(err, match="num_steps"), no_runtime_typecheck():
             sd.sample_sde(key, VP, score_vp, (2,), num_steps=n)  # pyright: ignore[reportArgumentType]
-        with pytest.raises(ValueError, match="num_steps"):
+        with pytest.raises(err, match="num_steps"), no_runtime_typecheck():
             sd.sample_pc(key, VP, score_vp, (2,), num_steps=n)  # pyright: ignore[reportArgumentType]
     with pytest.raises(ValueError, match="snr"):
         sd.sample_pc(key, VP, score_vp, (2,), snr=0.0)
