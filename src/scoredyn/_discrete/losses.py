@@ -17,6 +17,7 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 from jaxtyping import ArrayLike, Float
 
 from .._custom_types import Key, Scalar, VectorField
@@ -67,6 +68,19 @@ def _neg_lambda_dot(sde: AbstractLinearSDE, t):
     _, g = sde.coefficients(t)
     _, sigma = sde.marginal(t)
     return (g / sigma) ** 2
+
+
+def _invert_log_snr(sde: AbstractLinearSDE, lam_target, lo, hi, iters: int = 64):
+    """Bisection for lambda(t) = lam_target on [lo, hi] (lambda is decreasing)."""
+
+    def body(_, bounds):
+        a, b = bounds
+        mid = 0.5 * (a + b)
+        above = sde.log_snr(mid) > lam_target
+        return jnp.where(above, mid, a), jnp.where(above, b, mid)
+
+    a, b = lax.fori_loop(0, iters, body, (lo, hi))
+    return 0.5 * (a + b)
 
 
 def diffusion_loss(
@@ -176,7 +190,10 @@ def diffusion_loss(
             lam_hi = process.log_snr(jnp.asarray(t_eps, dtype))
             lam_lo = process.log_snr(jnp.asarray(T, dtype))
             lam_star = lam_lo + u * (lam_hi - lam_lo)
-            t = jnp.clip(process.time_at_log_snr(lam_star), t_eps, T).astype(dtype)
+            # bisection on [t_eps, T] rather than the closed-form `time_at_log_snr`: a fixed
+            # loop compiles to the same program eagerly and under jit, so the same key gives
+            # the same bits (the closed form fuses differently in the two)
+            t = _invert_log_snr(process, lam_star, jnp.asarray(t_eps, dtype), jnp.asarray(T, dtype))
             t = jax.lax.stop_gradient(t)
             iw = (lam_hi - lam_lo) / (span * _neg_lambda_dot(process, t))
         alpha, sigma = process.marginal(t)

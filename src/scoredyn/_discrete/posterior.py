@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int
 
+from .._custom_types import Scalar
 from .._misc import as_float
 from .respace import check_tau
 from .schedule import DiscreteSchedule, check_index, concrete_value
@@ -185,7 +186,7 @@ def reverse_variances(
     sched: DiscreteSchedule,
     tau: Int[ArrayLike, " num_points"],
     kind: VarianceKind = "ddpm",
-    eta: float = 0.0,
+    eta: float | Scalar = 0.0,
 ) -> Float[Array, " K"]:
     r"""Per-step variances, shape `(K,)`; entry $k - 1$ is for step $\tau_k \to \tau_{k-1}$.
 
