@@ -48,6 +48,7 @@ demo-quick: $(STAMP)
 
 docs: $(STAMP)
 	$(VENV)/bin/mkdocs build --strict
+	$(PY) scripts/check_docs_math.py site
 
 docs-serve: $(STAMP)
 	$(VENV)/bin/mkdocs serve

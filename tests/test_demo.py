@@ -117,6 +117,128 @@ def test_bound_chains_are_the_solvers_chains_with_a_floored_decoder():
         np.testing.assert_allclose(float(chain.decoder_var), want, rtol=1e-6)
 
 
+def test_cli_values_are_validated_with_the_flag_names():
+    for argv, flag in (
+        (["--lr", "-1"], "--lr"),
+        (["--lr", "nan"], "--lr"),
+        (["--lr", "inf"], "--lr"),
+        (["--eval", "0"], "--eval"),
+        (["--eval", "1"], "--eval"),
+        (["--ode", "0"], "--ode"),
+        (["--steps", "0"], "--steps"),
+        (["--beta-min", "-0.1"], "--beta-min"),
+        (["--name", "../elsewhere"], "--name"),
+    ):
+        with pytest.raises(SystemExit, match=flag):
+            _config.parse_config(argv)
+
+
+def test_help_shows_real_defaults_only(capsys):
+    with pytest.raises(SystemExit):
+        _config.parse_config(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "default: True" not in out  # --no-progress is a switch, not a value
+    assert "(default: )" not in out
+
+
+def test_results_json_is_strict():
+    """JSON has no NaN: a missing value is written as null, and strict readers accept the file."""
+    from examples.digits.report import strict_json
+
+    tree = {"a": float("nan"), "b": [1.0, float("inf"), {"c": -float("inf")}], "d": "x", "e": 2}
+    text = json.dumps(strict_json(tree), allow_nan=False)
+    assert json.loads(text) == {"a": None, "b": [1.0, None, {"c": None}], "d": "x", "e": 2}
+
+
+def test_rerun_never_replaces_earlier_results(tmp_path):
+    from examples.digits.main import run_folder
+
+    assert run_folder(tmp_path, "digits", False) == tmp_path / "digits"
+    (tmp_path / "digits").mkdir()
+    (tmp_path / "digits" / "checkpoint-notes.txt").write_text("")  # not a result
+    assert run_folder(tmp_path, "digits", False) == tmp_path / "digits"
+    (tmp_path / "digits" / "report.md").write_text("earlier")
+    assert run_folder(tmp_path, "digits", False) == tmp_path / "digits-2"
+    (tmp_path / "digits-2").mkdir()
+    (tmp_path / "digits-2" / "results.json").write_text("{}")
+    assert run_folder(tmp_path, "digits", False) == tmp_path / "digits-3"
+    assert run_folder(tmp_path, "digits", True) == tmp_path / "digits"
+
+
+def _small_training(tmp_path, steps):
+    cfg = _config.parse_config(
+        ["--quick", "--steps", str(steps), "--width", "16", "--depth", "1"]
+        + ["--out", str(tmp_path), "--no-progress"]
+    )
+    data = _data.load_digits()
+    sde = sd.VPSDE(beta_min=cfg.beta_min, beta_max=20.0)
+    sched = sd.DiscreteSchedule.from_sde(sde, cfg.num_steps, dtype=jnp.float32)
+    return cfg, data, sched, sde
+
+
+@pytest.mark.slow
+def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    """Ctrl-C after the first segment keeps its checkpoint; the rerun resumes from it and ends
+    with the same weights, bit for bit, as a run that was never interrupted."""
+    import jax
+    from examples.digits import checkpoint, train as _train
+
+    steps = _config.SEGMENT + 50
+    cfg, data, sched, sde = _small_training(tmp_path / "a", steps)
+    key = jax.random.key(0)
+    whole, losses, _, _ = _train.train(cfg, data, sched, sde, key, log=lambda m: None)
+
+    cfg_b, *_ = _small_training(tmp_path / "b", steps)
+    real_save = checkpoint.save
+
+    def save_then_interrupt(path, tree, record):
+        real_save(path, tree, record)
+        if "partial" in path.name:
+            raise KeyboardInterrupt  # the user presses Ctrl-C right after the segment
+
+    monkeypatch.setattr(checkpoint, "save", save_then_interrupt)
+    logs = []
+    with pytest.raises(KeyboardInterrupt):
+        _train.train(cfg_b, data, sched, sde, key, log=logs.append)
+    assert any("resume" in m for m in logs)
+    monkeypatch.setattr(checkpoint, "save", real_save)
+    logs.clear()
+    resumed, losses_b, _, reused = _train.train(cfg_b, data, sched, sde, key, log=logs.append)
+    assert any(f"at step {_config.SEGMENT}" in m for m in logs), logs
+    assert not reused
+    np.testing.assert_array_equal(losses_b, losses)
+    for a, b in zip(jax.tree_util.tree_leaves(whole), jax.tree_util.tree_leaves(resumed)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.slow
+def test_corrupted_checkpoint_is_refused_and_retrained(tmp_path):
+    """Flipping bytes of a finished checkpoint (same size) fails its checksum: the run says so,
+    keeps the bad file aside and trains again to the original weights."""
+    import jax
+    from examples.digits import train as _train
+
+    cfg, data, sched, sde = _small_training(tmp_path, 60)
+    key = jax.random.key(0)
+    first, *_ = _train.train(cfg, data, sched, sde, key, log=lambda m: None)
+    final, _ = _train.checkpoint_paths(cfg)
+    blob = bytearray(final.read_bytes())
+    mid = len(blob) // 2
+    blob[mid : mid + 8] = bytes(b ^ 0xFF for b in blob[mid : mid + 8])
+    final.write_bytes(bytes(blob))
+    logs = []
+    again, _, _, reused = _train.train(cfg, data, sched, sde, key, log=logs.append)
+    assert not reused
+    assert any("checksum" in m for m in logs), logs
+    assert final.with_name(final.name + ".corrupt").exists()
+    for a, b in zip(jax.tree_util.tree_leaves(first), jax.tree_util.tree_leaves(again)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # and the retrained checkpoint is valid again
+    logs.clear()
+    _, _, _, reused = _train.train(cfg, data, sched, sde, key, log=logs.append)
+    assert reused
+
+
 # ----------------------------------------------------------------------------- the demo itself
 @pytest.mark.slow
 def test_quick_demo_end_to_end(tmp_path, capsys):
@@ -137,7 +259,8 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
         "training_loss.png",
     ):
         assert (folder / name).is_file(), name
-    assert list(folder.glob("checkpoint-*.eqx")), "no checkpoint written"
+    assert list((tmp_path / "checkpoints").glob("checkpoint-*.eqx")), "no checkpoint written"
+    assert not list((tmp_path / "checkpoints").glob("*.partial.*")), "partial checkpoint left"
     for png in ("nll_vs_steps.png", "samples.png", "training_loss.png"):
         w, h = _png_size(folder / png)
         assert w > 100 and h > 100
@@ -162,10 +285,14 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "K=10" in printed and "PF-ODE" in printed
 
-    # second run: same settings -> the checkpoint is re-used and the numbers are identical
-    main(args)
+    # second run: same settings -> the checkpoint is re-used and the numbers are identical; the
+    # first run's results are kept and the second goes to a fresh folder
+    first = (folder / "results.json").read_bytes()
+    second = main(args)
+    assert second == tmp_path / "digits-quick-2"
+    assert (folder / "results.json").read_bytes() == first
     assert "re-using checkpoint" in capsys.readouterr().out
-    again = json.loads((folder / "results.json").read_text())
+    again = json.loads((second / "results.json").read_text())
     assert again["bounds_bits_per_dim"] == res["bounds_bits_per_dim"]
     assert again["pf_ode_bits_per_dim"] == res["pf_ode_bits_per_dim"]
     assert again["training"]["reused"] is True

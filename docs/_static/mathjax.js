@@ -5,7 +5,10 @@ window.MathJax = {
     processEscapes: true,
     processEnvironments: true,
     tags: "ams",
+    // \texttt{...}, \text{...} with TeX inside them
+    packages: { "[+]": ["textmacros"] },
   },
+  svg: { fontCache: "global" },
   options: {
     ignoreHtmlClass: ".*|",
     processHtmlClass: "arithmatex",

@@ -4,12 +4,17 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import math
 
 import scoredyn as sd
 
 from .data import DATASETS
 
 DEFAULT_KS = (10, 25, 50, 100, 200)
+# Training runs in segments of this many steps, each with its own key `fold_in(key, segment)`,
+# and a resumable checkpoint after each: an interrupted run loses at most one segment. The size
+# is fixed (and part of the checkpoint hash) because it determines the keys, hence the weights.
+SEGMENT = 500
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +43,7 @@ class Config:
     out: str = "runs"
     name: str = ""
     retrain: bool = False
+    overwrite: bool = False
     progress: bool = True
 
     @property
@@ -61,6 +67,7 @@ class Config:
             "weighting",
         )
         out = {k: getattr(self, k) for k in keys}
+        out["segment"] = SEGMENT
         out["scoredyn"] = sd.__version__
         return out
 
@@ -110,7 +117,8 @@ def _full_defaults(data: str) -> dict:
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
     def _get_help_string(self, action):
-        if action.default is None or action.default is False:
+        # flags and options whose help already says their default get no "(default: ...)"
+        if action.default in (None, False, "") or isinstance(action, argparse._StoreFalseAction):
             return action.help
         return super()._get_help_string(action)
 
@@ -195,7 +203,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="runs", help="output folder")
     p.add_argument("--name", default="", help="run name (default: the data set, plus -quick)")
-    p.add_argument("--retrain", action="store_true", help="ignore a matching checkpoint")
+    p.add_argument(
+        "--retrain", action="store_true", help="ignore a matching (or half-finished) checkpoint"
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into OUT/NAME even if it holds an earlier run's results (by default the "
+        "run goes to the next free OUT/NAME-2, OUT/NAME-3, ...)",
+    )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     return p
 
@@ -212,12 +228,37 @@ def parse_config(argv=None) -> Config:
     if values.get("net") == "conv":
         values.setdefault("width", 128)
     cfg = Config(**values)
-    for name in ("train_steps", "batch_size", "num_steps", "num_eval", "num_ode", "width"):
-        if getattr(cfg, name) < 1:
-            raise SystemExit(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
+    _validate(cfg)
     if cfg.num_steps < max(cfg.ks):
         ks = tuple(k for k in cfg.ks if k < cfg.num_steps)
         cfg = dataclasses.replace(
             cfg, ks=ks, sample_ks=tuple(min(k, cfg.num_steps) for k in cfg.sample_ks)
         )
     return cfg
+
+
+# the command-line flag of each validated setting
+_FLAGS = {
+    "train_steps": "--steps",
+    "batch_size": "--batch-size",
+    "num_steps": "--num-steps",
+    "num_eval": "--eval",
+    "num_ode": "--ode",
+    "width": "--width",
+    "depth": "--depth",
+}
+
+
+def _validate(cfg: Config) -> None:
+    """Refuse values that would fail later or silently give a meaningless run."""
+    for name, flag in _FLAGS.items():
+        if getattr(cfg, name) < 1:
+            raise SystemExit(f"{flag} must be >= 1, got {getattr(cfg, name)}")
+    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise SystemExit(f"--lr must be a finite positive learning rate, got {cfg.lr}")
+    if not (math.isfinite(cfg.beta_min) and 0 < cfg.beta_min < 20):
+        raise SystemExit(f"--beta-min must lie in (0, 20) (beta_max is 20), got {cfg.beta_min}")
+    if cfg.num_eval < 2:
+        raise SystemExit(f"--eval must be >= 2 (a standard error needs two), got {cfg.num_eval}")
+    if any(c in cfg.name for c in "/\\") or cfg.name in (".", ".."):
+        raise SystemExit(f"--name must be a plain folder name, got {cfg.name!r}")

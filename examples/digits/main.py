@@ -20,16 +20,33 @@ from .plots import plot_bounds, plot_loss, plot_samples
 from .report import console_summary, write_report, write_results
 from .train import train
 
+# what a finished run leaves in its folder; a folder holding any of them is an earlier run's
+RESULTS = ("results.json", "report.md", "table.md")
+
+
+def run_folder(out: pathlib.Path, name: str, overwrite: bool) -> pathlib.Path:
+    """`OUT/NAME`, or, when that holds an earlier run's results and `overwrite` is off, the first
+    `OUT/NAME-2`, `OUT/NAME-3`, ... that does not: a rerun never replaces earlier results."""
+    folder = out / name
+    if overwrite:
+        return folder
+    n = 1
+    while any((folder / f).exists() for f in RESULTS):
+        n += 1
+        folder = out / f"{name}-{n}"
+    return folder
+
 
 def main(argv: list[str] | None = None) -> pathlib.Path:
     """Run the demo with command-line arguments `argv` (default: `sys.argv[1:]`).
 
     Returns:
-        The output folder `OUT/NAME`.
+        The output folder: `OUT/NAME`, or the next free `OUT/NAME-2`, ... when `OUT/NAME`
+        holds an earlier run's results (see `--overwrite`).
     """
     cfg = parse_config(argv)
     t_start = time.perf_counter()
-    folder = pathlib.Path(cfg.out) / cfg.run_name
+    folder = run_folder(pathlib.Path(cfg.out), cfg.run_name, cfg.overwrite)
     folder.mkdir(parents=True, exist_ok=True)
     args = sys.argv[1:] if argv is None else list(argv)
     command = "python -m examples.digits" + "".join(" " + shlex.quote(a) for a in args)
@@ -39,6 +56,11 @@ def main(argv: list[str] | None = None) -> pathlib.Path:
 
     data = load(cfg.data)
     log(f"scoredyn {sd.__version__} demo -> {folder}")
+    if folder.name != cfg.run_name:
+        log(
+            f"({pathlib.Path(cfg.out) / cfg.run_name} holds an earlier run's results, kept; "
+            "--overwrite replaces them)"
+        )
     log(f"data: {data.description}")
     sde = sd.VPSDE(beta_min=cfg.beta_min, beta_max=20.0)
     sched = sd.DiscreteSchedule.from_sde(sde, cfg.num_steps, dtype=jnp.float32)

@@ -186,9 +186,21 @@ def write_results(
         }
     if ev.eps_error is not None:
         res["eps_error"] = ev.eps_error
-    (folder / "results.json").write_text(json.dumps(res, indent=1))
+    (folder / "results.json").write_text(json.dumps(strict_json(res), indent=1, allow_nan=False))
     (folder / "table.md").write_text(markdown_table(ev) + "\n")
     return res
+
+
+def strict_json(obj):
+    """`obj` with every non-finite float replaced by `None` (JSON `null`): JSON has no NaN or
+    infinity, and a file holding `NaN` is not valid JSON for any strict reader."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [strict_json(v) for v in obj]
+    return obj
 
 
 def machine() -> str:

@@ -1,10 +1,9 @@
-"""Training the demo's eps-network, with a progress bar and settings-hashed checkpoints."""
+"""Training the demo's eps-network: a progress bar, checksummed settings-hashed checkpoints,
+and resumption after an interruption."""
 
-import json
 import pathlib
 import time
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,7 +11,8 @@ import optax
 
 import scoredyn as sd
 
-from .config import Config
+from . import checkpoint
+from .config import SEGMENT, Config
 from .data import Dataset
 
 
@@ -53,9 +53,12 @@ def build_optimiser(cfg: Config) -> optax.GradientTransformation:
 
 
 def checkpoint_paths(cfg: Config) -> tuple[pathlib.Path, pathlib.Path]:
-    folder = pathlib.Path(cfg.out) / cfg.run_name
+    """The finished and the in-progress checkpoint of `cfg`'s training settings. They live in
+    `OUT/checkpoints/`, shared by every run folder: the name carries a hash of every setting that
+    determines the weights, so sharing them is safe."""
+    folder = pathlib.Path(cfg.out) / "checkpoints"
     h = cfg.training_hash()
-    return folder / f"checkpoint-{h}.eqx", folder / f"checkpoint-{h}.json"
+    return folder / f"checkpoint-{h}.eqx", folder / f"checkpoint-{h}.partial.eqx"
 
 
 def build_loss(cfg: Config, sched, sde):
@@ -70,25 +73,38 @@ def build_loss(cfg: Config, sched, sde):
 
 
 def train(cfg: Config, data: Dataset, sched, sde, key, log=print):
-    """Train (or re-use a checkpoint); return `(state, losses, seconds, reused)`.
+    """Train, resume or re-use; return `(state, losses, seconds, reused)`.
 
-    The checkpoint file name carries a hash of every setting that determines the weights
-    (data, seed, network, optimiser, steps, schedule, library version), so a run with the same
-    settings re-uses it and any change trains afresh.
+    - A finished checkpoint with these settings and a valid checksum is re-used.
+    - Otherwise an in-progress checkpoint resumes training from its last segment.
+    - A checkpoint that fails its checksum (or does not fit the network) is reported, set aside
+      and trained again.
+    `--retrain` ignores both.
     """
     k_init, k_train = jax.random.split(key)
     model = build_network(cfg, data, sde, k_init)
     opt = build_optimiser(cfg)
     state = sd.nn.init_train_state(model, opt)
-    ckpt, meta = checkpoint_paths(cfg)
-    if ckpt.exists() and meta.exists() and not cfg.retrain:
+    final, partial = checkpoint_paths(cfg)
+    if not cfg.retrain:
+        if final.exists():
+            try:
+                state, info = checkpoint.load(final, state)
+                log(f"re-using checkpoint {final} (trained {info['train_steps']} steps)")
+                return state, np.asarray(info["losses"], np.float32), float(info["seconds"]), True
+            except checkpoint.CheckpointError as e:
+                log(f"refusing checkpoint {final}: {e}; training afresh")
+                _set_aside(final)
+    done, losses, seconds = 0, [], 0.0
+    if partial.exists() and not cfg.retrain:
         try:
-            state = eqx.tree_deserialise_leaves(ckpt, state)
-            info = json.loads(meta.read_text())
-            log(f"re-using checkpoint {ckpt} (trained {info['train_steps']} steps)")
-            return state, np.asarray(info["losses"], np.float32), float(info["seconds"]), True
-        except Exception as e:  # a stale or corrupt file: train again
-            log(f"could not read {ckpt} ({e}); training afresh")
+            state, info = checkpoint.load(partial, state)
+            done, losses, seconds = info["steps_done"], info["losses"], info["seconds"]
+            log(f"resuming from checkpoint {partial} at step {done} of {cfg.train_steps}")
+        except checkpoint.CheckpointError as e:
+            log(f"refusing checkpoint {partial}: {e}; training afresh")
+            _set_aside(partial)
+            state = sd.nn.init_train_state(model, opt)
 
     step = sd.nn.make_train_step(build_loss(cfg, sched, sde), opt, ema_decay=cfg.ema_decay)
     train_x = jnp.asarray(data.train, jnp.float32)
@@ -98,40 +114,58 @@ def train(cfg: Config, data: Dataset, sched, sde, key, log=print):
         from tqdm.auto import tqdm
 
         bar = tqdm(
-            total=cfg.train_steps, desc="training", unit="step", dynamic_ncols=True, leave=True
+            total=cfg.train_steps,
+            initial=done,
+            desc="training",
+            unit="step",
+            dynamic_ncols=True,
+            leave=True,
         )
-    running = []
+    running = list(losses[-5:])
 
-    def callback(done, losses):
-        running.append(float(jnp.mean(losses)))
+    def callback(_, chunk_losses):
+        running.append(float(jnp.mean(chunk_losses)))
         if bar is not None:
-            bar.update(losses.shape[0])
+            bar.update(chunk_losses.shape[0])
             bar.set_postfix(loss=f"{np.mean(running[-5:]):.4f}")
 
-    t0 = time.perf_counter()
-    state, losses = sd.nn.fit(
-        k_train,
-        state,
-        step,
-        train_x,
-        num_steps=cfg.train_steps,
-        batch_size=cfg.batch_size,
-        chunk=chunk,
-        callback=callback,
-    )
-    losses = np.asarray(losses)
-    seconds = time.perf_counter() - t0
+    try:
+        while done < cfg.train_steps:
+            t0 = time.perf_counter()
+            size = min(SEGMENT, cfg.train_steps - done)
+            state, seg_losses = sd.nn.fit(
+                jax.random.fold_in(k_train, done // SEGMENT),
+                state,
+                step,
+                train_x,
+                num_steps=size,
+                batch_size=cfg.batch_size,
+                chunk=min(chunk, size),
+                callback=callback,
+            )
+            done += size
+            losses += [round(float(v), 6) for v in np.asarray(seg_losses)]
+            seconds += time.perf_counter() - t0
+            if done < cfg.train_steps:
+                record = {"steps_done": done, "losses": losses, "seconds": seconds}
+                checkpoint.save(partial, state, {**cfg.training_settings(), **record})
+    except KeyboardInterrupt:
+        if bar is not None:
+            bar.close()
+        where = f"step {done}" if done else "the start"
+        log(f"\ninterrupted: rerun the same command to resume from {where}")
+        raise
     if bar is not None:
         bar.close()
-    ckpt.parent.mkdir(parents=True, exist_ok=True)
-    eqx.tree_serialise_leaves(ckpt, state)
-    meta.write_text(
-        json.dumps(
-            {
-                **cfg.training_settings(),
-                "seconds": seconds,
-                "losses": [round(float(v), 6) for v in losses],
-            }
-        )
-    )
-    return state, losses, seconds, False
+    record = {"seconds": seconds, "losses": losses}
+    checkpoint.save(final, state, {**cfg.training_settings(), **record})
+    checkpoint.remove(partial)
+    return state, np.asarray(losses, np.float32), seconds, False
+
+
+def _set_aside(path: pathlib.Path) -> None:
+    """Keep a refused checkpoint under a `.corrupt` name rather than deleting it: it is the
+    user's file, and a later run must not pick it up again."""
+    for p in (path, checkpoint.record_path(path)):
+        if p.exists():
+            p.replace(p.with_name(p.name + ".corrupt"))

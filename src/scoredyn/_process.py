@@ -44,7 +44,7 @@ class AbstractProcess(eqx.Module):
 
     @abc.abstractmethod
     def time_at_log_snr(self, lam: Float[ArrayLike, "..."]) -> Float[Array, "..."]:
-        r"""The coordinate $s$ with $\lambda(s) = $ `lam` (the inverse of `log_snr`)."""
+        r"""The coordinate $s$ with $\lambda(s)$ equal to `lam` (the inverse of `log_snr`)."""
 
     @abc.abstractmethod
     def model_time(self, t, /) -> Float[Array, "..."]:

@@ -306,7 +306,7 @@ class DiscreteSchedule(AbstractProcess):
         return la - log1mexp(la)
 
     def time_at_log_snr(self, lam: Float[ArrayLike, "..."]) -> Float[Array, "..."]:
-        r"""The (fractional) index $s \in [1, N]$ with $\lambda(s) = $ `lam`, by linear
+        r"""The (fractional) index $s \in [1, N]$ with $\lambda(s)$ equal to `lam`, by linear
         interpolation of $\lambda$ between neighbouring integer indices.
 
         Exact at the nodes: `time_at_log_snr(log_snr(n)) == n` for $1 \le n \le N$. A `lam`

@@ -72,7 +72,7 @@ class AbstractLinearSDE(AbstractSDE, AbstractProcess):
         return 2.0 * (jnp.log(alpha) - jnp.log(sigma))
 
     def time_at_log_snr(self, lam: Float[ArrayLike, "..."]) -> Float[Array, "..."]:
-        r"""The time $t \in [0, T]$ with $\lambda(t) = $ `lam`: the inverse of
+        r"""The time $t \in [0, T]$ with $\lambda(t)$ equal to `lam`: the inverse of
         [`log_snr`][scoredyn.AbstractLinearSDE.log_snr].
 
         This generic version bisects $\lambda$ (decreasing in $t$) on $[0, T]$ for 60 halvings

@@ -48,9 +48,10 @@ def variational_bound(
     $x_n = \alpha_n x_0 + \sigma_n\varepsilon_k$ per step:
 
     - prior: $\frac12\sum_i\big(\bar a_N x_{0,i}^2 - \bar a_N - \log(1 - \bar a_N)\big)$, exactly;
-    - step $k \ge 2$: $\mathrm{KL}\big(\mathcal N(\mu_q, \lambda_{q,k}^2)\,\|\,
-      \mathcal N(\mu_p, v_k)\big) = \frac12\sum_i\Big(\log\frac{v_k}{\lambda_{q,k}^2}
-      + \frac{\lambda_{q,k}^2 + (\mu_{q,i} - \mu_{p,i})^2}{v_k} - 1\Big)$, where $\mu_q$ is the
+    - step $k \ge 2$: the Gaussian KL divergence from $\mathcal N(\mu_q, \lambda_{q,k}^2 I)$ to
+      $\mathcal N(\mu_p, v_k I)$,
+      $\frac12\sum_i\big(\log(v_k/\lambda_{q,k}^2) + (\lambda_{q,k}^2 + d_i^2)/v_k - 1\big)$
+      with $d = \mu_q - \mu_p$, where $\mu_q$ is the
       mean of $q_{\lambda_q}(x_m\mid x_n, x_0)$ (the variational posterior, `chain.forward_lam2`
       or else `chain.lam2`) and $\mu_p$ the sampler's mean, built from `chain.lam2` and
       $\hat x_0$; when the two $\lambda$ agree, $\mu_q - \mu_p = c_0(x_0 - \hat x_0)$ with

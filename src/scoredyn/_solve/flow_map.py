@@ -29,7 +29,7 @@ def encode(
     r"""Map data to a latent: integrate the probability-flow ODE from $t_\epsilon$ up to $T$.
 
     Solves $\mathrm{d}x/\mathrm{d}t = f(t, x) - \tfrac12\nabla\cdot(g g^\top)
-    - \tfrac12 g g^\top s(t, x)$ with $x(t_\epsilon) = $ `x0` and returns $z = x(T)$. With the
+    - \tfrac12 g g^\top s(t, x)$ with $x(t_\epsilon)$ = `x0` and returns $z = x(T)$. With the
     exact score, the map pushes $p_{t_\epsilon}$ to $p_T \approx$ the prior, and it is a
     bijection whose inverse is [`decode`][scoredyn.decode]. See
     [the flow map](../derivations/probability-flow.md#the-flow-map).
@@ -98,7 +98,7 @@ def decode(
 ):
     r"""Map a latent to data: integrate the probability-flow ODE from $T$ down to $t_\epsilon$.
 
-    The inverse of [`encode`][scoredyn.encode]: starts at $x(T) = $ `z` and returns
+    The inverse of [`encode`][scoredyn.encode]: starts at $x(T)$ = `z` and returns
     $x(t_\epsilon)$. [`sample_ode`][scoredyn.sample_ode] is `decode` applied to a prior draw.
     See [the flow map](../derivations/probability-flow.md#the-flow-map).
 

@@ -59,7 +59,7 @@ class PredictorCorrector(AbstractSolver):
     `sd.sample(k_loop, ..., sd.PredictorCorrector(...), grid, x_T)` with
     `k_prior, k_loop = split(key)`, `x_T = sde.prior_sample(k_prior, shape)` and
     `grid = jnp.linspace(T, t_eps, num_steps + 1)`, bit for bit. Any strictly decreasing grid
-    works. Cost: $K(1 + $ `num_corrector_steps`$)$ score evaluations.
+    works. Cost: $K(1 + C)$ score evaluations, $C$ = `num_corrector_steps`.
 
     Args:
         snr: the signal-to-noise ratio $r > 0$ of the corrector (may be traced).

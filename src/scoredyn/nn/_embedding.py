@@ -10,7 +10,7 @@ from jaxtyping import Array, ArrayLike, Float
 class SinusoidalEmbedding(eqx.Module):
     r"""Fixed sinusoidal features of a scalar time $t$ (Vaswani et al. 2017; Ho et al. 2020).
 
-    With $h = $ `dim // 2` frequencies $\omega_i = P^{-i/h}$, $i = 0, \dots, h - 1$, and the
+    With $h$ = `dim // 2` frequencies $\omega_i = P^{-i/h}$, $i = 0, \dots, h - 1$, and the
     time rescaled to $s = c\,t$ (so $t \in [0, 1]$ covers the usual integer range
     $s \in [0, 1000]$ of DDPM),
 

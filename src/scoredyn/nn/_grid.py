@@ -26,7 +26,7 @@ class GridEps(eqx.Module):
       \hat x_{0,i} = \sum_k \pi_{ik}\,g_k,\qquad
       \hat\varepsilon = \frac{x - \alpha\,\hat x_0}{\sigma},$$
 
-    with $(\alpha, \sigma) = $ `sde.marginal(t)`. If the entries were independent with
+    with $(\alpha, \sigma)$ = `sde.marginal(t)`. If the entries were independent with
     prior $\operatorname{softmax}(\ell_i)$ given the others, $\hat x_0$ would be the exact
     posterior mean; in general the network's logits carry what the other entries say about
     entry $i$ (the dependence between pixels). With zero logits (an untrained network with a
