@@ -8,7 +8,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from .._misc import default_float
-from ._mlp import TimeMLP
+from ._mlp import TimeMLP, _zero_linear
 
 
 def _groups(channels: int) -> int:
@@ -49,7 +49,10 @@ class ConvNet(eqx.Module):
     feature maps, `depth` residual blocks follow (GroupNorm, SiLU, $3\times3$ convolutions, the
     time vector $\tau(t)$ added per channel, as in the DDPM U-Net without down-sampling), and a
     zero-initialised $3\times3$ convolution maps back to $C$ channels, flattened to the input
-    shape. The untrained network predicts $\hat\varepsilon = 0$.
+    shape. As in [`MLP`][scoredyn.nn.MLP], a linear skip path with a time-dependent gain per
+    channel, $g_c(t)\,x_c$, is added to that bounded output, so $\hat\varepsilon$ can follow
+    $x/\sigma(t)$ where the data density is negligible. The untrained network predicts
+    $\hat\varepsilon = 0$.
 
     Args:
         image_shape: `(C, H, W)`, or `(H, W)` for one channel.
@@ -73,6 +76,7 @@ class ConvNet(eqx.Module):
     blocks: tuple[_ConvBlock, ...]
     out_norm: eqx.nn.GroupNorm
     conv_out: eqx.nn.Conv2d
+    skip_gain: eqx.nn.Linear
 
     def __init__(
         self,
@@ -97,7 +101,7 @@ class ConvNet(eqx.Module):
         if not isinstance(depth, int) or depth < 0:
             raise ValueError(f"`depth` must be a non-negative int, got {depth!r}.")
         dtype = default_float() if dtype is None else dtype
-        kt, ki, ko, *kb = jax.random.split(key, 3 + depth)
+        kt, ki, ko, kg, *kb = jax.random.split(key, 4 + depth)
         c = shape[0]
         width = 4 * channels
         self.image_shape = shape  # pyright: ignore
@@ -109,6 +113,7 @@ class ConvNet(eqx.Module):
         conv_out = eqx.tree_at(lambda m: m.weight, conv_out, jnp.zeros_like(conv_out.weight))
         assert conv_out.bias is not None
         self.conv_out = eqx.tree_at(lambda m: m.bias, conv_out, jnp.zeros_like(conv_out.bias))
+        self.skip_gain = _zero_linear(eqx.nn.Linear(width, c, key=kg, dtype=dtype))
 
     @property
     def data_dim(self) -> int:
@@ -125,8 +130,10 @@ class ConvNet(eqx.Module):
             )
         dtype = self.conv_in.weight.dtype
         temb = self.time_mlp(jnp.asarray(t, dtype))
-        h = self.conv_in(jnp.asarray(x).astype(dtype).reshape(self.image_shape))
+        img = jnp.asarray(x).astype(dtype).reshape(self.image_shape)
+        h = self.conv_in(img)
         for block in self.blocks:
             h = block(h, temb)
         out = self.conv_out(jax.nn.silu(self.out_norm(h)))
+        out = out + self.skip_gain(temb)[:, None, None] * img
         return out.reshape(-1).astype(jnp.result_type(x))
