@@ -370,12 +370,14 @@ def test_trained_mlp_keeps_deterministic_samplers_in_the_data_range(data_name):
     state = sd.nn.init_train_state(net, opt)
     step = sd.nn.make_train_step(sd.nn.diffusion_batch_loss(sde), opt, ema_decay=0.99)
     state, _ = sd.nn.fit(jax.random.key(2), state, step, data, num_steps=500, batch_size=128)
-    model = sd.EpsModel(state.ema)
+    ema = state.ema
+    assert ema is not None
+    model = sd.EpsModel(ema)
 
     # far outside the data at t = T the exact eps is x * sigma(T) / (sigma(T)^2 + alpha(T)^2 s^2)
     # ~ x; the skip path follows it to within a small fraction of |x|
     far = 30.0 * jnp.array([[1.0, 0.0], [0.0, -1.0], [0.6, 0.8]], jnp.float32)
-    eps_far = jax.vmap(state.ema, (None, 0))(jnp.float32(sde.T), far)
+    eps_far = jax.vmap(ema, (None, 0))(jnp.float32(sde.T), far)
     rel = jnp.linalg.norm(eps_far - far, axis=-1) / 30.0
     assert float(rel.max()) < 0.25, rel
 
