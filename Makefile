@@ -10,7 +10,7 @@ LINT_PATHS := $(wildcard src tests examples benchmarks)
 # pytest workers: 2 cores on the reference machine
 WORKERS ?= 2
 
-.PHONY: venv test test-debug-nans lint demo demo-quick docs docs-serve bench clean
+.PHONY: venv test test-docs test-debug-nans lint demo demo-quick docs docs-serve bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,11 @@ venv: $(STAMP)
 
 # with jaxtyping's run-time checks of every annotation in scoredyn (beartype as the checker)
 test: $(STAMP)
-	$(PY) -m pytest -n $(WORKERS) --dist loadgroup -q --jaxtyping-packages=scoredyn,beartype.beartype tests
+	$(PY) -m pytest -n $(WORKERS) --dist loadgroup -q --jaxtyping-packages=scoredyn,beartype.beartype tests --ignore=tests/test_docs_examples.py
+
+# every Python block of the README and the docs pages runs (tests/test_docs_examples.py)
+test-docs: $(STAMP)
+	$(PY) -m pytest -n $(WORKERS) -q tests/test_docs_examples.py
 
 # the whole suite once more with jax_debug_nans on (docs/reliability.md)
 test-debug-nans: $(STAMP)

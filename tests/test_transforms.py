@@ -72,6 +72,9 @@ EXCLUDED = {
     "grids.trailing": _INT_GRID,
     "grids.linspace": _INT_GRID,
     "grids.optimal": "a wrapper of analytic.optimal_trajectory, which has a case",
+    "DPMSolverPPInfo": "NamedTuple of per-step results of DPMSolverPP.step",
+    "UniPCVariant": "enum of UniPC's B(h) (UniPC.BH1, UniPC.BH2), an option in UniPC's case",
+    "AbstractInterpolant": "abstract base; RectifiedFlow and Interpolant have cases",
 }
 
 TRANSFORMS = ("jit", "vmap", "grad", "x32", "x64")
@@ -885,6 +888,94 @@ def _(dt):
         fn,
         (key(0), arr([0.5, -1], dt), b, arr(0.9, dt)),
         (key(1), arr([1, 2], dt), -b, arr(0.5, dt)),
+    )
+
+
+# ------------------------------------------------------------------ guidance and thresholding
+@case("ClassifierFreeGuidance", "ClassifierGuidance", "DynamicThreshold", diff=(0, 1))
+def _(dt):
+    g = gm(dt)
+    eps = g.eps_fn(VP)
+    cond = sd.EpsModel(lambda t, x, c: eps(t, x) + 0.2 * c)  # a conditional net; c = 0: null
+    log_prob = lambda t, x, c: -0.5 * t * jnp.sum((x - c) ** 2)  # a differentiable classifier
+
+    def fn(w, x):
+        c = jnp.ones((), x.dtype)
+        cfg = sd.ClassifierFreeGuidance(
+            cond, w, null=jnp.zeros((), x.dtype), noise_interval=(0.1, 10.0), rescale=0.5
+        )
+        cg = sd.ClassifierGuidance(sd.EpsModel(eps), log_prob, w)
+        thr = sd.DynamicThreshold(cfg, 0.9)
+        return cfg.eps(VP, 0.5, x, c), cg.score(VP, 0.5, x, c), thr.x0(VP, 0.3, x, c)
+
+    return fn, (arr(2.0, dt), arr([0.5, -1.0], dt)), (arr(3.0, dt), arr([1.0, 0.2], dt))
+
+
+# ------------------------------------------------------------------ DPM-Solver++
+@case("DPMSolverPP", diff=(1,))
+def _(dt):
+    g = gm(dt)
+    model = sd.EpsModel(g.eps_fn(VP))
+
+    def fn(k, x):
+        grid = sd.grids.log_snr(VP, 3, t_eps=1e-2, dtype=dt)
+        return [
+            sd.sample(None, VP, model, sd.DPMSolverPP(order=3), grid, x).x,
+            sd.sample(None, VP, model, sd.DPMSolverPP(order=2, multistep=False), grid, x).x,
+            sd.sample(k, VP, model, sd.DPMSolverPP(order=2, stochastic=True), grid, x).x,
+        ]
+
+    return fn, (key(0), arr([0.5, -1.0], dt)), (key(1), arr([1.0, 0.2], dt))
+
+
+# ------------------------------------------------------------------ UniPC and EDM
+@case("UniPC", "EDMHeun", "EDMPrecond", diff=(1,))
+def _(dt):
+    g = gm(dt)
+    model = sd.EpsModel(g.eps_fn(VP))
+    pre = sd.EDMPrecond(lambda c, y: jnp.tanh(y) * jnp.exp(0.1 * c), sigma_data=0.5)
+
+    def fn(k, x):
+        grid = sd.grids.log_snr(VP, 3, t_eps=1e-2, dtype=dt)
+        return [
+            sd.sample(None, VP, model, sd.UniPC(order=3), grid, x).x,
+            sd.sample(k, VP, model, sd.EDMHeun(churn=1.0), grid, x).x,
+            sd.sample(None, VP, pre, sd.EDMHeun(), grid, x).x,
+        ]
+
+    return fn, (key(0), arr([0.5, -1.0], dt)), (key(1), arr([1.0, 0.2], dt))
+
+
+# ------------------------------------------------------------------ flow matching
+@case(
+    "RectifiedFlow",
+    "Interpolant",
+    "TimeShift",
+    "VelocityModel",
+    "flow_matching_loss",
+    diff=(1, 2),
+)
+def _(dt):
+    rf = sd.RectifiedFlow()
+    trig = sd.Interpolant(lambda t: jnp.cos(0.5 * jnp.pi * t), lambda t: jnp.sin(0.5 * jnp.pi * t))
+    shifted = sd.TimeShift(rf, 3.0)
+    net = lambda t, x: -x * (1.0 + t)  # a smooth stand-in for a velocity network
+    model = sd.VelocityModel(net)
+
+    def fn(k, x, x0):
+        a, s = trig.marginal(arr(0.3, dt))
+        grid = sd.grids.log_snr(shifted, 3, t_eps=1e-2, dtype=dt)
+        return [
+            a * x + s * x0,
+            model.eps(shifted, grid[1], x),
+            sd.sample(None, shifted, model, sd.DPMSolver(order=2), grid, x).x,
+            sd.flow_matching_loss(k, rf, net, x0, time_sampling="logit_normal"),
+        ]
+
+    return (
+        fn,
+        (key(0), arr([0.5, -1.0], dt), arr([0.3, 0.1], dt)),
+        (key(1), arr([1.0, 0.2], dt), arr([-0.4, 0.8], dt)),
     )
 
 

@@ -30,6 +30,16 @@ from ._discrete import (
     trajectory as trajectory,
 )
 
+# -- flow matching: interpolants as processes --
+from ._flow import (
+    AbstractInterpolant as AbstractInterpolant,
+    Interpolant as Interpolant,
+    RectifiedFlow as RectifiedFlow,
+    TimeShift as TimeShift,
+    VelocityModel as VelocityModel,
+    flow_matching_loss as flow_matching_loss,
+)
+
 # -- solve / likelihood (foundation) --
 from ._likelihood import (
     bits_per_dim as bits_per_dim,
@@ -41,7 +51,11 @@ from ._likelihood import (
 )
 from ._model import (
     AbstractModel as AbstractModel,
+    ClassifierFreeGuidance as ClassifierFreeGuidance,
+    ClassifierGuidance as ClassifierGuidance,
     ClipX0 as ClipX0,
+    DynamicThreshold as DynamicThreshold,
+    EDMPrecond as EDMPrecond,
     EpsModel as EpsModel,
     ScoreModel as ScoreModel,
     VModel as VModel,
@@ -75,9 +89,14 @@ from ._solve import (
     DiscreteInfo as DiscreteInfo,
     DiscreteState as DiscreteState,
     DPMSolver as DPMSolver,
+    DPMSolverPP as DPMSolverPP,
+    DPMSolverPPInfo as DPMSolverPPInfo,
+    EDMHeun as EDMHeun,
     EulerMaruyama as EulerMaruyama,
     PredictorCorrector as PredictorCorrector,
     Sample as Sample,
+    UniPC as UniPC,
+    UniPCVariant as UniPCVariant,
     decode as decode,
     dpm_solver as dpm_solver,
     encode as encode,

@@ -60,6 +60,35 @@ def v_from_eps(alpha, sigma, x, eps):
     return alpha * eps - sigma * x0_from_eps(alpha, sigma, x, eps)
 
 
+# ---- the flow velocity, over (alpha, sigma) and their time derivatives (dalpha, dsigma) -----
+# u = dalpha x0 + dsigma eps (the time derivative of x_t along one path). Each conversion
+# divides by the Wronskian D = alpha dsigma - dalpha sigma = -alpha sigma lambda'/2 > 0 or by
+# one of alpha, sigma only, so eps and x0 stay finite at the ends (sigma = 0, alpha = 0).
+# See [the velocity](../derivations/flow-matching.md#the-velocity).
+
+
+def eps_from_velocity(alpha, sigma, dalpha, dsigma, x, u):
+    r"""$\hat\varepsilon = (\alpha\hat u - \dot\alpha x)/(\alpha\dot\sigma - \dot\alpha\sigma)$."""
+    return (alpha * u - dalpha * x) / (alpha * dsigma - dalpha * sigma)
+
+
+def x0_from_velocity(alpha, sigma, dalpha, dsigma, x, u):
+    r"""$\hat x_0 = (\dot\sigma x - \sigma\hat u)/(\alpha\dot\sigma - \dot\alpha\sigma)$."""
+    return (dsigma * x - sigma * u) / (alpha * dsigma - dalpha * sigma)
+
+
+def velocity_from_eps(alpha, sigma, dalpha, dsigma, x, eps):
+    r"""$\hat u = \big(\dot\alpha x + (\alpha\dot\sigma - \dot\alpha\sigma)\hat\varepsilon\big)
+    /\alpha$."""
+    return (dalpha * x + (alpha * dsigma - dalpha * sigma) * eps) / alpha
+
+
+def velocity_from_x0(alpha, sigma, dalpha, dsigma, x, x0):
+    r"""$\hat u = \big(\dot\sigma x - (\alpha\dot\sigma - \dot\alpha\sigma)\hat x_0\big)
+    /\sigma$."""
+    return (dsigma * x - (alpha * dsigma - dalpha * sigma) * x0) / sigma
+
+
 _TO_EPS = {"eps": lambda a, s, x, p: p, "score": eps_from_score, "x0": eps_from_x0, "v": eps_from_v}
 _FROM_EPS = {
     "eps": lambda a, s, x, e: e,

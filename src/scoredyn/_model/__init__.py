@@ -8,3 +8,9 @@ from .base import (
     check_model_output as check_model_output,
 )
 from .clip import ClipX0 as ClipX0
+from .edm import EDMPrecond as EDMPrecond
+from .guidance import (
+    ClassifierFreeGuidance as ClassifierFreeGuidance,
+    ClassifierGuidance as ClassifierGuidance,
+)
+from .threshold import DynamicThreshold as DynamicThreshold

@@ -16,10 +16,13 @@ from .dpm_solver import (
     dpm_solver as dpm_solver,
     sample_dpm_solver as sample_dpm_solver,
 )
+from .dpm_solver_pp import DPMSolverPP as DPMSolverPP, DPMSolverPPInfo as DPMSolverPPInfo
+from .edm import EDMHeun as EDMHeun
 from .euler_maruyama import EulerMaruyama as EulerMaruyama
 from .flow_map import decode as decode, encode as encode
 from .ode import sample_ode as sample_ode
 from .ode_solver import ODE as ODE
 from .predictor_corrector import PredictorCorrector as PredictorCorrector
 from .sde import sample_sde as sample_sde, simulate_sde as simulate_sde
+from .unipc import UniPC as UniPC, UniPCVariant as UniPCVariant
 from .verbs import sample as sample

@@ -78,9 +78,12 @@ def check_grid(
             f"`grid` of a continuous-time solver must hold float times, got dtype {grid.dtype} "
             "(integer trajectories are for a DiscreteSchedule)."
         )
+    # the rounding allowance of the coarser of the given and the working dtype: a float32 grid
+    # checked in float64 holds T rounded to float32 (0.999 rounds up, to 0.99900001)
+    coarse = max(grid.dtype, jnp.dtype(dtype), key=lambda d: jnp.finfo(d).eps)
     grid = grid.astype(dtype)
     T = process.T
-    slack = time_slack(T, grid.dtype)
+    slack = time_slack(T, coarse)
     order = "strictly decreasing" + (" or strictly increasing" if increasing else "")
     if ties:
         order = order.replace("strictly ", "") + " (ties allowed, but grid[0] != grid[-1])"
