@@ -122,7 +122,9 @@ def _edm_solver(c):
 # a VP SDE whose s(T), s(t_eps) are the fixture's sigma_max, sigma_min: sd.grids.karras on it
 # (then t = 0) is k-diffusion's get_sigmas_karras(n, sigma_min, sigma_max, rho) (append_zero)
 _E = META["edm"]
-KARRAS_SDE = sd.VPSDE(0.1, 20.0, T=float(VP.time_at_log_snr(-2.0 * math.log(_E["sigma_max"]))))
+KARRAS_SDE = sd.VPSDE(
+    beta_min=0.1, beta_max=20.0, T=float(VP.time_at_log_snr(-2.0 * math.log(_E["sigma_max"])))
+)
 KARRAS_GRID = jnp.append(
     sd.grids.karras(
         KARRAS_SDE,
