@@ -281,8 +281,8 @@ class DPMSolverPP(AbstractSolver):
     With $\ell = \lambda/2 = \log(\alpha/\sigma)$, $h_i = \ell_{i+1} - \ell_i$,
     $\varphi_1 = e^{-h_i} - 1$ and $\hat x_0^{(i)}$ = `model.x0(process, t_i, x_i, *cond)`:
 
-    - order 1 (DDIM): $x_{i+1} = \frac{\sigma_{i+1}}{\sigma_i}x_i
-      - \alpha_{i+1}\varphi_1\hat x_0^{(i)}$;
+    - order 1 (DDIM):
+      $x_{i+1} = \frac{\sigma_{i+1}}{\sigma_i}x_i - \alpha_{i+1}\varphi_1\hat x_0^{(i)}$;
     - 2M (`multistep=True`): $D = (1 + \frac1{2r})\hat x_0^{(i)} - \frac1{2r}\hat x_0^{(i-1)}$,
       $r = h_{i-1}/h_i$, in place of $\hat x_0^{(i)}$;
     - 3M: adds the second divided difference of the last three outputs with its Taylor weight
@@ -292,8 +292,8 @@ class DPMSolverPP(AbstractSolver):
       with `stages_on_grid=True` instead each step of order $k$ spans $k$ grid intervals and
       takes its stages at the inner grid points (diffusers' `DPMSolverSinglestepScheduler`);
     - SDE-DPM-Solver++ (`stochastic=True`, multistep, order 1 or 2):
-      $x_{i+1} = \frac{\sigma_{i+1}}{\sigma_i}e^{-h_i}x_i + \alpha_{i+1}(1 - e^{-2h_i})D
-      + \sigma_{i+1}\sqrt{1 - e^{-2h_i}}\,z_i$, one standard normal draw $z_i$ per step for the
+      $x_{i+1} = \frac{\sigma_{i+1}}{\sigma_i}e^{-h_i}x_i + \alpha_{i+1}(1 - e^{-2h_i})D +
+      \sigma_{i+1}\sqrt{1 - e^{-2h_i}}\,z_i$, one standard normal draw $z_i$ per step for the
       whole `x` from the step's key (`fold_in(key, i)` in a whole solve), the last step
       included.
 
