@@ -3,6 +3,7 @@
 from collections.abc import Callable
 
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -40,7 +41,15 @@ def sharded_vmap(
         in_axes: as for `jax.vmap`; only `0` (batched) and `None` (broadcast) are supported.
 
     Returns:
-        A jitted function taking the same arguments with a leading batch axis on the batched ones.
+        A function taking the same arguments with a leading batch axis on the batched ones. It
+        runs one compiled program with no collective in it (each device computes its own slice
+        of the padded batch) and waits for it to finish before it drops the padding. A run-time
+        check that fails inside `fn` on one device (an `equinox.error_if`, e.g. one `t > T` in
+        the batch) therefore reaches Python as a `JaxRuntimeError` naming the argument; no
+        device is left waiting in a collective for the failed one (which XLA would abort after
+        a timeout, killing the process). Called inside an outer `jax.jit`, the whole is one
+        program and that guarantee is the outer program's (it must not gather the result
+        across devices after a failed check): call it eagerly, as in the example.
 
     Example:
         ```python
@@ -56,7 +65,7 @@ def sharded_vmap(
         raise ValueError(f"`axis_name` {axis_name!r} is not an axis of `mesh` {mesh.axis_names}.")
     ndev = mesh.shape[axis_name]
 
-    def run(*args):
+    def _axes(args):
         axes = (in_axes,) * len(args) if not isinstance(in_axes, (tuple, list)) else tuple(in_axes)
         if len(axes) != len(args):
             raise ValueError(f"`in_axes` has {len(axes)} entries for {len(args)} arguments.")
@@ -67,6 +76,13 @@ def sharded_vmap(
         if len(sizes) != 1:
             raise ValueError(f"batched arguments must share one leading size, got sizes {sizes}.")
         (n,) = sizes
+        return axes, n
+
+    @jax.jit
+    def padded_run(*args):
+        # no collective in this program: a failed check on one device cannot leave another
+        # waiting for it (the padding is dropped afterwards, once every device is done)
+        axes, n = _axes(args)
         pad = (-n) % ndev
 
         def _pad(x):
@@ -82,7 +98,19 @@ def sharded_vmap(
             check_vma=False,
         )
         placed = [jax.device_put(x, NamedSharding(mesh, s)) for x, s in zip(padded, specs)]
-        out = body(*placed)
+        return body(*placed)
+
+    def run(*args):
+        _, n = _axes(args)
+        out = padded_run(*args)
+        if any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(args)):
+            # inside the caller's jit: one program (see Returns)
+            return jax.tree_util.tree_map(lambda y: y[:n], out)
+        # wait for every device: a failed run-time check on any shard raises here, before
+        # anything gathers the shards
+        out = jax.block_until_ready(out)
+        if (-n) % ndev == 0:
+            return out
         return jax.tree_util.tree_map(lambda y: y[:n], out)
 
-    return jax.jit(run)
+    return run

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from jax import lax
 from jaxtyping import ArrayLike, Float
 
+from .._checks import real_float
 from .._custom_types import Key, Scalar, VectorField
 from .._misc import as_float, check_vector_field
 from .._sde import AbstractLinearSDE
@@ -156,7 +157,7 @@ def diffusion_loss(
         )
     if time_sampling not in _SAMPLING:
         raise ValueError(f"`time_sampling` must be one of {_SAMPLING}, got {time_sampling!r}.")
-    if (gv := concrete_value(snr_gamma)) is not None and not float(gv) > 0:
+    if concrete_value(snr_gamma) is not None and not real_float(snr_gamma, "snr_gamma") > 0:
         raise ValueError(f"`snr_gamma` must be > 0, got {snr_gamma}.")
     if not callable(model_fn):
         raise TypeError(f"`model_fn` must be callable (t, x) -> array, got {model_fn!r}.")
@@ -179,7 +180,7 @@ def diffusion_loss(
         lam_dot_neg = None
     elif isinstance(process, AbstractLinearSDE):
         T = process.T
-        if (tv := concrete_value(t_eps)) is not None and not (0.0 < float(tv) < float(T)):
+        if concrete_value(t_eps) is not None and not (0.0 < real_float(t_eps, "t_eps") < float(T)):
             raise ValueError(f"`t_eps` must lie in (0, T) = (0, {T}), got {t_eps}.")
         u = jax.random.uniform(kt, (), dtype)
         span = T - t_eps

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int
 
+from .._checks import real_float, runtime_check
 from .._custom_types import Scalar
 from .._misc import as_float
 from .respace import check_tau
@@ -95,11 +96,15 @@ def check_lam2(lam2, sigma2_m, name: str = "lam2"):
     if lv is not None and sv is not None:
         lv = lv.astype(np.float64)
         if np.any(np.isnan(lv) | (lv < 0) | (lv > sv * (1 + 1e-6) + 1e-300)):
+            hint = (
+                " Reverse variances larger than that go in `variances`/`var`; the mean then uses "
+                "`lam2`."
+                if name == "lam2"
+                else ""
+            )
             raise ValueError(
                 f"`{name}` must lie in [0, 1 - alpha_bar[m]] (the DDIM family keeps the marginals "
-                f"only then), got {lam2} with 1 - alpha_bar[m] = {sigma2_m}. Reverse variances "
-                "larger "
-                "than that go in `variances`/`var`; the mean then uses `lam2`."
+                f"only then), got {lam2} with 1 - alpha_bar[m] = {sigma2_m}.{hint}"
             )
         return lam2
     slack = 1e-6 * sigma2_m + jnp.finfo(sigma2_m.dtype).tiny
@@ -225,8 +230,14 @@ def reverse_variances(
 
 
 def check_eta(eta, name: str = "eta"):
-    if (val := concrete_value(eta)) is not None:
-        v = float(val)
+    r"""$\eta \ge 0$, finite: `ValueError` at once when concrete (`TypeError` when complex),
+    checked when the program runs when traced."""
+    if concrete_value(eta) is not None:
+        v = real_float(eta, name)
         if not (v >= 0 and v < float("inf")):
             raise ValueError(f"`{name}` must be >= 0 and finite, got {v}.")
-    return eta
+        return eta
+    e = as_float(eta, name)
+    return runtime_check(
+        e, ~jnp.all((e >= 0) & jnp.isfinite(e)), f"`{name}` must be >= 0 and finite."
+    )

@@ -18,6 +18,7 @@ from .._misc import is_concrete
 from .schedule import _check_num_steps
 
 _KINDS = ("uniform", "quadratic")
+_INT32_MAX = int(np.iinfo(np.int32).max)
 
 
 def respace(
@@ -47,7 +48,8 @@ def respace(
 
     Raises:
         TypeError: if `num_steps` or `K` is not a Python int.
-        ValueError: if $K < 1$, $K > N$ or `kind` is unknown.
+        ValueError: if $K < 1$, $K > N$, $N \ge 2^{31}$ (indices are int32) or `kind` is
+            unknown.
 
     Example:
         ```python
@@ -57,18 +59,25 @@ def respace(
     """
     num_steps = _check_num_steps(num_steps)
     K = _check_num_steps(K, "K")
+    if num_steps > _INT32_MAX:
+        raise ValueError(
+            f"`num_steps` must be <= 2**31 - 1 = {_INT32_MAX} (trajectories are int32 step "
+            f"indices), got {num_steps}."
+        )
     if K > num_steps:
         raise ValueError(
             f"`K` must be <= num_steps = {num_steps} (at most one step per index), got {K}."
         )
     if kind not in _KINDS:
         raise ValueError(f"`kind` must be one of {_KINDS}, got {kind!r}.")
-    k = np.arange(K + 1, dtype=np.int64)
+    # exact integer arithmetic: int64 where the products fit, Python ints beyond
+    big = 2 * num_steps * K * K + K * K >= 2**62
+    k = np.arange(K + 1, dtype=object if big else np.int64)
     if kind == "uniform":
         tau = (2 * k * num_steps + K) // (2 * K)
     else:
         tau = k + (2 * (num_steps - K) * k**2 + K**2) // (2 * K**2)
-    return jnp.asarray(tau.astype(np.int32))
+    return jnp.asarray(np.asarray(tau, dtype=np.int64).astype(np.int32))
 
 
 def trajectory(
@@ -90,8 +99,9 @@ def trajectory(
     Raises:
         TypeError: for non-integer indices.
         ValueError: for a list that is too short, longer than $N + 1$, not strictly monotone,
-            outside $0..N$, or not starting at 0 / ending at $N$ (concrete values; traced
-            values are checked at run time with `eqx.error_if`).
+            outside $0..N$, not starting at 0 / ending at $N$, or with values outside the int32
+            range (never truncated) (concrete values; traced values are checked at run time
+            with `eqx.error_if`).
     """
     num_steps = _check_num_steps(num_steps)
     return check_tau(indices, num_steps, "indices", allow_reverse=True)
@@ -118,6 +128,11 @@ def check_tau(tau, num_steps: int, name: str = "tau", *, allow_reverse: bool = F
         )
     if is_concrete(arr):
         v = np.asarray(jax.device_get(arr)).astype(np.int64)
+        if v.size and (v.max() > _INT32_MAX or v.min() < -_INT32_MAX - 1):
+            raise ValueError(
+                f"`{name}` must fit in int32 (step indices of a schedule), got values up to "
+                f"{v.max()} (min {v.min()}); refusing to truncate them."
+            )
         if allow_reverse and v[0] > v[-1]:
             v = v[::-1]
         d = np.diff(v)
@@ -140,7 +155,14 @@ def check_tau(tau, num_steps: int, name: str = "tau", *, allow_reverse: bool = F
         if v[-1] != num_steps:
             raise ValueError(f"`{name}` must end at N = {num_steps} (the prior), got {v[-1]}.")
         return jnp.asarray(v.astype(np.int32))
-    arr = jnp.asarray(arr).astype(jnp.int32)
+    arr = jnp.asarray(arr)
+    if jnp.iinfo(arr.dtype).bits > 32:  # traced int64 (x64 on): no silent truncation either
+        arr = eqx.error_if(
+            arr,
+            jnp.any((arr > _INT32_MAX) | (arr < -_INT32_MAX - 1)),
+            f"`{name}` must fit in int32 (step indices of a schedule).",
+        )
+    arr = arr.astype(jnp.int32)
     if allow_reverse:  # a decreasing (DDIM-style) list is reversed, as for concrete input
         arr = jnp.where(arr[0] > arr[-1], arr[::-1], arr)
     bad = (arr[0] != 0) | (arr[-1] != num_steps) | jnp.any(jnp.diff(arr) <= 0)

@@ -19,7 +19,7 @@ from .._solve.verbs import sample
 from .posterior import PairTerms, check_eta, check_lam2, check_schedule, pair_terms
 from .respace import check_tau
 from .schedule import DiscreteSchedule, concrete_value
-from .step import check_clip, check_prediction, check_var
+from .step import CheckedVarianceFn, check_clip, check_prediction, check_var
 
 _LAM2 = ("ddim", "ddpm")
 _VARS = ("ddim", "ddpm", "ddpm_beta")
@@ -66,7 +66,8 @@ def resolve_variances(t: PairTerms, variances, lam2_arr: Array, K: int):
             f"got {variances!r}."
         )
     if callable(variances):
-        return variances
+        # its output is checked when the program runs (a negative variance raises)
+        return CheckedVarianceFn(variances, "variances")
     v = check_var(variances, "variances")
     if v.shape != (K,):
         raise ValueError(

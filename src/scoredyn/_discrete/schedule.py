@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int
 
-from .._checks import check_float_dtype, check_int, concrete_value
+from .._checks import check_float_dtype, check_int, concrete_value, real_float, runtime_check
 from .._custom_types import Scalar
 from .._misc import as_float, is_concrete, log1mexp
 from .._process import AbstractProcess
@@ -35,7 +35,7 @@ def _check_open_unit(value, name: str) -> None:
     arr = concrete_value(value)
     if arr is None:
         return
-    v = float(arr)
+    v = real_float(value, name)
     if not (0.0 < v < 1.0):  # also rejects NaN
         raise ValueError(f"`{name}` must lie in the open interval (0, 1), got {v}.")
 
@@ -106,22 +106,35 @@ class DiscreteSchedule(AbstractProcess):
             self.alpha_bar = ab
             self.log_alpha_bar = jnp.log(ab)
             self.one_minus_alpha_bar = 1.0 - ab
-        if (Tv := concrete_value(T)) is not None:
-            if not (math.isfinite(float(Tv)) and float(Tv) > 0):
+        if concrete_value(T) is not None:
+            Tv = real_float(T, "T")
+            if not (math.isfinite(Tv) and Tv > 0):
                 raise ValueError(f"`T` must be > 0 and finite, got {T}.")
         self.T = T
+        if not is_concrete(self.log_alpha_bar):
+            # run-time tier: a traced schedule (built under jit, vmap or grad) is checked when
+            # the program runs; the three arrays carry the check so it cannot be dropped
+            la = self.log_alpha_bar
+            bad = (la[0] != 0) | ~jnp.all(jnp.isfinite(la)) | ~jnp.all(la[1:] < la[:-1])
+            msg = (
+                f"`{name}` must give alpha_bar[0] = 1 > alpha_bar[1] > ... > alpha_bar[N] > 0 "
+                "(strictly decreasing, finite)."
+            )
+            self.log_alpha_bar, self.alpha_bar, self.one_minus_alpha_bar = runtime_check(
+                (la, self.alpha_bar, self.one_minus_alpha_bar), bad, msg
+            )
         if is_concrete(self.log_alpha_bar):
             la = jax.device_get(self.log_alpha_bar)
             if la[0] != 0.0:
                 raise ValueError(
                     f"`{name}[0]` must be exactly {1 if name == 'alpha_bar' else 0} "
                     f"(alpha_bar[0] = 1: no noise at n = 0), got alpha_bar[0] = "
-                    f"{float(jnp.exp(la[0]))}."
+                    f"{float(np.exp(la[0]))}."
                 )
-            if not bool((la[1:] > -jnp.inf).all() and jnp.isfinite(la).all()):
+            if not bool((la[1:] > -np.inf).all() and np.isfinite(la).all()):
                 raise ValueError(f"`{name}` must give 0 < alpha_bar <= 1 and be finite.")
             if not bool((la[1:] < la[:-1]).all()):
-                bad = int(jnp.argmax(la[1:] >= la[:-1])) + 1
+                bad = int(np.argmax(la[1:] >= la[:-1])) + 1
                 raise ValueError(
                     f"`{name}` must be strictly decreasing in n, but alpha_bar[{bad}] >= "
                     f"alpha_bar[{bad - 1}]."
@@ -163,7 +176,7 @@ class DiscreteSchedule(AbstractProcess):
         _check_open_unit(beta_start, "beta_start")
         _check_open_unit(beta_end, "beta_end")
         b0v, b1v = concrete_value(beta_start), concrete_value(beta_end)
-        if b0v is not None and b1v is not None and float(b1v) < float(b0v):
+        if b0v is not None and b1v is not None and float(b1v) < float(b0v):  # real: checked
             raise ValueError(
                 f"`beta_end` must be >= `beta_start`, got beta_start={beta_start}, "
                 f"beta_end={beta_end}."
@@ -203,8 +216,8 @@ class DiscreteSchedule(AbstractProcess):
             arXiv:2102.09672.
         """
         num_steps = _check_num_steps(num_steps)
-        if (s_val := concrete_value(s)) is not None:
-            sv = float(s_val)
+        if concrete_value(s) is not None:
+            sv = real_float(s, "s")
             if not (sv > 0 and math.isfinite(sv)):
                 raise ValueError(f"`s` must be > 0 and finite, got {sv}.")
         _check_open_unit(max_beta, "max_beta")
@@ -242,6 +255,12 @@ class DiscreteSchedule(AbstractProcess):
         betas = as_float(betas, "betas")
         if betas.ndim != 1 or betas.shape[0] < 1:
             raise ValueError(f"`betas` must have shape (N,) with N >= 1, got {betas.shape}.")
+        if b is None:  # traced: checked when the program runs (beta = 1 would give alpha_bar = 0)
+            betas = runtime_check(
+                betas,
+                ~jnp.all((betas > 0) & (betas < 1)),
+                "`betas` must lie in the open interval (0, 1).",
+            )
         zero = jnp.zeros((1,), betas.dtype)
         log_ab = jnp.concatenate([zero, jnp.cumsum(jnp.log1p(-betas))])
         return cls(log_alpha_bar=log_ab, T=T)

@@ -9,15 +9,18 @@ $x_m = \alpha_m\hat x_0 + \sqrt{\sigma_m^2 - \lambda^2}\,\hat\varepsilon + \lamb
 See [the DDIM family](../derivations/ddim.md#the-reverse-step).
 """
 
+from collections.abc import Callable
 from typing import Literal, NamedTuple
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int
 
+from .._checks import real_float, runtime_check
 from .._custom_types import Key
-from .._misc import as_float, safe_sqrt
+from .._misc import as_float, is_concrete, safe_sqrt
 from .posterior import (
     PairTerms,
     _check_pair,
@@ -84,6 +87,10 @@ def check_clip(clip_x0):
     """None, a positive number c (clip to [-c, c]) or a pair (lo, hi) with lo < hi."""
     if clip_x0 is None:
         return None
+    if isinstance(clip_x0, (str, bytes, complex)):
+        raise TypeError(
+            f"`clip_x0` must be None, a number c > 0 or a pair (lo, hi), got {clip_x0!r}."
+        )
     if isinstance(clip_x0, (tuple, list)):
         if len(clip_x0) != 2:
             raise ValueError(
@@ -93,7 +100,11 @@ def check_clip(clip_x0):
     else:
         lo, hi = -clip_x0, clip_x0
     lv, hv = concrete_value(lo), concrete_value(hi)
-    if lv is not None and hv is not None and not float(lv) < float(hv):
+    if (
+        lv is not None
+        and hv is not None
+        and not real_float(lo, "clip_x0") < real_float(hi, "clip_x0")
+    ):
         raise ValueError(f"`clip_x0` must give lo < hi, got ({lo}, {hi}).")
     return lo, hi
 
@@ -107,13 +118,35 @@ def apply_step(c: StepCoeffs, x, eps, clip):
 
 
 def check_var(var, name: str = "var"):
+    r"""A reverse variance $v \ge 0$, finite: `ValueError` at once when concrete, checked when
+    the program runs when traced (a negative traced variance would otherwise be used as 0)."""
     val = concrete_value(var)
     var = as_float(var, name)
     if val is not None:
         val = val.astype(np.float64)
         if np.any(np.isnan(val) | (val < 0) | np.isinf(val)):
             raise ValueError(f"`{name}` must be >= 0 and finite, got {val}.")
-    return var
+        return var
+    bad = ~jnp.all((var >= 0) & jnp.isfinite(var))
+    return runtime_check(var, bad, f"`{name}` must be >= 0 and finite.")
+
+
+class CheckedVarianceFn(eqx.Module):
+    """A variance callable `(n, m, x_n, eps_hat) -> v` whose output is checked when the program
+    runs: a negative or NaN variance raises, naming the argument, instead of being used as 0."""
+
+    fn: Callable
+    name: str = eqx.field(static=True, default="variances")
+
+    def __call__(self, n, m, x_n, eps_hat):
+        v = jnp.asarray(self.fn(n, m, x_n, eps_hat))
+        if is_concrete(v):
+            check_var(v, f"{self.name}(n, m, x_n, eps_hat)")
+            return v
+        bad = ~jnp.all(v >= 0)  # also catches NaN
+        return runtime_check(
+            v, bad, f"`{self.name}(n, m, x_n, eps_hat)` must return variances >= 0."
+        )
 
 
 def _known_zero(a) -> bool:
@@ -163,6 +196,12 @@ def reverse_step(
     Returns:
         $x_m$, shaped and typed like `x_n`.
     """
+    return _reverse_step(key, sched, n, m, x_n, eps_hat, lam2, var, clip_x0, "lam2")
+
+
+def _reverse_step(key, sched, n, m, x_n, eps_hat, lam2, var, clip_x0, lam2_name: str):
+    """`reverse_step`, with the name under which `lam2` is reported in errors (`ddim_step`'s
+    single argument is `var`)."""
     sched = check_schedule(sched)
     n, m = _check_pair(sched, n, m)
     x_n = as_float(x_n, "x_n")
@@ -176,14 +215,24 @@ def reverse_step(
     deterministic = (var is None and lam2 is not None and _known_zero(lam2)) or (
         var is not None and _known_zero(var)
     )
-    lam2 = t.beta_tilde if lam2 is None else check_lam2(lam2, t.sigma2_m)
-    var = lam2 if var is None else check_var(var)
+    lam2 = None if lam2 is None else check_lam2(lam2, t.sigma2_m, lam2_name)
+    var = None if var is None else check_var(var)
+    if key is None and not deterministic:
+        raise ValueError("`key` may be None only for a deterministic step (var == 0).")
+    return _step_kernel(key, sched, n, m, x_n, eps_hat, lam2, var, clip)
+
+
+@eqx.filter_jit
+def _step_kernel(key, sched, n, m, x_n, eps_hat, lam2, var, clip):
+    # compiled whole, so an eager call and a call under the caller's jit run the same program
+    # and give the same bits (XLA may fuse `a * x + b * eps` into an FMA only when compiled)
+    t = pair_terms(sched, n, m)
+    lam2 = t.beta_tilde if lam2 is None else lam2
+    var = lam2 if var is None else var
     c = jax.tree_util.tree_map(lambda a: a.astype(x_n.dtype), step_coefficients(t, lam2))
     mean = apply_step(c, x_n, eps_hat, clip)
     if key is None:
-        if deterministic:
-            return mean
-        raise ValueError("`key` may be None only for a deterministic step (var == 0).")
+        return mean
     std = safe_sqrt(jnp.asarray(var, x_n.dtype))
     return mean + std * jax.random.normal(key, x_n.shape, x_n.dtype)
 
@@ -208,4 +257,4 @@ def ddim_step(
     wrapper of [`reverse_step`][scoredyn.reverse_step] with `lam2 = var`; `var` must lie in
     $[0, 1 - \bar a_m]$.
     """
-    return reverse_step(key, sched, n, m, x_n, eps_hat, lam2=var, var=var, clip_x0=clip_x0)
+    return _reverse_step(key, sched, n, m, x_n, eps_hat, var, var, clip_x0, "var")

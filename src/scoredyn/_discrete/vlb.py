@@ -16,9 +16,11 @@ import math
 from typing import NamedTuple
 
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.special import log_ndtr
 from jaxtyping import Array, ArrayLike, Float, Real
 
+from .._checks import concrete_value
 from .._custom_types import Scalar
 from .._misc import as_float, log1mexp
 
@@ -48,8 +50,25 @@ class VariationalBound(NamedTuple):
 
 
 def _kl_terms(diff2, var_q, var_p):
-    """Elementwise KL(N(mu_q, var_q) || N(mu_p, var_p)) from (mu_q - mu_p)^2."""
-    return 0.5 * (jnp.log(var_p) - jnp.log(var_q) + (var_q + diff2) / var_p - 1.0)
+    r"""Elementwise KL(N(mu_q, var_q) || N(mu_p, var_p)) from (mu_q - mu_p)^2, with its limits.
+
+    A zero variance is a point mass: $v_q = 0 < v_p$ gives $+\infty$ (a point has no density
+    ratio), and $v_p = 0$ gives $+\infty$ too unless $q$ is the same point mass ($v_q = 0$ and
+    $\mu_q = \mu_p$), where the divergence is 0. The formula itself would give
+    $-\infty + \infty = $ NaN there. NaN input still gives NaN. Gradient-safe: the formula is
+    evaluated with placeholder variances where a limit is taken.
+    """
+    zq, zp = var_q == 0, var_p == 0
+    vq = jnp.where(zq, jnp.ones_like(var_q), var_q)
+    vp = jnp.where(zp, jnp.ones_like(var_p), var_p)
+    val = 0.5 * (jnp.log(vp) - jnp.log(vq) + (var_q + diff2) / vp - 1.0)
+    inf = jnp.full_like(val, jnp.inf)
+    same_point = zq & (diff2 == 0)
+    at_zero_p = jnp.where(same_point, jnp.zeros_like(val), inf)
+    # NaN in either mean or variance propagates (a NaN compares unequal to 0)
+    nan = jnp.isnan(diff2) | jnp.isnan(var_q) | jnp.isnan(var_p)
+    out = jnp.where(zp, at_zero_p, jnp.where(zq, inf, val))
+    return jnp.where(nan, jnp.full_like(val, jnp.nan), out)
 
 
 def gaussian_kl(
@@ -65,8 +84,18 @@ def gaussian_kl(
       + \frac{v_{q,i} + (\mu_{q,i} - \mu_{p,i})^2}{v_{p,i}} - 1\Big).$$
 
     The arguments broadcast against each other (a scalar variance is isotropic); the sum
-    runs over the broadcast shape. $v_q = 0$ gives $+\infty$.
+    runs over the broadcast shape. A zero variance is a point mass: $v_q = 0$ or $v_p = 0$
+    gives $+\infty$, except for two equal point masses ($v_q = v_p = 0$, $\mu_q = \mu_p$),
+    whose divergence is 0. NaN input gives NaN (no error; see
+    [the NaN policy](../reliability.md#nan-policy)).
+
+    Raises:
+        ValueError: for a concrete negative variance.
     """
+    for a, nm in ((var_q, "var_q"), (var_p, "var_p")):
+        v = concrete_value(a)
+        if v is not None and v.dtype.kind in "biuf" and bool(np.any(v < 0)):
+            raise ValueError(f"`{nm}` must be >= 0 (a variance), got {v}.")
     mean_q, var_q, mean_p, var_p = (
         as_float(a, nm)
         for a, nm in ((mean_q, "mean_q"), (var_q, "var_q"), (mean_p, "mean_p"), (var_p, "var_p"))
@@ -119,7 +148,8 @@ def discretized_gaussian_log_likelihood(
     Args:
         x: data on the grid (entries within half a bin of a grid point).
         mean: $\mu$, shaped like `x`.
-        var: $v > 0$, scalar or broadcastable to `x`.
+        var: $v \ge 0$, scalar or broadcastable to `x`. $v = 0$ is a point mass at the mean:
+            $\log P(x_i) = 0$ when $\mu_i$ lies in the bin of $x_i$, $-\infty$ otherwise.
         levels: $L \ge 2$ (256 for 8-bit images).
 
     Returns:
@@ -128,16 +158,33 @@ def discretized_gaussian_log_likelihood(
     levels = _check_levels(levels)
     x, mean, var = as_float(x, "x"), as_float(mean, "mean"), as_float(var, "var")
     h = 1.0 / (levels - 1)
-    s = jnp.sqrt(var)
-    hi = (x + h - mean) / s
-    lo = (x - h - mean) / s
+    zero = var == 0  # a point mass at the mean: log P = 0 in its bin, -inf elsewhere
+    s = jnp.sqrt(jnp.where(zero, jnp.ones_like(var), var))
+    d_hi, d_lo = x + h - mean, x - h - mean
+    hi = d_hi / s
+    lo = d_lo / s
     left = x < -1.0 + h
     right = x > 1.0 - h
     mid = _log_diff_ndtr(hi, jnp.where(hi > lo, lo, hi - 1.0))
     val = jnp.where(left, log_ndtr(hi), jnp.where(right, log_ndtr(-lo), mid))
+    inside = jnp.where(left, d_hi >= 0, jnp.where(right, d_lo < 0, (d_lo < 0) & (d_hi >= 0)))
+    point = jnp.where(inside, 0.0, -jnp.inf)
+    nan = jnp.isnan(d_hi) | jnp.isnan(var)
+    val = jnp.where(zero & ~nan, point, val)
     shape = jnp.broadcast_shapes(x.shape, mean.shape, jnp.shape(var))
     return jnp.sum(jnp.broadcast_to(val, shape))
 
 
 def _gaussian_nll(diff2, var):
-    return 0.5 * (jnp.log(2.0 * math.pi * var) + diff2 / var)
+    r"""$-\log\mathcal N(x; \mu, v)$ from $(x - \mu)^2$, with its limit at $v = 0$.
+
+    A zero variance is a point mass at $\mu$: $+\infty$ when $x \ne \mu$ (zero density) and
+    $-\infty$ at $x = \mu$ (a point mass has infinite density). The formula would give
+    $-\infty + \infty = $ NaN. NaN input gives NaN.
+    """
+    zero = var == 0
+    v = jnp.where(zero, jnp.ones_like(var), var)
+    val = 0.5 * (jnp.log(2.0 * math.pi * v) + diff2 / v)
+    limit = jnp.where(diff2 == 0, -jnp.inf, jnp.inf)
+    nan = jnp.isnan(diff2) | jnp.isnan(var)
+    return jnp.where(nan, jnp.nan, jnp.where(zero, limit, val))

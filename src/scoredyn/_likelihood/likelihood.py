@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
+from .._checks import check_finite_data, concrete_value, real_float
 from .._custom_types import Key, Scalar, ScoreFn
 from .._misc import is_concrete
 from .._sde import AbstractLinearSDE, AbstractSDE, ProbabilityFlow, probability_flow
@@ -127,8 +128,9 @@ def log_likelihood(
     Raises:
         TypeError: for a non-SDE `sde`, a wrong-shaped `score`, or a non-linear `sde` without
             `prior_log_prob`.
-        ValueError: for a bad `estimator`, `probe`, `num_probes` or `t_eps`, or Hutchinson
-            without `key`.
+        ValueError: for a bad `estimator`, `probe`, `num_probes` or `t_eps`, Hutchinson
+            without `key`, or an `x` with a NaN or infinite entry (at once when concrete, when
+            the program runs when traced).
 
     Example:
         ```python
@@ -141,6 +143,11 @@ def log_likelihood(
     """
     check_sde(sde)
     x = check_state(x, "x")
+    # NaN policy: a NaN data point is refused here (blaming `x`), not left to the adaptive
+    # solver, whose step size would turn NaN and then blame the time `t`
+    x = check_finite_data(x, "x")
+    if t_eps is not None and concrete_value(t_eps) is not None:
+        real_float(t_eps, "t_eps")  # a complex t_eps gets an error naming it
     if prior_log_prob is None:
         check_sde(sde, linear=True)
         prior_log_prob = cast(AbstractLinearSDE, sde).prior_log_prob
@@ -228,13 +235,16 @@ def bits_per_dim(
         The scalar bits/dim; with `return_stats=True`, `(bpd, stats)`.
 
     Raises:
-        ValueError: for `levels < 2`, a missing `key`, or (concrete) `x` off the grid.
+        ValueError: for `levels < 2`, a missing `key`, (concrete) `x` off the grid, or `x` with
+            a NaN or infinite entry.
     """
     if not isinstance(levels, int) or isinstance(levels, bool) or levels < 2:
         raise ValueError(f"`levels` must be a Python int >= 2, got {levels!r}.")
     width = 2.0 / (levels - 1)
     if dequantize and key is None:
         raise ValueError("`key` must be given to draw the dequantisation noise.")
+    if is_concrete(x):  # NaN data blame `x` (checked before the grid test, which NaN passes)
+        check_finite_data(check_state(x, "x"), "x")
     if dequantize and is_concrete(x):
         k = (np.asarray(x, dtype=np.float64) + 1.0) / width
         off = np.abs(k - np.round(k))

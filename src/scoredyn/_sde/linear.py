@@ -4,8 +4,10 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
+from .._checks import default_float, real_float, runtime_check
 from .._custom_types import Scalar, Time
 from .._misc import check_positive, check_times, is_concrete, log1mexp
 from .base import AbstractLinearSDE
@@ -26,8 +28,39 @@ def _float(x) -> Array:
 def _check_range(lo, hi, lo_name: str, hi_name: str) -> None:
     check_positive(lo, lo_name)
     check_positive(hi, hi_name)
-    if is_concrete(lo, hi) and not float(lo) < float(hi):
+    if is_concrete(lo, hi) and not real_float(lo, lo_name) < real_float(hi, hi_name):
         raise ValueError(f"`{lo_name}` must be < `{hi_name}`, got {lo_name}={lo}, {hi_name}={hi}.")
+
+
+def _range_params(lo, hi, lo_name: str, hi_name: str):
+    r"""Both tiers of $0 < \text{lo} < \text{hi} < \infty$ for a pair of SDE parameters.
+
+    Concrete values are checked at once (`ValueError`); a traced one is returned wrapped in
+    `equinox.error_if`, so a traced $\beta_{\min} < 0$ (a sweep under `vmap`, a learned
+    schedule under `grad`) raises when the program runs instead of giving NaN.
+    """
+    _check_range(lo, hi, lo_name, hi_name)
+    if is_concrete(lo, hi):
+        return lo, hi
+    lo_a, hi_a = jnp.asarray(lo), jnp.asarray(hi)
+    ok = (lo_a > 0) & (hi_a > lo_a) & jnp.isfinite(lo_a) & jnp.isfinite(hi_a)
+    msg = f"`{lo_name}` and `{hi_name}` must satisfy 0 < {lo_name} < {hi_name} < inf."
+    if not is_concrete(lo):
+        lo = runtime_check(lo_a, ~jnp.all(ok), msg)
+    if not is_concrete(hi):
+        hi = runtime_check(hi_a, ~jnp.all(ok), msg)
+    return lo, hi
+
+
+def _positive_param(value, name: str):
+    """Both tiers of `value > 0` and finite for one SDE parameter (see `_range_params`)."""
+    check_positive(value, name)
+    if is_concrete(value):
+        return value
+    v = jnp.asarray(value)
+    return runtime_check(
+        v, ~jnp.all((v > 0) & jnp.isfinite(v)), f"`{name}` must be > 0 and finite."
+    )
 
 
 class VPSDE(AbstractLinearSDE):
@@ -53,6 +86,12 @@ class VPSDE(AbstractLinearSDE):
     beta_min: float | Scalar = 0.1
     beta_max: float | Scalar = 20.0
     T: float = 1.0
+
+    def __init__(
+        self, beta_min: float | Scalar = 0.1, beta_max: float | Scalar = 20.0, T: float = 1.0
+    ):
+        self.beta_min, self.beta_max = _range_params(beta_min, beta_max, "beta_min", "beta_max")
+        self.T = T
 
     def __check_init__(self):
         _check_range(self.beta_min, self.beta_max, "beta_min", "beta_max")
@@ -111,6 +150,12 @@ class SubVPSDE(AbstractLinearSDE):
     beta_max: float | Scalar = 20.0
     T: float = 1.0
 
+    def __init__(
+        self, beta_min: float | Scalar = 0.1, beta_max: float | Scalar = 20.0, T: float = 1.0
+    ):
+        self.beta_min, self.beta_max = _range_params(beta_min, beta_max, "beta_min", "beta_max")
+        self.T = T
+
     def __check_init__(self):
         _check_range(self.beta_min, self.beta_max, "beta_min", "beta_max")
         check_positive(self.T, "T")
@@ -160,6 +205,14 @@ class VESDE(AbstractLinearSDE):
     sigma_min: float | Scalar = 0.01
     sigma_max: float | Scalar = 50.0
     T: float = 1.0
+
+    def __init__(
+        self, sigma_min: float | Scalar = 0.01, sigma_max: float | Scalar = 50.0, T: float = 1.0
+    ):
+        self.sigma_min, self.sigma_max = _range_params(
+            sigma_min, sigma_max, "sigma_min", "sigma_max"
+        )
+        self.T = T
 
     def __check_init__(self):
         _check_range(self.sigma_min, self.sigma_max, "sigma_min", "sigma_max")
@@ -234,13 +287,25 @@ class CosineVPSDE(AbstractLinearSDE):
     s: float | Scalar = 0.008
     T: float = 0.9946
 
+    def __init__(self, s: float | Scalar = 0.008, T: float = 0.9946):
+        self.s = _positive_param(s, "s")
+        self.T = T
+
     def __check_init__(self):
         check_positive(self.s, "s")
         check_positive(self.T, "T")
-        if is_concrete(self.T) and not float(self.T) < 1.0:
-            raise ValueError(
-                f"`T` must be < 1 for the cosine schedule (alpha(1) = 0), got {self.T}."
-            )
+        if is_concrete(self.T):
+            T = real_float(self.T, "T")
+            # times may be float32 (the default float without x64, or data in float32 with x64
+            # on): T must stay below 1 after rounding, or alpha(T) = 0 and marginal(T) is NaN
+            dtypes = {np.dtype(default_float()).name, "float32"}
+            rounded = {d: float(np.asarray(T, dtype=d)) for d in sorted(dtypes)}
+            if not (T < 1.0 and all(v < 1.0 for v in rounded.values())):
+                shown = ", ".join(f"{v!r} in {d}" for d, v in rounded.items())
+                raise ValueError(
+                    f"`T` must be < 1 for the cosine schedule (alpha(1) = 0), also after "
+                    f"rounding to the working float, got {self.T} ({shown})."
+                )
 
     def _angle(self, t):
         return 0.5 * math.pi * (check_times(t, self.T) + self.s) / (1.0 + self.s)

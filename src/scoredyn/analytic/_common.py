@@ -20,6 +20,7 @@ from typing import Literal
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from .._checks import real_float
 from .._discrete import DiscreteSchedule, forward_posterior, posterior_variance
 from .._discrete.posterior import check_schedule as check_schedule
 from .._discrete.respace import check_tau
@@ -51,7 +52,7 @@ def check_forward(forward: str, eta) -> None:
     if forward not in ("ddpm", "ddim"):
         raise ValueError(f"`forward` must be 'ddpm' or 'ddim', got {forward!r}.")
     if is_concrete(eta):
-        e = float(eta)  # a Python number or a concrete array
+        e = real_float(eta, "eta")  # a Python number or a concrete array
         if not (0.0 <= e <= 1.0):
             raise ValueError(f"`eta` must lie in [0, 1], got {e}.")
 
@@ -65,7 +66,10 @@ def check_data_range(data_range) -> None:
         raise ValueError(
             f"`data_range` must be None or a pair (a, b), got {data_range!r}."
         ) from None
-    if is_concrete(lo, hi) and not (math.isfinite(float(lo)) and float(lo) < float(hi)):
+    if is_concrete(lo, hi) and not (
+        math.isfinite(real_float(lo, "data_range"))
+        and real_float(lo, "data_range") < real_float(hi, "data_range")
+    ):
         raise ValueError(f"`data_range` must be (a, b) with finite a < b, got {data_range!r}.")
 
 

@@ -14,11 +14,13 @@ from collections.abc import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
+from .._checks import check_data_rows, runtime_check
 from .._custom_types import Key
 from .._discrete import DiscreteSchedule
-from .._misc import as_float, check_vector_field, default_float
+from .._misc import as_float, check_vector_field, default_float, is_concrete
 from ._common import check_schedule
 
 
@@ -194,8 +196,10 @@ def estimate_gamma(
         A [`GammaEstimate`][scoredyn.analytic.GammaEstimate].
 
     Raises:
-        ValueError: if `data` has fewer than 1 example, $S < 8$, or `num_noise`/`chunk_size` are
-            not positive ints; TypeError if `eps_fn` does not return an array like `x`.
+        ValueError: if `data` has fewer than 1 example or a row with NaN or $\pm\infty$ (at
+            once when concrete, when the program runs when traced: one such row would make
+            every entry NaN), $S < 8$, or `num_noise`/`chunk_size` are not positive ints;
+            TypeError if `eps_fn` does not return an array like `x`.
 
     References:
         Bao et al., *Analytic-DPM*, arXiv:2201.06503, Eq. 8-9.
@@ -210,6 +214,7 @@ def estimate_gamma(
     data = as_float(data, "data")
     if data.ndim < 2 or data.shape[0] < 1:
         raise ValueError(f"`data` must have shape (M, *shape) with M >= 1, got {data.shape}.")
+    data = check_data_rows(data, "data")
     for name, v in (("num_noise", num_noise), ("chunk_size", chunk_size)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ValueError(f"`{name}` must be a positive int, got {v!r}.")
@@ -303,4 +308,14 @@ def as_ms_eps(
             f"`ms_eps` must have shape (N+1,) = ({num_steps + 1},), got {ms.shape} "
             "(pass the GammaEstimate or its `ms_eps`)."
         )
-    return ms
+    # a NaN would pass every comparison of the dynamic programme and give a non-trajectory
+    # (or NaN variances): refuse it, at once when concrete, when the program runs when traced
+    if is_concrete(ms):
+        bad = np.flatnonzero(np.isnan(np.asarray(ms)))
+        if bad.size:
+            raise ValueError(
+                f"`ms_eps` (Gamma) must not contain NaN, got NaN at n = {bad[:5].tolist()} "
+                "(an estimate from data with NaN rows, or an overflow in the network)."
+            )
+        return ms
+    return runtime_check(ms, jnp.any(jnp.isnan(ms)), "`ms_eps` (Gamma) must not contain NaN.")

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
+from .._checks import real_float
 from .._discrete import DiscreteSchedule
 from .._misc import is_concrete
 from ._common import check_schedule, snr_inv
@@ -64,7 +65,7 @@ def monotone_ms_eps(
         ```
     """
     sched = check_schedule(sched)
-    if is_concrete(cap) and not 0.0 <= float(cap) <= 1.0:
+    if is_concrete(cap) and not 0.0 <= real_float(cap, "cap") <= 1.0:
         raise ValueError(f"`cap` must lie in [0, 1], got {cap}.")
     ms = as_ms_eps(ms_eps, sched.num_steps)
     ratio = snr_inv(sched, jnp.arange(sched.num_steps + 1))  # (1 - abar) / abar, 0 at n = 0

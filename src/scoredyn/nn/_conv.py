@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from .._misc import default_float
+from .._misc import as_float, default_float
 from ._mlp import TimeMLP, _zero_linear
 
 
@@ -128,6 +128,7 @@ class ConvNet(eqx.Module):
                 f"`x` must be one flat image of shape ({self.data_dim},) for image_shape "
                 f"{self.image_shape}, got {jnp.shape(x)}; use jax.vmap for a batch."
             )
+        x = as_float(x, "x")  # integer data are promoted (the output is never truncated)
         dtype = self.conv_in.weight.dtype
         temb = self.time_mlp(jnp.asarray(t, dtype))
         img = jnp.asarray(x).astype(dtype).reshape(self.image_shape)

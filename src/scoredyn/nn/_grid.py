@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
+from .._checks import real_float
+from .._misc import as_float
 from .._sde import AbstractLinearSDE
 
 
@@ -62,7 +64,7 @@ class GridEps(eqx.Module):
     def __check_init__(self):
         if isinstance(self.levels, bool) or not isinstance(self.levels, int) or self.levels < 2:
             raise ValueError(f"`levels` must be an int >= 2, got {self.levels!r}.")
-        if not float(self.low) < float(self.high):
+        if not real_float(self.low, "low") < real_float(self.high, "high"):
             raise ValueError(f"need low < high, got low={self.low}, high={self.high}.")
         if not isinstance(self.sde, AbstractLinearSDE):
             raise TypeError(f"`sde` must be a linear SDE, got {type(self.sde).__name__}.")
@@ -73,6 +75,7 @@ class GridEps(eqx.Module):
             raise ValueError(
                 f"`x` must be one flat example of shape (d,), got {jnp.shape(x)}; use vmap."
             )
+        x = as_float(x, "x")
         d, L = x.shape[0], self.levels
         logits = jnp.asarray(self.net(t, x))
         if logits.shape != (d * L,):
@@ -93,6 +96,7 @@ class GridEps(eqx.Module):
         return p @ grid
 
     def __call__(self, t: Float[ArrayLike, ""], x: Float[Array, " d"]) -> Float[Array, " d"]:
+        x = as_float(x, "x")
         alpha, sigma = self.sde.marginal(t)
         dtype = jnp.result_type(x)
         alpha, sigma = alpha.astype(dtype), sigma.astype(dtype)

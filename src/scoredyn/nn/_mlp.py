@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from .._misc import default_float
+from .._misc import as_float, default_float
 from ._embedding import SinusoidalEmbedding
 
 # softplus^{-1}(1): the second head starts at E[eps^2 | x] = 1, the value for pure noise.
@@ -199,6 +199,7 @@ class MLP(eqx.Module):
         return self.trunk.data_dim
 
     def __call__(self, t: Float[ArrayLike, ""], x: Float[Array, " d"]) -> Float[Array, " out"]:
+        x = as_float(x, "x")  # integer data are promoted (the output is never truncated)
         h, temb = self.trunk.features(t, x)
         y = self.out(h)
         if self.skip_gain is not None:
@@ -275,16 +276,19 @@ class TwoHeadMLP(eqx.Module):
 
     def both(self, t, x: Float[Array, " d"]) -> tuple[Float[Array, " d"], Float[Array, " d"]]:
         r"""$(\hat\varepsilon_\theta(t, x),\ h_\theta(t, x))$ from one trunk pass."""
+        x = as_float(x, "x")
         h = self.trunk(t, x)
         dtype = jnp.result_type(x)
         return self.eps_out(h).astype(dtype), jax.nn.softplus(self.second_out(h)).astype(dtype)
 
     def eps(self, t, x: Float[Array, " d"]) -> Float[Array, " d"]:
         r"""The noise prediction $\hat\varepsilon_\theta(t, x)$."""
+        x = as_float(x, "x")
         return self.eps_out(self.trunk(t, x)).astype(jnp.result_type(x))
 
     def second(self, t, x: Float[Array, " d"], *, stop_gradient_trunk: bool = False):
         r"""The positive second-moment head $h_\theta(t, x)$, shape like `x`."""
+        x = as_float(x, "x")
         h = self.trunk(t, x)
         if stop_gradient_trunk:
             h = jax.lax.stop_gradient(h)

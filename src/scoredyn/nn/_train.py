@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree
 
+from .._checks import check_data_rows, real_float
 from .._discrete import diffusion_loss
 
 LossFn = Callable[[PyTree, PRNGKeyArray, Array], Float[Array, ""]]
@@ -94,7 +95,7 @@ def make_train_step(
         state, loss = step(state, key, batch)            # batch: (B, d)
         ```
     """
-    if ema_decay is not None and not 0.0 <= float(ema_decay) <= 1.0:
+    if ema_decay is not None and not 0.0 <= real_float(ema_decay, "ema_decay") <= 1.0:
         raise ValueError(f"`ema_decay` must lie in [0, 1] or be None, got {ema_decay}.")
 
     @eqx.filter_jit
@@ -161,6 +162,10 @@ def fit(
 
     Returns:
         `(state, losses)`, with the loss of every step.
+
+    Raises:
+        ValueError: for non-positive `num_steps`, `batch_size` or `chunk`, empty `data`, or
+            `data` with a NaN or infinite entry (naming the first bad row).
     """
     for name, v in (("num_steps", num_steps), ("batch_size", batch_size), ("chunk", chunk)):
         if not isinstance(v, int) or v < 1:
@@ -168,6 +173,8 @@ def fit(
     data = jnp.asarray(data)
     if data.ndim < 1 or data.shape[0] < 1:
         raise ValueError(f"`data` must have at least one row, got shape {data.shape}.")
+    # a NaN row would turn the loss, and then every weight, into NaN without a word
+    data = check_data_rows(data, "data")
     keys = jax.random.split(key, num_steps)
     losses = []
     done = 0

@@ -10,8 +10,9 @@ import jax.numpy as jnp
 from jax.scipy.special import log_ndtr, ndtr, ndtri
 from jaxtyping import Array, ArrayLike, Float
 
+from .._checks import check_positive_param
 from .._custom_types import Key
-from .._misc import as_float, check_positive, default_float
+from .._misc import as_float, default_float
 from . import _quadrature as quad
 
 METHODS = ("auto", "exact", "quadrature", "midpoint")
@@ -172,8 +173,7 @@ class AbstractNoise(eqx.Module):
         if path == "closed":
             return self._closed_form_row(mu)
         if path == "diff":
-            x = mu[0] - mu[1]
-            return jnp.stack([self.log_diff_cdf(x), self.log_diff_cdf(-x)])
+            return _two_class_row(self.log_diff_cdf, mu[0] - mu[1])
         if path == "quadrature":
             return self._quadrature_row(mu, num_nodes)
         return self._midpoint_row(mu, num_nodes)
@@ -214,12 +214,39 @@ class AbstractNoise(eqx.Module):
         return jnp.exp(self.argmax_log_probs(mu, method=method, num_nodes=num_nodes))
 
 
+def _two_class_row(log_diff_cdf, x: Array) -> Array:
+    r"""$(\log p_1, \log p_2)$ for two classes with $\mu_1 - \mu_2 = x$, exact at $x = \pm\infty$
+    (a masked class) and NaN for NaN, whatever the family's `log_diff_cdf` does there."""
+    finite = jnp.isfinite(x)
+    xs = jnp.where(finite, x, jnp.zeros_like(x))  # gradient-safe: no inf reaches the formula
+    row = jnp.stack([log_diff_cdf(xs), log_diff_cdf(-xs)])
+    zero, ninf = jnp.zeros_like(x), jnp.full_like(x, -jnp.inf)
+    limit = jnp.stack([jnp.where(x > 0, zero, ninf), jnp.where(x > 0, ninf, zero)])
+    return jnp.where(finite, row, jnp.where(jnp.isnan(x), x, limit))
+
+
+def _resolve_infinite_scores(mu: Array) -> Array:
+    r"""Rows with a $+\infty$ score: those classes share the win, the others are masked.
+
+    By shift invariance a row with scores $+\infty$ is the row $\mu - \infty$: $0$ for the
+    $+\infty$ classes and $-\infty$ (masked) for every other one, so the $+\infty$ classes
+    split the probability equally (one of them: probability 1). Rows without $+\infty$ are
+    unchanged; a $-\infty$ score is a masked class, handled by every rule.
+    """
+    posinf = mu == jnp.inf
+    any_pos = jnp.any(posinf, axis=-1, keepdims=True)
+    # NaN stays NaN (NaN in, NaN out, row by row)
+    shifted = jnp.where(posinf, jnp.zeros_like(mu), jnp.where(jnp.isnan(mu), mu, -jnp.inf))
+    return jnp.where(any_pos, shifted, mu)
+
+
 @eqx.filter_jit
 def _log_probs(noise: AbstractNoise, mu: Array, path: str, num_nodes) -> tuple[Array, Array]:
     """Normalised and raw (unnormalised) log-probabilities of rows `mu`, shape `(batch, n)`.
 
     Compiled once per noise type, shape, dtype and path; the noise's scale is a traced leaf.
     """
+    mu = _resolve_infinite_scores(mu)
     raw = jax.vmap(lambda row: noise._raw_row(row, path, num_nodes))(mu)
     return raw - quad.safe_logsumexp(raw, axis=-1)[:, None], raw
 
@@ -257,8 +284,9 @@ def _init_scale(scale: ArrayLike) -> Array:
     scale = as_float(scale, "scale")
     if scale.ndim != 0:
         raise ValueError(f"`scale` must be a scalar, got shape {scale.shape}.")
-    check_positive(scale, "scale")
-    return scale
+    # concrete: ValueError now; traced (a learned or swept scale): checked when the program
+    # runs, since a negative scale would silently reverse the distribution
+    return check_positive_param(scale, "scale")
 
 
 class Gumbel(_AbstractLocationScale):
@@ -271,7 +299,7 @@ class Gumbel(_AbstractLocationScale):
         scale: $s > 0$.
 
     Raises:
-        ValueError: if `scale <= 0` (checked when concrete).
+        ValueError: if `scale <= 0` (at once when concrete, when the program runs when traced).
     """
 
     scale: Array
@@ -319,7 +347,7 @@ class Gaussian(_AbstractLocationScale):
         scale: the standard deviation $s > 0$.
 
     Raises:
-        ValueError: if `scale <= 0` (checked when concrete).
+        ValueError: if `scale <= 0` (at once when concrete, when the program runs when traced).
     """
 
     scale: Array
@@ -368,7 +396,7 @@ class Logistic(_AbstractLocationScale):
         scale: $s > 0$ (the variance is $\pi^2 s^2/3$).
 
     Raises:
-        ValueError: if `scale <= 0` (checked when concrete).
+        ValueError: if `scale <= 0` (at once when concrete, when the program runs when traced).
     """
 
     scale: Array
@@ -400,8 +428,19 @@ class Logistic(_AbstractLocationScale):
     def log_diff_cdf(self, x: ArrayLike) -> Array:
         r"""$\log P[\varepsilon_2 - \varepsilon_1 \le x]$ in closed form (see the class)."""
         z, _ = self._z(x)
-        log_q = _logistic_diff_log_q(jnp.abs(z))
-        return jnp.where(z < 0, log_q, jnp.log1p(-jnp.exp(log_q)))
+        return _diff_cdf_limits(z, lambda a: _logistic_diff_log_q(a))
+
+
+def _diff_cdf_limits(z: Array, log_q_fn) -> Array:
+    r"""$\log P[\varepsilon_2 - \varepsilon_1 \le z]$ from the log of the smaller tail
+    $\log q(|z|)$: $\log q$ for $z < 0$, $\log(1 - q)$ otherwise, with the limits $0$ at
+    $z = +\infty$ and $-\infty$ at $z = -\infty$ (where $\log q$ itself is $\infty - \infty$)."""
+    finite = jnp.isfinite(z)
+    a = jnp.abs(jnp.where(finite, z, jnp.zeros_like(z)))
+    log_q = log_q_fn(a)
+    val = jnp.where(z < 0, log_q, jnp.log1p(-jnp.exp(log_q)))
+    limit = jnp.where(z > 0, jnp.zeros_like(z), jnp.full_like(z, -jnp.inf))
+    return jnp.where(finite, val, jnp.where(jnp.isnan(z), z, limit))
 
 
 def _logistic_diff_log_q(x: Array) -> Array:
@@ -439,7 +478,7 @@ class Laplace(_AbstractLocationScale):
         scale: $s > 0$ (the variance is $2s^2$).
 
     Raises:
-        ValueError: if `scale <= 0` (checked when concrete).
+        ValueError: if `scale <= 0` (at once when concrete, when the program runs when traced).
     """
 
     scale: Array
@@ -478,9 +517,7 @@ class Laplace(_AbstractLocationScale):
     def log_diff_cdf(self, x: ArrayLike) -> Array:
         r"""$\log P[\varepsilon_2 - \varepsilon_1 \le x]$ in closed form (see the class)."""
         z, _ = self._z(x)
-        a = jnp.abs(z)
-        log_q = jnp.log(2.0 + a) - a - _LOG4
-        return jnp.where(z < 0, log_q, jnp.log1p(-jnp.exp(log_q)))
+        return _diff_cdf_limits(z, lambda a: jnp.log(2.0 + a) - a - _LOG4)
 
 
 class Uniform(_AbstractLocationScale):
@@ -496,7 +533,7 @@ class Uniform(_AbstractLocationScale):
         scale: the width $s > 0$ (the variance is $s^2/12$).
 
     Raises:
-        ValueError: if `scale <= 0` (checked when concrete).
+        ValueError: if `scale <= 0` (at once when concrete, when the program runs when traced).
     """
 
     scale: Array

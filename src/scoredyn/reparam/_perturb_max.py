@@ -3,11 +3,18 @@ r"""The perturb-and-argmax distribution over classes."""
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int
 
 from .._custom_types import Key
 from .._misc import is_concrete
-from ._noise import AbstractNoise, Gaussian, _check_method, _check_scores
+from ._noise import (
+    AbstractNoise,
+    Gaussian,
+    _check_method,
+    _check_scores,
+    _resolve_infinite_scores,
+)
 
 
 def _check_temperature(temperature: ArrayLike, dtype) -> Array:
@@ -42,6 +49,37 @@ def _tempered_softmax(z: Array, tau: Array) -> Array:
     return jax.nn.softmax(z / tau, axis=-1)
 
 
+def _check_score_values(mu: Array) -> None:
+    r"""Concrete scores of a distribution: no NaN, and at least one class not masked per row.
+
+    $-\infty$ masks a class (probability 0) and $+\infty$ classes share the win; a row whose
+    classes are all masked has no distribution. Traced scores are not checked (NaN in, NaN out,
+    row by row), as for the maps of `AbstractNoise`.
+    """
+    if not is_concrete(mu):
+        return
+    v = np.asarray(mu).reshape(-1, mu.shape[-1])
+    nan_rows = np.isnan(v).any(axis=-1)
+    if nan_rows.any():
+        r = int(np.argmax(nan_rows))
+        raise ValueError(
+            f"`mu` must not contain NaN, got {v[r]} in row {r} (use -inf to mask a class)."
+        )
+    dead = (v == -np.inf).all(axis=-1)
+    if dead.any():
+        r = int(np.argmax(dead))
+        raise ValueError(
+            f"`mu` masks every class (all scores -inf) in row {r}: no class can be drawn."
+        )
+
+
+@eqx.filter_jit
+def _relaxed(pm: "PerturbMax", key, shape: tuple[int, ...], tau):
+    # compiled whole, so an eager call and a call under the caller's jit run the same program
+    # and give the same bits (XLA may fuse `(mu + eps - max) / tau` differently otherwise)
+    return _tempered_softmax(pm._perturbed(key, shape), tau)
+
+
 def _check_shape(shape) -> tuple[int, ...]:
     if isinstance(shape, int):
         shape = (shape,)
@@ -74,10 +112,14 @@ class PerturbMax(eqx.Module):
             [`AbstractNoise.argmax_log_probs`][scoredyn.reparam.AbstractNoise.argmax_log_probs].
         num_nodes: quadrature nodes per panel (or $K$ for `"midpoint"`); `None` for the default.
 
+    A score of $-\infty$ masks its class (probability exactly 0, gradient 0), as with every
+    noise family; classes scored $+\infty$ share the probability equally.
+
     Raises:
         TypeError: if `mu` is not floating point or `noise` is not an `AbstractNoise`.
-        ValueError: for an empty class axis, an unknown `method`, `num_nodes < 2`, or
-            `method="exact"` where no closed form exists.
+        ValueError: for an empty class axis, an unknown `method`, `num_nodes < 2`,
+            `method="exact"` where no closed form exists, or concrete scores with a NaN or a
+            row whose classes are all masked.
 
     Example:
         ```python
@@ -102,6 +144,7 @@ class PerturbMax(eqx.Module):
         num_nodes: int | None = None,
     ):
         mu = _check_scores(mu)
+        _check_score_values(mu)
         noise = Gaussian() if noise is None else noise
         if not isinstance(noise, AbstractNoise):
             raise TypeError(
@@ -178,7 +221,8 @@ class PerturbMax(eqx.Module):
     def _perturbed(self, key: Key, shape) -> Array:
         shape = _check_shape(shape)
         eps = self.noise.sample(key, shape + self.mu.shape, self.mu.dtype)
-        return jnp.broadcast_to(self.mu, eps.shape) + eps
+        # +inf scores share the win (as in `probs`); -inf (masked) classes never win
+        return jnp.broadcast_to(_resolve_infinite_scores(self.mu), eps.shape) + eps
 
     def sample(self, key: Key, shape: tuple[int, ...] = ()) -> Int[Array, "..."]:
         r"""Draw classes by perturb-and-argmax: $\arg\max_j(\mu_j + \varepsilon_j)$.
@@ -213,7 +257,7 @@ class PerturbMax(eqx.Module):
             ValueError: if `temperature <= 0` (at trace time when concrete, else at run time).
         """
         tau = _check_temperature(temperature, self.mu.dtype)
-        return _tempered_softmax(self._perturbed(key, shape), tau)
+        return _relaxed(self, key, _check_shape(shape), tau)
 
     def straight_through_sample(
         self, key: Key, temperature: ArrayLike, shape: tuple[int, ...] = ()

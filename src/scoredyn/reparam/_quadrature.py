@@ -123,7 +123,7 @@ def sinh_gl_log_integrals(
     dtype = mu.dtype
     n = mu.shape[0]
     x_gl, w_gl = gauss_legendre(num_nodes, dtype)
-    mu_c = jax.lax.stop_gradient(mu)
+    act, mu, mu_c = _mask_scores(mu)
     half = jnp.asarray(0.5, dtype)
     med = quantile(half)
     iqr = quantile(jnp.asarray(0.75, dtype)) - quantile(jnp.asarray(0.25, dtype))
@@ -136,7 +136,7 @@ def sinh_gl_log_integrals(
         return log_pdf(e) + jnp.sum(jnp.where(mask, log_cdf(arg), 0.0))
 
     def one(i):
-        mask = idx != i
+        mask = (idx != i) & act  # a masked class (score -inf) never beats class i
         d = mu[i] - mu  # carries the gradient
         d_c = mu_c[i] - mu_c  # used to place the nodes
         L = lambda e: log_integrand(e, d_c, mask)
@@ -156,7 +156,7 @@ def sinh_gl_log_integrals(
         dbar = jnp.minimum(d_m, d_p)
         t_lo, t_hi = -jnp.arcsinh(r_m / dbar), jnp.arcsinh(r_p / dbar)
         # panel edges: the ends and the images of the non-smooth points
-        pts = (kinks[:, None] - d_c[None, :]).reshape(-1)
+        pts = jnp.where(act[None, :], kinks[:, None] - d_c[None, :], kinks[:, None]).reshape(-1)
         t_k = jnp.clip(jnp.arcsinh((pts - e_star) / dbar), t_lo, t_hi)
         edges = jnp.sort(jnp.concatenate([t_lo[None], t_k, t_hi[None]]))
         a, b = edges[:-1, None], edges[1:, None]
@@ -164,11 +164,32 @@ def sinh_gl_log_integrals(
         log_wts = safe_log(0.5 * (b - a) * w_gl[None, :]) + jnp.log(dbar * jnp.cosh(t))
         e = (e_star + dbar * jnp.sinh(t)).reshape(-1)
         e, log_wts = jax.lax.stop_gradient((e, log_wts.reshape(-1)))
-        # every node lies where L_i >= L_i(e*) - R (for concave L_i), so no node underflows
-        vals = jax.vmap(lambda ee: log_integrand(ee, d, mask))(e)
-        return safe_logsumexp(vals + log_wts)
+        # every node lies where L_i >= L_i(e*) - R (for concave L_i), so no node underflows,
+        # except when class i cannot win in this float format (a score gap of 1e30 in
+        # float32): there L_i(e) = -inf and its derivative is NaN, which the logsumexp's zero
+        # weight would turn into 0 * NaN. Such dead nodes see the held-fixed gaps instead, so
+        # their (zero) contribution to the gradient stays zero.
+        dead = jax.vmap(lambda ee: log_integrand(ee, d_c, mask))(e) == -jnp.inf
+        vals = jax.vmap(lambda ee, dd: log_integrand(ee, jnp.where(dd, d_c, d), mask))(e, dead)
+        return jnp.where(act[i], safe_logsumexp(vals + log_wts), -jnp.inf)
 
     return jax.vmap(one)(idx)
+
+
+def _mask_scores(mu: Array) -> tuple[Array, Array, Array]:
+    r"""Masked classes (score $-\infty$) for the quadrature rules.
+
+    Returns `(active, mu_f, mu_c)`: `active[j]` is False where $\mu_j = -\infty$ (a NaN score
+    counts as active, so that NaN propagates); `mu_f` replaces the masked scores by a finite
+    placeholder (the largest active score) with a zero gradient, and `mu_c` is `mu_f` held
+    fixed. A masked class gets $\log p = -\infty$ and drops out of every other class's product
+    (its CDF factor is $F(+\infty) = 1$), so the rule sees only the active classes.
+    """
+    mu_c = jax.lax.stop_gradient(mu)
+    act = mu_c != -jnp.inf
+    top = jnp.max(jnp.where(act, mu_c, -jnp.inf))
+    fill = jnp.where(top > -jnp.inf, top, jnp.zeros_like(top))
+    return act, jnp.where(act, mu, fill), jnp.where(act, mu_c, fill)
 
 
 # --------------------------------------------------------------------------- the baseline
@@ -190,12 +211,14 @@ def midpoint_log_integrals(
     k = jnp.arange(1, num_nodes + 1, dtype=dtype)
     e = quantile(k / (num_nodes + 1))  # (K,)
     idx = jnp.arange(n)
+    act, mu, _ = _mask_scores(mu)
 
     def one(i):
-        mask = idx != i
+        mask = (idx != i) & act
         d = mu[i] - mu
-        vals = jnp.sum(jnp.where(mask[None, :], log_cdf(e[:, None] + d[None, :]), 0.0), axis=1)
-        return safe_logsumexp(vals) - math.log(num_nodes)
+        arg = jnp.where(mask[None, :], e[:, None] + d[None, :], e[:, None])
+        vals = jnp.sum(jnp.where(mask[None, :], log_cdf(arg), 0.0), axis=1)
+        return jnp.where(act[i], safe_logsumexp(vals) - math.log(num_nodes), -jnp.inf)
 
     return jax.vmap(one)(idx)
 

@@ -9,6 +9,7 @@ import numpy as np
 from jax.scipy.special import logsumexp
 from jaxtyping import Array, ArrayLike, Float
 
+from .._checks import runtime_check
 from .._custom_types import Key, Scalar, Time
 from .._misc import as_float, check_time, is_concrete
 from .._sde import AbstractLinearSDE
@@ -31,8 +32,9 @@ class GaussianMixture(eqx.Module):
         covs: shape `(k, d, d)`, symmetric positive definite.
 
     Raises:
-        ValueError: for mismatched shapes, negative weights, weights not summing to one, or
-            covariances that are not symmetric positive definite (checked on concrete values).
+        ValueError: for mismatched shapes, negative or NaN weights, weights not summing to one,
+            means that are not finite, or covariances that are not symmetric positive definite
+            (at once on concrete values; traced ones are checked when the program runs).
 
     Example:
         ```python
@@ -63,7 +65,13 @@ class GaussianMixture(eqx.Module):
         d = means.shape[1]
         if covs.shape != (k, d, d):
             raise ValueError(f"`covs` must have shape (k={k}, d={d}, d={d}), got {covs.shape}.")
-        # Checks run in numpy on concrete inputs only (inside jit the values are tracers).
+        # Checks run in numpy on concrete inputs; traced inputs (a mixture built under jit,
+        # vmap or grad) are checked when the program runs, below.
+        if is_concrete(means):
+            m = np.asarray(means)
+            if not np.isfinite(m).all():
+                row = int(np.argmax(~np.isfinite(m).all(axis=1)))
+                raise ValueError(f"`means` must be finite, got {m[row]} in row {row}.")
         if is_concrete(weights):
             w = np.asarray(weights)
             if (w < 0).any() or not np.isfinite(w).all():
@@ -83,6 +91,8 @@ class GaussianMixture(eqx.Module):
                     f"{lo[bad[0]]}."
                 )
         evals, evecs = jnp.linalg.eigh(covs)
+        if not is_concrete(weights, means, covs):
+            weights, means, covs, evals, evecs = _runtime_checks(weights, means, covs, evals, evecs)
         self.weights, self.means, self.covs = weights, means, covs
         self.eigvals, self.eigvecs = evals, evecs
 
@@ -247,6 +257,23 @@ class GaussianMixture(eqx.Module):
         r"""The exact noise prediction $(t, x) \mapsto -\sigma(t)\nabla_x\log p_t(x)$ under
         `sde`."""
         return MixtureScore(self, sde, "eps")
+
+
+def _runtime_checks(weights, means, covs, evals, evecs):
+    """The constructor's checks for traced parameters, as `equinox.error_if` (one per argument,
+    each naming it); the arrays returned carry the checks."""
+    w_bad = ~jnp.all((weights >= 0) & jnp.isfinite(weights)) | (
+        jnp.abs(jnp.sum(weights) - 1.0) > 1e-5
+    )
+    weights = runtime_check(weights, w_bad, "`weights` must be non-negative, finite, sum to one.")
+    means = runtime_check(means, ~jnp.all(jnp.isfinite(means)), "`means` must be finite.")
+    scale = jnp.maximum(jnp.max(jnp.abs(covs)), 1.0)
+    asym = jnp.max(jnp.abs(covs - jnp.swapaxes(covs, -1, -2)))
+    c_bad = ~(asym <= 1e-6 * scale) | ~jnp.all(evals > 0)  # NaN fails both
+    covs, evals, evecs = runtime_check(
+        (covs, evals, evecs), c_bad, "`covs` must be symmetric positive definite."
+    )
+    return weights, means, covs, evals, evecs
 
 
 class _PosteriorMixture(eqx.Module):
