@@ -1486,7 +1486,40 @@ bad(
     lambda: sd.sample_ode(K0, VP, SCORE, (2,), t_eps=1e-3 + 1j),  # pyright: ignore[reportArgumentType]
     TypeError,
     "t_eps",
-    xfail="_solve/_utils.check_t_eps converts with a bare float() (owned by the solver layer)",
+)
+
+# ---- solver-layer follow-ups of round two: traced eta, a user's variance rule, NaN at encode
+bad(
+    "DDIM",
+    "traced eta < 0",
+    jit_call(
+        lambda e: sd.sample(K0, SCHED, sd.EpsModel(DEPS), sd.DDIM(eta=e), TAU, X).x,
+        -0.5,
+    ),
+    RuntimeError,
+    "eta",
+    runtime=True,
+)
+bad(
+    "make_chain",
+    "variance callable returning < 0",
+    jit_call(
+        lambda x: sd.make_chain(SCHED, TAU, 1.0, lambda n, m, x_n, e: jnp.full((), -0.1)).variances(  # pyright: ignore
+            jnp.int32(4), jnp.int32(2), x, x
+        ),
+        X,
+    ),
+    RuntimeError,
+    "variances",
+    runtime=True,
+)
+bad(
+    "encode",
+    "NaN in x0",
+    lambda: sd.encode(VP, SCORE, X.at[0].set(jnp.nan)),
+    ValueError,
+    "x0",
+    "nan",
 )
 
 # ---- NaN data at the data-set boundaries: the error blames `x` / `data`, not `t`

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array
 
-from .._checks import check_float_dtype, check_int
+from .._checks import check_float_dtype, check_int, real_float
 from .._misc import as_float, check_vector_field, is_concrete
 from .._sde import VESDE, AbstractLinearSDE, AbstractSDE
 
@@ -58,8 +58,8 @@ def check_t_eps(t_eps, sde: AbstractSDE, *, likelihood: bool = False, name: str 
     if t_eps is None:
         return default_t_eps(sde, likelihood=likelihood)
     if is_concrete(t_eps, sde.T):
-        v = float(np.asarray(t_eps))
-        T = float(np.asarray(sde.T))
+        v = real_float(t_eps, name)
+        T = real_float(sde.T, "T")
         if not (0.0 < v < T) or math.isnan(v):
             raise ValueError(f"`{name}` must satisfy 0 < {name} < T = {T}, got {v}.")
     return t_eps

@@ -46,5 +46,7 @@ class DDIM(AbstractDiscreteSolver):
     def chain(self, sched: DiscreteSchedule, tau) -> Chain:
         tau = check_tau(tau, sched.num_steps)
         t = pair_terms(sched, tau[1:], tau[:-1])
-        lam2 = jnp.asarray(self.eta, t.beta_tilde.dtype) ** 2 * t.beta_tilde
+        # check_eta's return value carries the run-time check of a traced eta
+        eta = check_eta(self.eta)
+        lam2 = jnp.asarray(eta, t.beta_tilde.dtype) ** 2 * t.beta_tilde
         return make_chain(sched, tau, lam2, lam2, final_noise=self.final_noise, terms=t)

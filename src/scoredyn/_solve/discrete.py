@@ -30,7 +30,7 @@ from .._custom_types import Key
 from .._discrete.posterior import PairTerms, check_lam2, pair_terms
 from .._discrete.respace import check_tau
 from .._discrete.schedule import DiscreteSchedule, concrete_value
-from .._discrete.step import StepCoeffs, check_var, step_coefficients
+from .._discrete.step import CheckedVarianceFn, StepCoeffs, check_var, step_coefficients
 from .._misc import safe_sqrt
 from .._model import AbstractModel
 from .base import AbstractSolver, AbstractState, Sample
@@ -117,7 +117,11 @@ def make_chain(
             t.sigma2_m,
             "forward_lam2",
         )
-    if not callable(variances):
+    if callable(variances):
+        # a user's rule: its output is checked when the program runs (negative or NaN raises)
+        if not isinstance(variances, CheckedVarianceFn):
+            variances = CheckedVarianceFn(variances, "variances")
+    else:
         variances = check_var(variances, "variances")
         if variances.shape != (K,):
             raise ValueError(

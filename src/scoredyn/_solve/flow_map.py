@@ -3,6 +3,7 @@
 import diffrax
 from jaxtyping import ArrayLike, Float
 
+from .._checks import check_finite_data
 from .._custom_types import ScoreFn
 from .._sde import AbstractSDE
 from ._utils import check_sde, check_state, check_t_eps
@@ -63,7 +64,7 @@ def encode(
         ```
     """
     check_sde(sde)
-    x0 = check_state(x0, "x0")
+    x0 = check_finite_data(check_state(x0, "x0"), "x0")
     t_eps = check_t_eps(t_eps, sde)
     return solve_flow(
         sde,
@@ -123,7 +124,7 @@ def decode(
         ValueError: for `t_eps` outside $(0, T)$ or badly ordered `ts`.
     """
     check_sde(sde)
-    z = check_state(z, "z")
+    z = check_finite_data(check_state(z, "z"), "z")
     t_eps = check_t_eps(t_eps, sde)
     return solve_flow(
         sde,

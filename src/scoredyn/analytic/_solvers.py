@@ -31,6 +31,7 @@ def _forward(eta) -> tuple[str, float]:
 
 def _lam2(sched, tau, eta):
     t = pair_terms(sched, tau[1:], tau[:-1])
+    eta = check_eta(eta)  # the returned value carries the run-time check of a traced eta
     return t, jnp.asarray(eta, t.beta_tilde.dtype) ** 2 * t.beta_tilde
 
 
