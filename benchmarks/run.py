@@ -1,4 +1,4 @@
-"""Entry point: ``python -m benchmarks.run [--quick] [--sections 1,2,3,4,5] [--out DIR]``.
+"""Entry point: ``python -m benchmarks.run [--quick] [--sections 1,2,3,4,5,6] [--out DIR]``.
 
 Writes ``<out>/<date>-<machine>.md`` (the tables), ``.png`` (the plot) and ``.json`` (raw numbers).
 """
@@ -23,15 +23,16 @@ SECTIONS = {
     3: "ode",
     4: "quality",
     5: "peer",
+    6: "batched",
 }
 
 
 def _parse(argv):
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
     p.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run, about a minute)")
-    p.add_argument("--sections", default="1,2,3,4,5", help="comma-separated subset of 1..5")
+    p.add_argument("--sections", default="1,2,3,4,5,6", help="comma-separated subset of 1..6")
     p.add_argument("--out", default=str(Path(__file__).parent / "results"), help="output folder")
-    p.add_argument("--repeats", type=int, default=None, help="timing repeats (section 1, 5)")
+    p.add_argument("--repeats", type=int, default=None, help="timing repeats (sections 1, 5, 6)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
     return p.parse_args(argv)
 
@@ -56,6 +57,15 @@ def _run_section(i: int, quick: bool, repeats, log):
         from . import quality as m
 
         kw = dict(num_samples=2**12, num_entropy=2**16, nfes=(5, 10, 20)) if quick else {}
+        return m, m.run(log=log, **kw)
+    if i == 6:
+        from . import batched as m
+
+        kw: dict = {}
+        if quick:
+            kw = dict(batches=(16,), ode_batches=(64,), cheap_batches=(16,), budget_s=2.0)
+        if repeats:
+            kw["repeats"] = repeats
         return m, m.run(log=log, **kw)
     from . import peer as m
 
@@ -85,7 +95,7 @@ def main(argv=None) -> int:
     sections = sorted({int(s) for s in args.sections.split(",") if s.strip()})
     bad = [s for s in sections if s not in SECTIONS]
     if bad:
-        raise SystemExit(f"--sections: unknown section(s) {bad}; choose from 1..5.")
+        raise SystemExit(f"--sections: unknown section(s) {bad}; choose from 1..6.")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.now().strftime("%Y-%m-%d")

@@ -42,3 +42,19 @@ def getkey():
         return sub
 
     return _getkey
+
+
+# `SCOREDYN_TEST_CPU_LOG=path` appends each test's CPU seconds (process time, all threads:
+# XLA compiles in worker threads) to `path`: a suite profile independent of the machine's load.
+_CPU_LOG = os.environ.get("SCOREDYN_TEST_CPU_LOG")
+if _CPU_LOG:
+    import time
+
+    _CPU_LOG_PATH: str = _CPU_LOG
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_protocol(item, nextitem):
+        t0 = time.process_time()
+        yield
+        with open(_CPU_LOG_PATH, "a") as f:
+            f.write(f"{time.process_time() - t0:.3f}\t{item.nodeid}\n")

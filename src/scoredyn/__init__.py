@@ -29,6 +29,10 @@ from ._discrete import (
     sample_discrete as sample_discrete,
     trajectory as trajectory,
 )
+from ._discrete.diffusers_config import (
+    DiffusersConfig as DiffusersConfig,
+    from_diffusers_config as from_diffusers_config,
+)
 
 # -- flow matching: interpolants as processes --
 from ._flow import (
@@ -38,6 +42,14 @@ from ._flow import (
     TimeShift as TimeShift,
     VelocityModel as VelocityModel,
     flow_matching_loss as flow_matching_loss,
+)
+from ._inverse import (  # inverse problems: inpainting, RePaint, DPS, DDIM inversion
+    DPS as DPS,
+    DPSGuidance as DPSGuidance,
+    Inpaint as Inpaint,
+    RePaint as RePaint,
+    RePaintInfo as RePaintInfo,
+    ddim_inversion as ddim_inversion,
 )
 
 # -- solve / likelihood (foundation) --
@@ -51,6 +63,7 @@ from ._likelihood import (
 )
 from ._model import (
     AbstractModel as AbstractModel,
+    BatchedNet as BatchedNet,
     ClassifierFreeGuidance as ClassifierFreeGuidance,
     ClassifierGuidance as ClassifierGuidance,
     ClipX0 as ClipX0,
@@ -89,6 +102,10 @@ from ._solve import (
     DiscreteInfo as DiscreteInfo,
     DiscreteState as DiscreteState,
     DPMSolver as DPMSolver,
+    DPMSolverAdaptive as DPMSolverAdaptive,
+    DPMSolverFast as DPMSolverFast,
+    DPMSolverInfo as DPMSolverInfo,
+    DPMSolverMultistep as DPMSolverMultistep,
     DPMSolverPP as DPMSolverPP,
     DPMSolverPPInfo as DPMSolverPPInfo,
     EDMHeun as EDMHeun,
@@ -102,6 +119,7 @@ from ._solve import (
     encode as encode,
     make_chain as make_chain,
     sample as sample,
+    sample_batch as sample_batch,
     sample_dpm_solver as sample_dpm_solver,
     sample_ode as sample_ode,
     sample_pc as sample_pc,

@@ -17,6 +17,7 @@ from .._misc import is_concrete
 from .._sde import AbstractLinearSDE, AbstractSDE, ProbabilityFlow, probability_flow
 from .._solve._utils import (
     check_controller,
+    check_progress_meter,
     check_score,
     check_sde,
     check_solver,
@@ -78,6 +79,7 @@ def log_likelihood(
     throw: bool = True,
     prior_log_prob: Callable[[Array], Scalar] | None = None,
     return_stats: bool = False,
+    progress_meter: diffrax.AbstractProgressMeter = diffrax.NoProgressMeter(),
 ):
     r"""Log-density $\log p_{t_\epsilon}(x)$ in nats by the instantaneous change of variables.
 
@@ -121,13 +123,20 @@ def log_likelihood(
         prior_log_prob: optional $z \mapsto \log p_T(z)$ replacing the Gaussian prior.
         return_stats: also return a dict with `latent` $x(T)$, `prior_log_prob`,
             `delta_log_prob` (the integral) and the solver counts (`num_steps`, `nfe`).
+        progress_meter: diffrax's progress meter for the solve from $t_\epsilon$ to $T$:
+            `diffrax.TextProgressMeter()` prints percentages to stdout,
+            `diffrax.TqdmProgressMeter()` draws a bar (needs tqdm). Over a data set
+            (`jax.vmap`) diffrax shows ONE meter for the batch, following its slowest
+            example. The default `diffrax.NoProgressMeter()` adds nothing, and a meter does
+            not change the result. See
+            [progress on long work](sampling.md#progress-on-long-work).
 
     Returns:
         The scalar $\log p_{t_\epsilon}(x)$; with `return_stats`, `(log_prob, stats)`.
 
     Raises:
-        TypeError: for a non-SDE `sde`, a wrong-shaped `score`, or a non-linear `sde` without
-            `prior_log_prob`.
+        TypeError: for a non-SDE `sde`, a wrong-shaped `score`, a non-linear `sde` without
+            `prior_log_prob`, or a `progress_meter` that is not a diffrax progress meter.
         ValueError: for a bad `estimator`, `probe`, `num_probes` or `t_eps`, Hutchinson
             without `key`, or an `x` with a NaN or infinite entry (at once when concrete, when
             the program runs when traced).
@@ -158,6 +167,7 @@ def log_likelihood(
     if stepsize_controller is None:
         stepsize_controller = diffrax.PIDController(rtol=rtol, atol=atol)
     check_controller(stepsize_controller)
+    check_progress_meter(progress_meter)
     t_eps = check_t_eps(t_eps, sde, likelihood=True)
     check_score(score, "score", sde.T, x)
     dtype = x.dtype
@@ -180,6 +190,7 @@ def log_likelihood(
         stepsize_controller=stepsize_controller,
         max_steps=max_steps,
         throw=throw,
+        progress_meter=progress_meter,
     )
     assert sol.ys is not None  # the default SaveAt(t1=True) saves the end state
     z, delta = sol.ys[0][0], sol.ys[1][0]
@@ -229,7 +240,7 @@ def bits_per_dim(
         levels: number of levels $L \ge 2$ per entry.
         dequantize: add $\Delta u$ (True) or treat `x` as already dequantised (False).
         **kwargs: passed to [`log_likelihood`][scoredyn.log_likelihood] (`estimator`,
-            `t_eps`, `rtol`, ...).
+            `t_eps`, `rtol`, `progress_meter`, ...).
 
     Returns:
         The scalar bits/dim; with `return_stats=True`, `(bpd, stats)`.

@@ -7,6 +7,7 @@ from .base import (
     check_model as check_model,
     check_model_output as check_model_output,
 )
+from .batched import BatchedNet as BatchedNet
 from .clip import ClipX0 as ClipX0
 from .edm import EDMPrecond as EDMPrecond
 from .guidance import (

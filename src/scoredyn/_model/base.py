@@ -94,6 +94,47 @@ class AbstractModel(eqx.Module):
         return self.v_at(*_at(process, t, x), x, *cond)
 
 
+class NetOutputShapeError(ValueError, TypeError):
+    """A network returned an array not shaped like `x` (a `ValueError`; also a `TypeError`,
+    which `check_model_output` raised for it before this check existed)."""
+
+
+def _swap_hint(cls: str, t, x) -> str:
+    return (
+        f"scoredyn calls a {cls}'s network as net(t, x, *cond): ONE example, the scalar time t "
+        f"(shape {jnp.shape(t)}) FIRST, then x (shape {jnp.shape(x)}). A network written as "
+        "f(x, t) (score_sde's score_fn(x, t), k-diffusion's model(x, sigma)) must be wrapped: "
+        f"sd.{cls}(lambda t, x: f(x, t)); a batched network is called on one example "
+        "(jax.vmap the sampler)."
+    )
+
+
+def call_net(model, t, x, cond: tuple):
+    """`model.net(t, x, *cond)`, checked at trace time (shapes only, no run-time cost): an
+    output not shaped like `x` raises `NetOutputShapeError`, and an error inside the network
+    gets a note on the argument order."""
+    cls = type(model).__name__
+    try:
+        out = model.net(t, x, *cond)
+    except Exception as e:
+        if jnp.ndim(t) == 0 and jnp.ndim(x) > 0:
+            e.add_note(f"(while calling the network of `model`) {_swap_hint(cls, t, x)}")
+        raise
+    shape = getattr(out, "shape", None)
+    if shape is not None and tuple(shape) != tuple(jnp.shape(x)):
+        likely = (
+            "This is what a network written as f(x, t) returns when called with t first: the "
+            "shape of its first argument, t. "
+            if tuple(shape) == tuple(jnp.shape(t)) and jnp.ndim(x) > 0
+            else ""
+        )
+        raise NetOutputShapeError(
+            f"the network of `model` ({cls}) must return an array shaped like x "
+            f"{tuple(jnp.shape(x))}, got shape {tuple(shape)}. {likely}{_swap_hint(cls, t, x)}"
+        )
+    return out
+
+
 def _check_net(net, cls: str) -> None:
     if not callable(net):
         raise TypeError(f"`net` of {cls} must be callable (t, x, *cond) -> array, got {net!r}.")
@@ -115,7 +156,7 @@ class EpsModel(AbstractModel):
         _check_net(self.net, "EpsModel")
 
     def eps_at(self, alpha, sigma, t, x, *cond):
-        return self.net(t, x, *cond)
+        return call_net(self, t, x, cond)
 
 
 class ScoreModel(AbstractModel):
@@ -128,10 +169,10 @@ class ScoreModel(AbstractModel):
         _check_net(self.net, "ScoreModel")
 
     def eps_at(self, alpha, sigma, t, x, *cond):
-        return eps_from_score(alpha, sigma, x, self.net(t, x, *cond))
+        return eps_from_score(alpha, sigma, x, call_net(self, t, x, cond))
 
     def score_at(self, alpha, sigma, t, x, *cond):
-        return self.net(t, x, *cond)
+        return call_net(self, t, x, cond)
 
 
 class X0Model(AbstractModel):
@@ -144,10 +185,10 @@ class X0Model(AbstractModel):
         _check_net(self.net, "X0Model")
 
     def eps_at(self, alpha, sigma, t, x, *cond):
-        return eps_from_x0(alpha, sigma, x, self.net(t, x, *cond))
+        return eps_from_x0(alpha, sigma, x, call_net(self, t, x, cond))
 
     def x0_at(self, alpha, sigma, t, x, *cond):
-        return self.net(t, x, *cond)
+        return call_net(self, t, x, cond)
 
 
 class VModel(AbstractModel):
@@ -166,14 +207,14 @@ class VModel(AbstractModel):
         _check_net(self.net, "VModel")
 
     def eps_at(self, alpha, sigma, t, x, *cond):
-        return eps_from_v(alpha, sigma, x, self.net(t, x, *cond))
+        return eps_from_v(alpha, sigma, x, call_net(self, t, x, cond))
 
     def x0_at(self, alpha, sigma, t, x, *cond):
-        v = self.net(t, x, *cond)
+        v = call_net(self, t, x, cond)
         return (alpha * x - sigma * v) / (alpha**2 + sigma**2)
 
     def v_at(self, alpha, sigma, t, x, *cond):
-        return self.net(t, x, *cond)
+        return call_net(self, t, x, cond)
 
 
 def check_model(model, name: str = "model") -> AbstractModel:

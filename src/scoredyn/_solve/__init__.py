@@ -16,6 +16,12 @@ from .dpm_solver import (
     dpm_solver as dpm_solver,
     sample_dpm_solver as sample_dpm_solver,
 )
+from .dpm_solver_adaptive import DPMSolverAdaptive as DPMSolverAdaptive
+from .dpm_solver_fast import DPMSolverFast as DPMSolverFast
+from .dpm_solver_multistep import (
+    DPMSolverInfo as DPMSolverInfo,
+    DPMSolverMultistep as DPMSolverMultistep,
+)
 from .dpm_solver_pp import DPMSolverPP as DPMSolverPP, DPMSolverPPInfo as DPMSolverPPInfo
 from .edm import EDMHeun as EDMHeun
 from .euler_maruyama import EulerMaruyama as EulerMaruyama
@@ -25,4 +31,4 @@ from .ode_solver import ODE as ODE
 from .predictor_corrector import PredictorCorrector as PredictorCorrector
 from .sde import sample_sde as sample_sde, simulate_sde as simulate_sde
 from .unipc import UniPC as UniPC, UniPCVariant as UniPCVariant
-from .verbs import sample as sample
+from .verbs import sample as sample, sample_batch as sample_batch

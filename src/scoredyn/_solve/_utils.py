@@ -87,6 +87,14 @@ def check_controller(controller, name: str = "stepsize_controller") -> None:
         raise TypeError(f"`{name}` must be a diffrax step-size controller, got {controller!r}.")
 
 
+def check_progress_meter(meter, name: str = "progress_meter") -> None:
+    if not isinstance(meter, diffrax.AbstractProgressMeter):
+        raise TypeError(
+            f"`{name}` must be a diffrax progress meter (e.g. diffrax.TextProgressMeter()), "
+            f"got {meter!r}."
+        )
+
+
 def check_ts(ts, lo, hi, dtype, *, decreasing: bool, name: str = "ts"):
     """Save times: a 1-D array inside the integration interval, ordered along it."""
     if ts is None:

@@ -27,6 +27,7 @@ from .._sde import AbstractSDE, reverse_sde
 from ._continuous import ModelScore, check_grid, check_linear_process, solution_ys
 from ._utils import (
     check_controller,
+    check_progress_meter,
     check_score,
     check_solver,
     evals_per_step,
@@ -244,10 +245,17 @@ class DiffraxSDE(AbstractSolver):
             $|t_K - t_0| / (2K)$.
         max_steps: diffrax's step budget.
         throw: raise when the solver fails.
+        progress_meter: diffrax's progress meter for the whole solve (`sd.sample`; the step
+            API runs without one): `diffrax.TextProgressMeter()` prints percentages to
+            stdout, `diffrax.TqdmProgressMeter()` draws a bar (needs tqdm). Under `jax.vmap`
+            diffrax shows ONE meter for the batch, following its slowest element. The default
+            `diffrax.NoProgressMeter()` adds nothing, and a meter does not change the path.
+            See [progress on long work](sampling.md#progress-on-long-work).
 
     Raises:
-        TypeError: at construction, for a non-diffrax `solver` or `stepsize_controller`; in
-            [`sample`][scoredyn.sample], for a `process` that is not a linear SDE.
+        TypeError: at construction, for a non-diffrax `solver`, `stepsize_controller` or
+            `progress_meter`; in [`sample`][scoredyn.sample], for a `process` that is not a
+            linear SDE.
         ValueError: for a grid that is not strictly decreasing inside $[0, T]$, or not uniform
             with fixed steps.
 
@@ -266,9 +274,11 @@ class DiffraxSDE(AbstractSolver):
     brownian_tol: float | None = None
     max_steps: int | None = eqx.field(static=True, default=65_536)
     throw: bool = eqx.field(static=True, default=True)
+    progress_meter: diffrax.AbstractProgressMeter = diffrax.NoProgressMeter()
 
     def __check_init__(self):
         check_solver(self.solver)
+        check_progress_meter(self.progress_meter)
         if self.stepsize_controller is not None:
             check_controller(self.stepsize_controller)
 
@@ -420,6 +430,7 @@ class DiffraxSDE(AbstractSolver):
             stepsize_controller=controller,
             max_steps=self.max_steps,
             throw=self.throw,
+            progress_meter=self.progress_meter,
         )
         ys = solution_ys(sol)
         x = ys[-1]

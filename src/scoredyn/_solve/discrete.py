@@ -26,14 +26,13 @@ import numpy as np
 from jax import lax
 from jaxtyping import Array, Float, Int
 
-from .._custom_types import Key
 from .._discrete.posterior import PairTerms, check_lam2, pair_terms
 from .._discrete.respace import check_tau
 from .._discrete.schedule import DiscreteSchedule, concrete_value
 from .._discrete.step import CheckedVarianceFn, StepCoeffs, check_var, step_coefficients
 from .._misc import safe_sqrt
 from .._model import AbstractModel
-from .base import AbstractSolver, AbstractState, Sample
+from .base import AbstractSolver, AbstractState, Sample, SolverKey, map_key, normal_like
 
 VarianceFn = Callable[[Array, Array, Array, Array], Array]
 
@@ -194,14 +193,19 @@ class AbstractDiscreteSolver(AbstractSolver):
 
     def step_key(self, key, i, num_steps):
         # the pair index counts down; folding it in keeps the bits of scoredyn 0.1's sampler
-        return jax.random.fold_in(key, num_steps - 1 - i)
+        return map_key(lambda k: jax.random.fold_in(k, num_steps - 1 - i), key)
+
+    def batch_noise(self) -> bool:
+        return True
 
     def init(self, process, model, grid, x_T, cond: tuple = ()) -> DiscreteState:
         sched = self._check_process(process)
         chain = self.chain(sched, grid)
         return init_chain(chain, sched, model, x_T, cond, self.is_stochastic(sched, grid))
 
-    def step(self, key: Key | None, state: AbstractState) -> tuple[DiscreteState, DiscreteInfo]:
+    def step(
+        self, key: SolverKey | None, state: AbstractState
+    ) -> tuple[DiscreteState, DiscreteInfo]:
         assert isinstance(state, DiscreteState)
         return chain_step(key, state)
 
@@ -215,7 +219,7 @@ class AbstractDiscreteSolver(AbstractSolver):
 
         def body(x, s):
             c, t, std, n, m, k = s
-            kk = None if key is None else jax.random.fold_in(key, k)
+            kk = None if key is None else map_key(lambda kf: jax.random.fold_in(kf, k), key)
             x_new, _ = _reverse_step(kk, st, c, t, std, n, m, x)
             return x_new, (x_new if save_trajectory else None)
 
@@ -268,7 +272,7 @@ def _reverse_step(key, st: DiscreteState, c: StepCoeffs, t, std, n, m, x):
     if st.stochastic:
         if key is None:
             raise ValueError("this chain adds noise: `step` needs a key.")
-        z = jax.random.normal(key, x.shape, x.dtype)
+        z = normal_like(key, x)
         if st.var_fn is None:
             x_new = x_new + std * z
         else:

@@ -26,12 +26,11 @@ import numpy as np
 from jax import lax
 from jaxtyping import Array
 
-from .._custom_types import Key
 from .._misc import check_vector_field
 from .._model import AbstractModel
 from .._sde import AbstractLinearSDE
 from ._continuous import check_grid, check_linear_process, scan_states, with_start
-from .base import AbstractSolver, AbstractState, Sample
+from .base import AbstractSolver, AbstractState, Sample, SolverKey
 
 # Intermediate log-SNR fractions of Lu et al.'s singlestep solvers (2S: r1; 3S: r1, r2).
 _R2: tuple[float, ...] = (0.5,)
@@ -390,6 +389,9 @@ class DPMSolverPP(AbstractSolver):
         check_grid(grid, check_linear_process(process, self), float)
         return self.stochastic
 
+    def batch_noise(self) -> bool:
+        return True
+
     def nfe(self, num_steps: int) -> int:
         per = self.order if self._lu_singlestep else 1
         return per * num_steps + int(self.denoise_to_zero)
@@ -448,7 +450,7 @@ class DPMSolverPP(AbstractSolver):
         )
 
     def step(
-        self, key: Key | None, state: AbstractState
+        self, key: SolverKey | None, state: AbstractState
     ) -> tuple[DPMSolverPPState, DPMSolverPPInfo]:
         r"""One step $t_i \to t_{i+1}$: the model at $(t_i, x_i)$ (and at the stages of a
         singlestep solver), then the step's linear combination; with `stochastic`, plus
@@ -474,7 +476,7 @@ class DPMSolverPP(AbstractSolver):
         if self.stochastic:
             if key is None:
                 raise ValueError("DPMSolverPP(stochastic=True) adds noise: `step` needs a key.")
-            x_new = x_new + state.coef_z[i] * jax.random.normal(key, x.shape, x.dtype)
+            x_new = x_new + state.coef_z[i] * self.draw_noise(key, x)
         if self.denoise_to_zero:
             x_new = lax.cond(i == K - 1, lambda y: state.x0(t_next, y), lambda y: y, x_new)
         xs = (x, *state.xs[:-1]) if state.xs else ()

@@ -22,11 +22,11 @@ from jax import lax
 from jaxtyping import Array
 
 from .._checks import check_positive, concrete_value
-from .._custom_types import Key, ScalarLike
+from .._custom_types import ScalarLike
 from .._misc import check_vector_field
 from .._sde import AbstractLinearSDE
 from ._continuous import check_grid, check_linear_process, scan_states, with_start
-from .base import AbstractSolver, AbstractState, Sample
+from .base import AbstractSolver, AbstractState, Sample, SolverKey
 from .unipc import ModelX0
 
 _GAMMA_MAX = math.sqrt(2.0) - 1.0
@@ -151,6 +151,9 @@ class EDMHeun(AbstractSolver):
         check_grid(grid, check_linear_process(process, self), float)
         return not _known_zero(self.churn)
 
+    def batch_noise(self) -> bool:
+        return True
+
     def init(self, process, model, grid, x_T, cond: tuple = ()) -> EDMState:
         sde = check_linear_process(process, self)
         dtype = x_T.dtype
@@ -171,7 +174,7 @@ class EDMHeun(AbstractSolver):
         i = jnp.zeros((), jnp.int32)
         return EDMState(x_T, i, grid, s, alpha, gamma, s_top, sde, x0_fn)
 
-    def step(self, key: Key | None, state: AbstractState) -> tuple[EDMState, EDMInfo]:
+    def step(self, key: SolverKey | None, state: AbstractState) -> tuple[EDMState, EDMInfo]:
         r"""One step $s_i \to s_{i+1}$: churn (one draw from `key`, unless `churn` is 0), an
         Euler step, and Heun's correction unless $s_{i+1} = 0$."""
         assert isinstance(state, EDMState)
@@ -179,7 +182,7 @@ class EDMHeun(AbstractSolver):
         if not _known_zero(self.churn):
             if key is None:
                 raise ValueError("EDMHeun with churn > 0 adds noise: `step` needs a key.")
-            z = jax.random.normal(key, state.x.shape, state.x.dtype)
+            z = self.draw_noise(key, state.x)
         return _heun_step(self, state, z)
 
     def solve(self, key, process, model, grid, x_T, cond, save_trajectory) -> Sample:

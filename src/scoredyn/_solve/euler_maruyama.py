@@ -12,11 +12,9 @@ non-uniform grid. See [sampling the reverse SDE](../derivations/reverse-sde.md#s
 from typing import NamedTuple
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
-from .._custom_types import Key
 from ._continuous import (
     GridState,
     check_grid,
@@ -25,7 +23,7 @@ from ._continuous import (
     scan_states,
     with_start,
 )
-from .base import AbstractSolver, AbstractState, Sample
+from .base import AbstractSolver, AbstractState, Sample, SolverKey
 
 
 class SDEStepInfo(NamedTuple):
@@ -79,10 +77,13 @@ class EulerMaruyama(AbstractSolver):
         grid, _ = check_grid(grid, check_linear_process(process, self), float)
         return self.final_noise or grid.shape[0] > 2
 
+    def batch_noise(self) -> bool:
+        return True
+
     def init(self, process, model, grid, x_T, cond: tuple = ()) -> GridState:
         return init_grid_state(self, process, model, grid, x_T, cond)
 
-    def step(self, key: Key | None, state: AbstractState) -> tuple[GridState, SDEStepInfo]:
+    def step(self, key: SolverKey | None, state: AbstractState) -> tuple[GridState, SDEStepInfo]:
         r"""One Euler–Maruyama step $t_i \to t_{i+1}$ with one draw from `key` (none on the
         last step unless `final_noise`)."""
         assert isinstance(state, GridState)
@@ -98,7 +99,7 @@ class EulerMaruyama(AbstractSolver):
         if self.final_noise or K > 1:
             if key is None:
                 raise ValueError("EulerMaruyama adds noise on this grid: `step` needs a key.")
-            noise = g * jnp.sqrt(h) * jax.random.normal(key, x.shape, dtype)
+            noise = g * jnp.sqrt(h) * self.draw_noise(key, x)
             if not self.final_noise:
                 noise = jnp.where(i == K - 1, jnp.zeros_like(noise), noise)
             x_new = x_new + noise

@@ -20,7 +20,6 @@ import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array
 
-from .._custom_types import Key
 from .._misc import as_float, is_concrete
 from ._continuous import (
     GridState,
@@ -30,7 +29,7 @@ from ._continuous import (
     scan_states,
     with_start,
 )
-from .base import AbstractSolver, AbstractState, Sample
+from .base import AbstractSolver, AbstractState, Sample, SolverKey, map_key
 from .euler_maruyama import SDEStepInfo
 
 
@@ -101,18 +100,21 @@ class PredictorCorrector(AbstractSolver):
         check_grid(grid, check_linear_process(process, self), float)
         return True
 
+    def batch_noise(self) -> bool:
+        return True
+
     def nfe(self, num_steps: int) -> int:
         return num_steps * (1 + self.num_corrector_steps)
 
-    def step_key(self, key: Key, i, num_steps: int) -> Key:
+    def step_key(self, key: SolverKey, i, num_steps: int) -> SolverKey:
         """`split(key, K)[i]`, the keys of scoredyn 0.1's `sample_pc` (the whole solve splits
         once rather than calling this per step)."""
-        return jax.random.split(key, num_steps)[i]
+        return map_key(lambda k: jax.random.split(k, num_steps)[i], key)
 
     def init(self, process, model, grid, x_T, cond: tuple = ()) -> GridState:
         return init_grid_state(self, process, model, grid, x_T, cond)
 
-    def step(self, key: Key | None, state: AbstractState) -> tuple[GridState, SDEStepInfo]:
+    def step(self, key: SolverKey | None, state: AbstractState) -> tuple[GridState, SDEStepInfo]:
         r"""The corrector at $t_i$, then the predictor $t_i \to t_{i+1}$, with noise from
         `key` (split into the corrector's and the predictor's keys)."""
         if key is None:
@@ -122,7 +124,8 @@ class PredictorCorrector(AbstractSolver):
         dtype = x.dtype
         snr = as_float(self.snr, "snr").astype(dtype)  # a Python float stays a constant
         t, t_next = grid[i], grid[i + 1]
-        kc, kp = jax.random.split(key)
+        keys = map_key(jax.random.split, key)
+        kc, kp = (map_key(lambda k, j=j: k[j], keys) for j in (0, 1))
         if self.num_corrector_steps > 0:
             alpha_t, _ = sde.marginal(t)
             alpha_n, _ = sde.marginal(t_next)
@@ -130,15 +133,16 @@ class PredictorCorrector(AbstractSolver):
 
             def body(x, k):
                 s = score(t, x)
-                z = jax.random.normal(k, x.shape, dtype)
+                z = self.draw_noise(k, x)
                 eps = langevin_step_size(snr, a, z, s, self.axis_name)
                 return x + eps * s + jnp.sqrt(2.0 * eps) * z, None
 
-            x, _ = lax.scan(body, x, jax.random.split(kc, self.num_corrector_steps))
+            C = self.num_corrector_steps
+            x, _ = lax.scan(body, x, map_key(lambda k: jax.random.split(k, C), kc))
         f, g = sde.coefficients(t)
         f, g = f.astype(dtype), g.astype(dtype)
         h = t - t_next
-        z = jax.random.normal(kp, x.shape, dtype)
+        z = self.draw_noise(kp, x)
         s = score(t, x)
         x = x - h * (f * x - g**2 * s) + g * jnp.sqrt(h) * z
         new = eqx.tree_at(lambda st: (st.x, st.i), state, (x, i + 1))
@@ -151,6 +155,7 @@ class PredictorCorrector(AbstractSolver):
         state = self.init(process, model, grid, x_T, cond)
         K = self.num_steps(grid)
         step = lambda st, k: self.step(k, st)[0]
-        state, xs = scan_states(step, state, jax.random.split(key, K), save_trajectory)
+        keys = map_key(lambda k: jax.random.split(k, K), key)
+        state, xs = scan_states(step, state, keys, save_trajectory)
         traj = with_start(x_T, xs) if save_trajectory else None
         return Sample(state.x, traj, {"nfe": self.nfe(K), "num_steps": K})

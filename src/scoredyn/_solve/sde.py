@@ -24,6 +24,7 @@ from ._utils import (
     check_ts,
 )
 from .diffrax_sde import DiffraxSDE, simulate_kernel
+from .euler_maruyama import EulerMaruyama
 from .verbs import sample
 
 
@@ -187,7 +188,7 @@ def sample_sde(
     score: ScoreFn,
     shape: tuple[int, ...],
     *,
-    solver: diffrax.AbstractSolver = diffrax.Euler(),
+    solver: diffrax.AbstractSolver | EulerMaruyama = diffrax.Euler(),
     num_steps: int = 1000,
     stepsize_controller: diffrax.AbstractStepSizeController | None = None,
     t_eps: float | None = None,
@@ -218,12 +219,25 @@ def sample_sde(
     ([`DiffraxSDE`][scoredyn.DiffraxSDE]). Save times `ts` need not lie on that grid, so with
     `ts` the same diffrax kernel is run directly, saving at `ts`.
 
+    **The fast fixed-step path.** `solver=sd.EulerMaruyama()` runs the same Euler–Maruyama
+    steps without a Brownian tree: `sd.sample(k_bm, sde, sd.ScoreModel(score),
+    sd.EulerMaruyama(...), grid, x_T)` on the same uniform grid, one Gaussian draw per step
+    (`fold_in(k_bm, i)`), as cheap as a hand-written `lax.scan`.
+    `sd.EulerMaruyama(final_noise=True)` samples the same distribution as the default (noise on
+    every step, the last included); `sd.EulerMaruyama()` leaves the last step noise-free, so
+    the output is the mean of the last transition. The draws differ from the Brownian tree's
+    (same distribution, other bits). The default stays `diffrax.Euler()` on a
+    `VirtualBrownianTree`, bit for bit scoredyn 0.1's `sample_sde`; the tree is needed for
+    adaptive steps and higher-order SDE solvers.
+
     Args:
         key: PRNG key (split into the prior draw and the Brownian motion).
         sde: a linear SDE.
         score: $(t, x) \mapsto \nabla_x\log p_t(x)$, returning an array like x.
         shape: shape of ONE example (tuple of ints).
-        solver: a diffrax SDE solver (`Euler`, `Heun`, `ShARK`, ...).
+        solver: a diffrax SDE solver (`Euler`, `Heun`, `ShARK`, ...), or
+            [`sd.EulerMaruyama()`][scoredyn.EulerMaruyama] for fixed steps without a Brownian
+            tree (then `stepsize_controller`, `brownian_tol` and `ts` must be `None`).
         num_steps: number of equal steps from $T$ to $t_\epsilon$ (initial step when adaptive).
         stepsize_controller: `None` (fixed steps) or a diffrax controller.
         t_eps: end time $0 < t_\epsilon < T$; default $10^{-3}$ ($10^{-5}$ for VE).
@@ -239,7 +253,13 @@ def sample_sde(
 
     Raises:
         TypeError: for a bad `shape`, a non-linear `sde` or a wrong-shaped `score`.
-        ValueError: for `t_eps` outside $(0, T)$ or `num_steps < 1`.
+        ValueError: for `t_eps` outside $(0, T)$ or `num_steps < 1`; with
+            `sd.EulerMaruyama()`, for a `stepsize_controller`, `brownian_tol` or `ts`.
+
+    Example:
+        ```python
+        x = sd.sample_sde(key, sde, score, (2,), num_steps=200, solver=sd.EulerMaruyama())
+        ```
 
     References:
         Anderson, *Reverse-time diffusion equation models*, 1982; Song et al., arXiv:2011.13456.
@@ -250,10 +270,22 @@ def sample_sde(
     num_steps = check_num_steps(num_steps)
     t_eps = check_t_eps(t_eps, sde)
     check_score(score, "score", sde.T, jnp.zeros(shape, dtype))
-    _, _, ts = _check_simulation(
-        solver, stepsize_controller, num_steps, brownian_tol, ts, sde.T, t_eps, dtype, -1.0
-    )
-    method = DiffraxSDE(solver, stepsize_controller, brownian_tol, max_steps, throw)
+    method: DiffraxSDE | EulerMaruyama
+    if isinstance(solver, EulerMaruyama):
+        given = {"stepsize_controller": stepsize_controller, "brownian_tol": brownian_tol, "ts": ts}
+        bad = [name for name, v in given.items() if v is not None]
+        if bad:
+            raise ValueError(
+                f"sd.EulerMaruyama() takes fixed steps on the grid and no Brownian tree: "
+                f"{', '.join(f'`{b}`' for b in bad)} must be None (use a diffrax solver, e.g. "
+                "the default diffrax.Euler(), for adaptive steps or save times off the grid)."
+            )
+        method = solver
+    else:
+        _, _, ts = _check_simulation(
+            solver, stepsize_controller, num_steps, brownian_tol, ts, sde.T, t_eps, dtype, -1.0
+        )
+        method = DiffraxSDE(solver, stepsize_controller, brownian_tol, max_steps, throw)
     return _sample_sde_kernel(
         key, sde, score, shape, dtype, t_eps, method, num_steps, ts, return_stats
     )
@@ -281,6 +313,7 @@ def _sample_sde_kernel(key, sde, score, shape, dtype, t_eps, solver, num_steps, 
     k_prior, k_bm = jax.random.split(key)
     x_T = sde.prior_sample(k_prior, shape, dtype)
     if ts is not None:
+        assert isinstance(solver, DiffraxSDE)
         return simulate_kernel(
             k_bm,
             reverse_sde(sde, score),

@@ -21,6 +21,7 @@ from .._checks import check_data_rows, runtime_check
 from .._custom_types import Key
 from .._discrete import DiscreteSchedule
 from .._misc import as_float, check_vector_field, default_float, is_concrete
+from .._progress import Progress, check_progress, report
 from ._common import check_schedule
 
 
@@ -133,6 +134,7 @@ def estimate_gamma(
     num_noise: int = 1,
     chunk_size: int = 8192,
     control_variate: bool = True,
+    progress: Progress = False,
 ) -> GammaEstimate:
     r"""Estimate $\texttt{ms\_eps}_n = \frac1d\mathbb E\|\hat\varepsilon(x_n, n)\|^2$ for every $n$.
 
@@ -178,7 +180,7 @@ def estimate_gamma(
     calls at a time (`lax.map` over step chunks, `lax.scan` over sample batches); the noise of a
     step is drawn at once, so memory is $O(\max(\texttt{chunk\_size}, S)\cdot d)$. Statistics are
     accumulated in the default float (float64 when x64 is on) with a numerically stable pairwise
-    update. The results do not depend on `chunk_size`.
+    update. The results do not depend on `chunk_size`, nor on `progress`.
 
     Args:
         key: PRNG key.
@@ -191,6 +193,10 @@ def estimate_gamma(
         chunk_size: maximum number of `eps_fn` evaluations vectorised at once.
         control_variate: whether `ms_eps`/`stderr` are the control-variate values (default) or
             the plain ones. Both are always returned.
+        progress: report the steps $n$ done of $N$ on the host after each chunk of steps:
+            `True` for a tqdm bar (text lines on stderr without tqdm), or a callable
+            `progress(done, total)`; `False` (default) adds nothing to the program. See
+            [progress on long work](sampling.md#progress-on-long-work).
 
     Returns:
         A [`GammaEstimate`][scoredyn.analytic.GammaEstimate].
@@ -199,7 +205,8 @@ def estimate_gamma(
         ValueError: if `data` has fewer than 1 example or a row with NaN or $\pm\infty$ (at
             once when concrete, when the program runs when traced: one such row would make
             every entry NaN), $S < 8$, or `num_noise`/`chunk_size` are not positive ints;
-            TypeError if `eps_fn` does not return an array like `x`.
+            TypeError if `eps_fn` does not return an array like `x`, or `progress` is neither
+            a bool nor callable.
 
     References:
         Bao et al., *Analytic-DPM*, arXiv:2201.06503, Eq. 8-9.
@@ -221,8 +228,11 @@ def estimate_gamma(
     S = data.shape[0] * num_noise
     if S < 8:
         raise ValueError(f"need at least 8 samples (M * num_noise), got {S}.")
+    progress = check_progress(progress)
     check_vector_field(eps_fn, "eps_fn", jnp.asarray(sched.T, data.dtype), data[0])
-    plain, se_plain, cv, se_cv, coef = _estimate(key, sched, eps_fn, data, num_noise, chunk_size)
+    plain, se_plain, cv, se_cv, coef = _estimate(
+        key, sched, eps_fn, data, num_noise, chunk_size, progress
+    )
     ms, se = (cv, se_cv) if control_variate else (plain, se_plain)
     bbar = sched.one_minus_alpha_bar.astype(ms.dtype)
     gamma = jnp.where(bbar > 0, ms / jnp.where(bbar > 0, bbar, 1.0), 0.0)
@@ -240,7 +250,9 @@ def estimate_gamma(
 
 
 @eqx.filter_jit
-def _estimate(key, sched, eps_fn, data, num_noise: int, chunk_size: int):
+def _estimate(
+    key, sched, eps_fn, data, num_noise: int, chunk_size: int, progress: Progress = False
+):
     M = data.shape[0]
     shape = data.shape[1:]
     d = math.prod(shape)
@@ -291,7 +303,13 @@ def _estimate(key, sched, eps_fn, data, num_noise: int, chunk_size: int):
     # pad the steps 1..N to whole chunks of P (repeating step N), so one body is compiled
     num_chunks = -(-N // P)
     steps = jnp.minimum(jnp.arange(1, num_chunks * P + 1), N).reshape(num_chunks, P)
-    stats = jax.lax.map(jax.vmap(one_step), steps)
+
+    def chunk(ns):
+        out = jax.vmap(one_step)(ns)
+        report(progress, "estimate_gamma", "steps", ns, N, out)  # adds nothing when False
+        return out
+
+    stats = jax.lax.map(chunk, steps)
     stats = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:])[:N], stats)
     out = jax.vmap(_finalise)(stats)
     return jax.tree.map(lambda x: jnp.concatenate([jnp.zeros((1,) + x.shape[1:], x.dtype), x]), out)
