@@ -4,6 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.installed-demo
 DEV_STAMP := $(VENV)/.installed-dev
 # what `make lint` formats and checks with ruff; pyright takes its paths from pyproject.toml
 LINT_PATHS := $(wildcard src tests examples benchmarks)
@@ -16,9 +17,16 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 
+# the tests, the docs and everything they import (the demo's tests and the README's example
+# need the `demo` extra); it covers what `make demo` needs too
 $(STAMP): $(PY) pyproject.toml
 	$(PIP) install --quiet -e ".[tests,docs,demo]"
-	touch $(STAMP)
+	touch $(STAMP) $(DEMO_STAMP)
+
+# `make demo` installs only the `demo` extra (scikit-learn, matplotlib, tqdm, scipy)
+$(DEMO_STAMP): $(PY) pyproject.toml
+	$(PIP) install --quiet -e ".[demo]"
+	touch $(DEMO_STAMP)
 
 # the linters (the `dev` extra) only for `make lint`, so `make demo` stays lean
 $(DEV_STAMP): $(STAMP)
@@ -44,10 +52,10 @@ lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(VENV)/bin/pyright
 
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(PY) -m examples.digits $(DEMO_ARGS)
 
-demo-quick: $(STAMP)
+demo-quick: $(DEMO_STAMP)
 	$(PY) -m examples.digits --quick $(DEMO_ARGS)
 
 docs: $(STAMP)

@@ -27,6 +27,13 @@ from examples.digits import config as _config, data as _data, evaluate as _evalu
 import scoredyn as sd  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+EXTRA_FIGURES = ("guidance.png", "inpainting.png", "flow_vs_diffusion.png")
+EXTRA_TABLES = (
+    "Class-conditional model: held-out bits/dim",
+    "Classifier-free guidance",
+    "Inpainting the lower half",
+    "Diffusion and flow matching",
+)
 
 
 def _png_size(path):
@@ -165,6 +172,125 @@ def test_rerun_never_replaces_earlier_results(tmp_path):
     assert run_folder(tmp_path, "digits", True) == tmp_path / "digits"
 
 
+def test_extra_stages_have_their_own_checkpoint_hashes():
+    """The conditional and flow models hash their own settings: changing one never touches the
+    main network's checkpoint, and toys refuse the digit-only stages."""
+    a = _config.parse_config([])
+    b = _config.parse_config(["--cond-steps", "10", "--flow-steps", "7", "--inpaint", "0"])
+    assert a.training_hash() == b.training_hash()
+    for kind in ("conditional", "flow"):
+        h = _config.settings_hash(a.stage_settings(kind))
+        assert h != a.training_hash()
+        assert h != _config.settings_hash(b.stage_settings(kind))
+        assert h != _config.settings_hash(
+            _config.parse_config(["--seed", "3"]).stage_settings(kind)
+        )
+    assert a.stage_settings("conditional") != a.stage_settings("flow")
+    for flag in ("--cond-steps", "--flow-steps", "--inpaint"):
+        with pytest.raises(SystemExit, match=flag):
+            _config.parse_config(["--data", "moons", flag, "5"])
+        with pytest.raises(SystemExit, match=flag):
+            _config.parse_config([flag, "-1"])
+    toy = _config.parse_config(["--data", "moons"])
+    assert toy.cond_steps == toy.flow_steps == toy.num_inpaint == 0
+
+
+def test_digits_carry_their_labels():
+    data = _data.load_digits()
+    assert data.train_labels is not None and data.test_labels is not None
+    assert data.train_labels.shape == (1500,) and data.test_labels.shape == (297,)
+    assert data.num_classes == 10
+    from sklearn.datasets import load_digits
+
+    raw, y = load_digits(return_X_y=True)
+    # each held-out row is an sklearn digit with the same label
+    k = np.round((data.test[:5] + 1.0) * 8.0)
+    for row, label in zip(k, data.test_labels[:5]):
+        hits = np.flatnonzero(np.all(raw == row, axis=1))
+        assert hits.size and label in y[hits]
+
+
+def test_frechet_distance_matches_the_closed_form():
+    from examples.digits.flow import frechet_distance
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(4000, 3))
+    assert abs(frechet_distance(a, a)) < 1e-9
+    # N(0, I) against N(m, s^2 I): |m|^2 + d (1 - s)^2 for the sample moments
+    b = 2.0 * rng.normal(size=(4000, 3)) + 1.0
+    sa, sb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    ea, va = np.linalg.eigh(sa)
+    ra = va @ np.diag(np.sqrt(ea)) @ va.T
+    cross = np.sqrt(np.linalg.eigvalsh(ra @ sb @ ra)).sum()
+    mu = a.mean(0) - b.mean(0)
+    want = mu @ mu + np.trace(sa) + np.trace(sb) - 2 * cross
+    assert abs(frechet_distance(a, b) - want) < 1e-8
+    assert abs(frechet_distance(a, b) - 6.0) < 0.3  # |m|^2 = 3, d (1 - s)^2 = 3
+    # singular covariances (constant pixels) are fine
+    c = np.concatenate([a, np.zeros((4000, 2))], axis=1)
+    assert np.isfinite(frechet_distance(c, c + 0.1))
+
+
+def test_inpainting_helpers():
+    from examples.digits import inpaint
+
+    mask = inpaint.lower_half_mask((8, 8))
+    assert mask.shape == (64,) and mask[:32].all() and not mask[32:].any()
+    x = np.array([[-1.2, -0.96, 0.01, 0.07, 0.999]], np.float32)
+    np.testing.assert_allclose(inpaint.to_grid(x, 17), [[-1.0, -1.0, 0.0, 0.125, 1.0]])
+    data = _data.load_digits()
+    nn = inpaint.nearest_neighbour(data, data.train[:3], mask)
+    np.testing.assert_array_equal(nn, data.train[:3])  # its own training row is nearest
+
+
+def test_matched_t_eps_and_velocity_head():
+    """sigma/alpha = bin/sqrt(12) at the likelihood's start on both processes; the grid
+    velocity is eps - x0 of the grid head on the rectified flow."""
+    import jax
+    from examples.digits import flow, likelihood
+
+    for process in (sd.VPSDE(beta_min=0.1, beta_max=20.0), sd.RectifiedFlow()):
+        t = likelihood.matched_t_eps(process, 17)
+        a, s = process.marginal(t)
+        assert abs(float(s / a) - 0.125 / math.sqrt(12)) < 1e-5
+    rf = sd.RectifiedFlow()
+    logits = sd.nn.MLP(64, width=8, depth=1, out_size=64 * 17, key=jax.random.key(0))
+    grid = sd.nn.GridEps(logits, rf, 17)
+    vel = flow.GridVelocity(grid, rf)
+    x = jax.random.normal(jax.random.key(1), (64,))
+    for t in (0.3, 0.9):
+        np.testing.assert_allclose(vel(t, x), grid(t, x) - grid.x0(t, x), rtol=1e-4, atol=1e-4)
+    assert np.all(np.isfinite(np.asarray(vel(0.0, x))))  # t = 0 is a possible loss draw
+
+
+def test_progress_ticks_follow_repeated_runs():
+    from examples.digits.progress import Ticks
+
+    class Bar:
+        n = 0
+
+        def update(self, k):
+            self.n += k
+
+    bar = Bar()
+    ticks = Ticks(bar)
+    for done in (2, 5, 10, 3, 10):  # a run of 10, then another
+        ticks(done, 10)
+    assert bar.n == 20
+
+
+def test_mosaic_keeps_digits_apart():
+    from examples.digits.plots import GAP, _mosaic
+
+    img = _mosaic(np.zeros((4, 64)), (8, 8))
+    assert GAP >= 2
+    assert img.shape == (2 * 8 + 3 * GAP, 2 * 8 + 3 * GAP)
+    # a border, and every row and column between two digits, is a gap
+    for i in range(GAP):
+        for line in (i, GAP + 8 + i):
+            assert np.isnan(img[line, :]).all() and np.isnan(img[:, line]).all()
+
+
 def _small_training(tmp_path, steps):
     cfg = _config.parse_config(
         ["--quick", "--steps", str(steps), "--width", "16", "--depth", "1"]
@@ -248,6 +374,7 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     from examples.digits import main
 
     args = ["--quick", "--out", str(tmp_path), "--no-progress", "--steps", "300", "--eval", "24"]
+    args += ["--cond-steps", "100", "--flow-steps", "100", "--inpaint", "2"]
     folder = main(args)
     assert folder == tmp_path / "digits-quick"
     for name in (
@@ -257,11 +384,13 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
         "nll_vs_steps.png",
         "samples.png",
         "training_loss.png",
+        *EXTRA_FIGURES,
     ):
         assert (folder / name).is_file(), name
-    assert list((tmp_path / "checkpoints").glob("checkpoint-*.eqx")), "no checkpoint written"
+    for kind in ("checkpoint", "conditional", "flow"):
+        assert list((tmp_path / "checkpoints").glob(f"{kind}-*.eqx")), f"no {kind} checkpoint"
     assert not list((tmp_path / "checkpoints").glob("*.partial.*")), "partial checkpoint left"
-    for png in ("nll_vs_steps.png", "samples.png", "training_loss.png"):
+    for png in ("nll_vs_steps.png", "samples.png", "training_loss.png", *EXTRA_FIGURES):
         w, h = _png_size(folder / png)
         assert w > 100 and h > 100
 
@@ -282,8 +411,32 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     assert "Analytic-DPM" in table and "inf" in table  # DDIM's bound is infinite
     report = (folder / "report.md").read_text()
     assert "nll_vs_steps.png" in report and "samples.png" in report
+    for png in EXTRA_FIGURES:
+        assert f"]({png})" in report, png
     printed = capsys.readouterr().out
     assert "K=10" in printed and "PF-ODE" in printed
+    for title in EXTRA_TABLES:
+        assert title in printed and f"## {title}" in report, title
+
+    # the extra stages: every table's numbers are in results.json, in range
+    assert 0.8 < res["classifier_test_accuracy"] <= 1.0
+    g = res["guidance"]
+    assert g["scales"] == [0.0, 1.0, 2.0, 4.0]
+    for w in ("0", "1", "2", "4"):
+        assert 0.0 <= g["classifier_accuracy"][w] <= 1.0 and g["diversity"][w] > 0
+    c = res["conditional"]
+    for row in ("conditional", "null_label"):
+        assert 0.0 < c[row]["mean"] < math.log2(17) + 1 and c[row]["n"] == 2
+    inp = res["inpainting"]
+    assert inp["num_digits"] == 2 and set(inp["mse_lower_half"]) == set(inp["classifier_accuracy"])
+    assert len(inp["mse_lower_half"]) == 3 and len(inp["pf_ode_bits_per_dim"]) == 4
+    for v in inp["mse_lower_half"].values():
+        assert 0.0 <= v < 4.0  # pixels in [-1, 1]
+    fm = res["flow_matching"]
+    assert set(fm["pf_ode_bits_per_dim"]) == set(fm["pixel_frechet_distance"])
+    for name, d in fm["pixel_frechet_distance"].items():
+        assert set(d) == set(fm["settings"]) and all(v >= 0 for v in d.values()), name
+        assert 0.0 < fm["pf_ode_bits_per_dim"][name]["mean"] < math.log2(17) + 1
 
     # second run: same settings -> the checkpoint is re-used and the numbers are identical; the
     # first run's results are kept and the second goes to a fresh folder
@@ -291,8 +444,14 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     second = main(args)
     assert second == tmp_path / "digits-quick-2"
     assert (folder / "results.json").read_bytes() == first
-    assert "re-using checkpoint" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert printed.count("re-using checkpoint") == 3  # diffusion, conditional, flow
     again = json.loads((second / "results.json").read_text())
     assert again["bounds_bits_per_dim"] == res["bounds_bits_per_dim"]
     assert again["pf_ode_bits_per_dim"] == res["pf_ode_bits_per_dim"]
     assert again["training"]["reused"] is True
+    assert again["conditional"]["reused"] is True
+    assert again["flow_matching"]["training"]["reused"] is True
+    for key in ("guidance", "inpainting"):
+        assert again[key] == res[key], key
+    assert again["flow_matching"]["pf_ode_bits_per_dim"] == fm["pf_ode_bits_per_dim"]

@@ -8,7 +8,7 @@ import math
 
 import scoredyn as sd
 
-from .data import DATASETS
+from .data import DATASETS, NUM_DIGITS_TEST
 
 DEFAULT_KS = (10, 25, 50, 100, 200)
 # Training runs in segments of this many steps, each with its own key `fold_in(key, segment)`,
@@ -40,6 +40,20 @@ class Config:
     num_ode: int = 128
     num_samples: int = 64
     sample_ks: tuple[int, ...] = (10, 100)
+    # the extra stages (digits only; 0 steps or 0 digits skips a stage)
+    cond_steps: int = 2000
+    label_dropout: float = 0.2
+    guidance_scales: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0)
+    guidance_per_class: int = 30
+    guidance_k: int = 50
+    num_inpaint: int = 48
+    inpaint_k: int = 100
+    inpaint_jumps: int = 4
+    flow_steps: int = 3000
+    flow_nfe: tuple[int, ...] = (10, 20)
+    flow_orders: tuple[int, ...] = (1, 2)
+    num_flow_samples: int = 297
+    num_extra_ode: int = 64
     out: str = "runs"
     name: str = ""
     retrain: bool = False
@@ -72,8 +86,25 @@ class Config:
         return out
 
     def training_hash(self) -> str:
-        blob = json.dumps(self.training_settings(), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:12]
+        return settings_hash(self.training_settings())
+
+    def stage_settings(self, kind: str) -> dict:
+        """What determines the weights of an extra model (`"conditional"` or `"flow"`)."""
+        keys = ["data", "seed", "net", "width", "depth", "batch_size", "lr", "ema_decay"]
+        if kind == "conditional":
+            keys += ["num_steps", "beta_min", "label_dropout"]
+            steps = self.cond_steps
+        else:
+            steps = self.flow_steps
+        out = {k: getattr(self, k) for k in keys}
+        out.update(kind=kind, train_steps=steps, segment=SEGMENT, scoredyn=sd.__version__)
+        return out
+
+
+def settings_hash(settings: dict) -> str:
+    """The first 12 hex digits of the SHA-256 of `settings` as sorted JSON."""
+    blob = json.dumps(settings, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
 
 
 def _quick_defaults(data: str) -> dict:
@@ -91,12 +122,28 @@ def _quick_defaults(data: str) -> dict:
         num_samples=36,
         ks=(10,),
         sample_ks=(10,),
+        cond_steps=200,
+        guidance_per_class=2,
+        guidance_k=10,
+        num_inpaint=4,
+        inpaint_k=10,
+        inpaint_jumps=2,
+        flow_steps=200,
+        flow_nfe=(10,),
+        flow_orders=(1,),
+        num_flow_samples=36,
+        num_extra_ode=2,
     )
     if data != "digits":
         base.update(
             net="mlp", train_steps=1000, num_eval=256, num_gamma=1000, num_ode=256, num_samples=256
         )
+        base.update(_NO_EXTRAS)
     return base
+
+
+# the extra stages need labelled images (the digits)
+_NO_EXTRAS = dict(cond_steps=0, num_inpaint=0, flow_steps=0)
 
 
 def _full_defaults(data: str) -> dict:
@@ -112,6 +159,7 @@ def _full_defaults(data: str) -> dict:
         num_ode=1000,
         num_samples=1000,
         ema_decay=0.995,
+        **_NO_EXTRAS,
     )
 
 
@@ -131,7 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
             "default), estimate Analytic-DPM's Gamma, and report held-out negative ELBOs in "
             "bits/dim for DDPM (beta, beta-tilde), DDIM, Analytic-DPM, Analytic-DDIM and the "
             "optimal trajectory at K = 10, 25, 50, 100, 200 and N steps, plus the PF-ODE "
-            "likelihood. Writes a table, plots and a report to OUT/NAME/."
+            "likelihood. On the digits, also a class-conditional model with classifier-free "
+            "guidance, inpainting of the lower half, and a flow-matching model beside the "
+            "diffusion model. Writes tables, plots and a report to OUT/NAME/."
         ),
         formatter_class=_Formatter,
     )
@@ -145,8 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="a smaller network, fewer steps and fewer evaluation examples: under a "
-        "minute on a laptop (a smoke test; the numbers are rougher)",
+        help="fewer training steps, sampling steps and evaluation examples in every stage: "
+        "a smoke test (the numbers are rougher)",
     )
     p.add_argument(
         "--seed", type=int, default=0, help="PRNG seed; the run is deterministic given it"
@@ -201,6 +251,29 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="held-out examples for the PF-ODE likelihood",
     )
+    p.add_argument(
+        "--cond-steps",
+        type=int,
+        default=None,
+        help="training steps of the class-conditional model (label dropout, classifier-free "
+        "guidance); 0 skips it (default: 2000; 200 with --quick; digits only)",
+    )
+    p.add_argument(
+        "--flow-steps",
+        type=int,
+        default=None,
+        help="training steps of the flow-matching model (rectified flow) compared with the "
+        "diffusion model; 0 skips it (default: 3000, as the diffusion model; 200 with "
+        "--quick; digits only)",
+    )
+    p.add_argument(
+        "--inpaint",
+        dest="num_inpaint",
+        type=int,
+        default=None,
+        help="held-out digits whose lower half is inpainted; 0 skips it (default: 48; 4 with "
+        "--quick; digits only)",
+    )
     p.add_argument("--out", default="runs", help="output folder")
     p.add_argument("--name", default="", help="run name (default: the data set, plus -quick)")
     p.add_argument(
@@ -227,6 +300,12 @@ def parse_config(argv=None) -> Config:
         raise SystemExit(f"--net {values['net']} needs the digits (--data digits)")
     if values.get("net") == "conv":
         values.setdefault("width", 128)
+    if args.data != "digits":
+        for key, flag in (("cond_steps", "--cond-steps"), ("flow_steps", "--flow-steps")):
+            if values.get(key):
+                raise SystemExit(f"{flag} needs the digits (--data digits)")
+        if values.get("num_inpaint"):
+            raise SystemExit("--inpaint needs the digits (--data digits)")
     cfg = Config(**values)
     _validate(cfg)
     if cfg.num_steps < max(cfg.ks):
@@ -247,6 +326,8 @@ _FLAGS = {
     "width": "--width",
     "depth": "--depth",
 }
+# settings where 0 is allowed (it skips a stage)
+_COUNTS = {"cond_steps": "--cond-steps", "flow_steps": "--flow-steps", "num_inpaint": "--inpaint"}
 
 
 def _validate(cfg: Config) -> None:
@@ -254,6 +335,11 @@ def _validate(cfg: Config) -> None:
     for name, flag in _FLAGS.items():
         if getattr(cfg, name) < 1:
             raise SystemExit(f"{flag} must be >= 1, got {getattr(cfg, name)}")
+    for name, flag in _COUNTS.items():
+        if getattr(cfg, name) < 0:
+            raise SystemExit(f"{flag} must be >= 0 (0 skips the stage), got {getattr(cfg, name)}")
+    if cfg.num_inpaint > NUM_DIGITS_TEST:
+        raise SystemExit(f"--inpaint must be <= {NUM_DIGITS_TEST} (the held-out digits)")
     if not (math.isfinite(cfg.lr) and cfg.lr > 0):
         raise SystemExit(f"--lr must be a finite positive learning rate, got {cfg.lr}")
     if not (math.isfinite(cfg.beta_min) and 0 < cfg.beta_min < 20):

@@ -12,6 +12,8 @@ DATASETS = ("digits", "mixture", "moons", "circles")
 
 #: Number of grey levels of sklearn's digits (integers 0..16).
 DIGIT_LEVELS = 17
+#: Held-out digits (the other 1,500 train).
+NUM_DIGITS_TEST = 297
 _SPLIT_SEED = 20240601  # the train / held-out split is fixed, whatever --seed says
 
 
@@ -27,6 +29,8 @@ class Dataset:
         oracle: the exact Gaussian mixture (only for `mixture`), else `None`.
         data_range: `(a, b)` bounds of the data, for Analytic-DPM's variance clipping, or `None`.
         description: one line for the report.
+        train_labels, test_labels: int arrays `(n,)` of class labels (the digits' 0..9), or
+            `None` for unlabelled data.
     """
 
     name: str
@@ -37,13 +41,20 @@ class Dataset:
     oracle: sd.toy.GaussianMixture | None
     data_range: tuple[float, float] | None
     description: str
+    train_labels: np.ndarray | None = None
+    test_labels: np.ndarray | None = None
 
     @property
     def dim(self) -> int:
         return self.train.shape[1]
 
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (0 for unlabelled data)."""
+        return 0 if self.train_labels is None else int(self.train_labels.max()) + 1
 
-def load_digits(num_test: int = 297) -> Dataset:
+
+def load_digits(num_test: int = NUM_DIGITS_TEST) -> Dataset:
     r"""sklearn's 1,797 handwritten 8x8 digits, levels $k\in\{0..16\}$ mapped to $x = k/8 - 1$.
 
     The grid has $L = 17$ levels of spacing $\Delta = 2/16$ in $[-1, 1]$. The split (1,500 train,
@@ -51,11 +62,12 @@ def load_digits(num_test: int = 297) -> Dataset:
     """
     from sklearn.datasets import load_digits as _load
 
-    raw, _ = _load(return_X_y=True)  # (1797, 64), integers 0..16 stored as float64
+    raw, y = _load(return_X_y=True)  # (1797, 64), integers 0..16 stored as float64
     levels = DIGIT_LEVELS
     x = (raw / ((levels - 1) / 2.0) - 1.0).astype(np.float32)
     perm = np.random.default_rng(_SPLIT_SEED).permutation(x.shape[0])
     test, train = x[perm[:num_test]], x[perm[num_test:]]
+    y = np.asarray(y, np.int32)
     return Dataset(
         name="digits",
         train=train,
@@ -68,6 +80,8 @@ def load_digits(num_test: int = 297) -> Dataset:
             f"scikit-learn's 8x8 handwritten digits: {train.shape[0]} train / {test.shape[0]} "
             f"held-out images, d = 64, {levels} grey levels scaled to [-1, 1]"
         ),
+        train_labels=y[perm[num_test:]],
+        test_labels=y[perm[:num_test]],
     )
 
 

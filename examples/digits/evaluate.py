@@ -33,6 +33,7 @@ up to $N$, rounded as the paper's code rounds them.
 import dataclasses
 import math
 import time
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -43,6 +44,7 @@ import scoredyn as sd
 
 from .config import Config
 from .data import Dataset
+from .progress import Ticks, progress_bar
 
 # Display names, in table order.
 DDPM_TILDE = "DDPM, beta-tilde"
@@ -91,19 +93,22 @@ def _stack(chains: list) -> tuple[sd.Chain, sd.Chain]:
 
 
 @eqx.filter_jit
-def _bounds_batch(net, sched, x0s, keys, chains: list, levels):
+def _bounds_batch(net, sched, x0s, keys, chains: list, levels, progress: Any = False):
     """bits/dim of every (method, example): one chain per method, all on one trajectory.
 
     `vmap` over the stacked chains (outer) and examples (inner). The draws $x_n$ do not depend
     on the method, so the network runs once per (example, step). `levels` is the data grid
-    (discretised decoder) or `None` (Gaussian decoder).
+    (discretised decoder) or `None` (Gaussian decoder). `progress` is the library's option: a
+    callable `progress(done, total)` hears the steps done of the chain, once for the batch.
     """
     model = sd.EpsModel(net)
     stack, axes = _stack(chains)
 
     def one_method(chain):
         def one_example(key, x0):
-            return sd.variational_bound(key, sched, model, chain, x0, levels=levels).bits_per_dim
+            return sd.variational_bound(
+                key, sched, model, chain, x0, levels=levels, progress=progress
+            ).bits_per_dim
 
         return jax.vmap(one_example)(keys, x0s)
 
@@ -197,7 +202,7 @@ def _mean_se(x: np.ndarray) -> tuple[float, float]:
     return float(x.mean()), se
 
 
-def evaluate(cfg: Config, data: Dataset, sched, sde, net, key, log=print, progress=None):
+def evaluate(cfg: Config, data: Dataset, sched, sde, net, key, log=print):
     """Run every measurement of the demo on the trained `net` (an eps-prediction `(t, x)`)."""
     seconds = {}
     k_gamma, k_bound, k_ode, k_samp = jax.random.split(key, 4)
@@ -207,7 +212,9 @@ def evaluate(cfg: Config, data: Dataset, sched, sde, net, key, log=print, progre
 
     # ---- Gamma (Analytic-DPM's score moment), once for all K and all samplers
     t0 = time.perf_counter()
-    est = sd.analytic.estimate_gamma(k_gamma, sched, net, train)
+    with progress_bar(N, "Gamma", "step", cfg.progress) as bar:
+        ticks = Ticks(bar) if cfg.progress else False
+        est = sd.analytic.estimate_gamma(k_gamma, sched, net, train, progress=ticks)
     ms_eps = sd.analytic.monotone_ms_eps(sched, est.ms_eps)  # what every sampler uses
     ms = np.asarray(est.ms_eps)
     seconds["gamma"] = time.perf_counter() - t0
@@ -227,40 +234,54 @@ def evaluate(cfg: Config, data: Dataset, sched, sde, net, key, log=print, progre
     oracle_bounds = None if oracle is None else {m: {} for m in BOUND_METHODS}
     oracle_est = None
     if oracle is not None:
-        oracle_est = sd.analytic.monotone_ms_eps(
-            sched, sd.analytic.estimate_gamma(k_gamma, sched, oracle, train).ms_eps
-        )
+        with progress_bar(N, "Gamma (exact eps)", "step", cfg.progress) as bar:
+            ticks = Ticks(bar) if cfg.progress else False
+            est_oracle = sd.analytic.estimate_gamma(k_gamma, sched, oracle, train, progress=ticks)
+        oracle_est = sd.analytic.monotone_ms_eps(sched, est_oracle.ms_eps)
     t0 = time.perf_counter()
-    for K in ks:
-        tau = sd.grids.even(N, K)
-        for model, e, store in ((net, ms_eps, None), (oracle, oracle_est, oracle_bounds)):
-            if model is None:
-                continue
-            tau_ot = tau if K == N else optimal_trajectory(sched, e, K)
-            if store is None:
-                trajectories[K] = [int(v) for v in np.asarray(tau_ot)]
-            names = BOUND_NAMES
-            chains = _bound_chains(sched, tau, e, data.data_range)
-            bpd = np.asarray(_bounds_batch(model, sched, test, keys, chains, data.levels))
-            i_adpm = names.index(ANALYTIC_DPM)
-            if K == N:  # the optimal trajectory of N steps is every step
-                bpd_ot = bpd[i_adpm]
-            else:  # same shapes as above, so the compilation is re-used
-                chains_ot = _bound_chains(sched, tau_ot, e, data.data_range)
-                bpd_ot = np.asarray(
-                    _bounds_batch(model, sched, test, keys, chains_ot, data.levels)
-                )[i_adpm]
-            rows: dict[str, np.ndarray] = dict(zip(names, bpd))
-            rows[ANALYTIC_DPM_OT] = bpd_ot
-            for name, vals in rows.items():
-                mean, se = _mean_se(vals)
+    # the work in chain steps: every K once, twice where the optimal trajectory differs
+    models: list[tuple] = [(net, ms_eps, None)]
+    if oracle is not None:
+        models.append((oracle, oracle_est, oracle_bounds))
+    work = sum(K * len(models) * (1 if K == N else 2) for K in ks)
+    lines = []
+    with progress_bar(work, "bounds", "step", cfg.progress) as bar:
+        ticks = Ticks(bar) if cfg.progress else False
+        for K in ks:
+            tau = sd.grids.even(N, K)
+            bar.set_postfix_str(f"K = {K}")
+            for model, e, store in models:
+                tau_ot = tau if K == N else optimal_trajectory(sched, e, K)
                 if store is None:
-                    bounds[name][K], stderr[name][K] = mean, se
-                else:
-                    store[name][K] = mean
-        if progress is not None:
-            progress(f"bounds K={K}")
-        log(f"  K = {K:4d}: " + ", ".join(f"{m} {bounds[m][K]:.3f}" for m in BOUND_METHODS))
+                    trajectories[K] = [int(v) for v in np.asarray(tau_ot)]
+                names = BOUND_NAMES
+                chains = _bound_chains(sched, tau, e, data.data_range)
+                bpd = np.asarray(
+                    _bounds_batch(model, sched, test, keys, chains, data.levels, ticks)
+                )
+                i_adpm = names.index(ANALYTIC_DPM)
+                if K == N:  # the optimal trajectory of N steps is every step
+                    bpd_ot = bpd[i_adpm]
+                else:  # same shapes as above, so the compilation is re-used
+                    chains_ot = _bound_chains(sched, tau_ot, e, data.data_range)
+                    bpd_ot = np.asarray(
+                        _bounds_batch(model, sched, test, keys, chains_ot, data.levels, ticks)
+                    )[i_adpm]
+                rows: dict[str, np.ndarray] = dict(zip(names, bpd))
+                rows[ANALYTIC_DPM_OT] = bpd_ot
+                for name, vals in rows.items():
+                    mean, se = _mean_se(vals)
+                    if store is None:
+                        bounds[name][K], stderr[name][K] = mean, se
+                    else:
+                        store[name][K] = mean
+            line = ", ".join(f"{m} {bounds[m][K]:.3f}" for m in BOUND_METHODS)
+            lines.append(f"  K = {K:4d}: {line}")
+            if not cfg.progress:  # with a bar, the lines follow it (they would break it)
+                log(lines[-1])
+    if cfg.progress:
+        for line in lines:
+            log(line)
     seconds["bounds"] = time.perf_counter() - t0
 
     # ---- PF-ODE likelihood (dequantised for grid data)
@@ -363,6 +384,10 @@ def pf_ode_start(sde, sched, data: Dataset) -> float:
     return max(float(sd.dequantization_t_eps(sde, bin_width)), t1)
 
 
+#: examples per compiled PF-ODE call
+PF_BATCH = 32
+
+
 def _pf_ode(cfg, data, sched, sde, net, key) -> dict:
     """Bits/dim of held-out data under the PF-ODE of `net` (or the exact score if `net` is None)."""
     xs = jnp.asarray(data.test[: cfg.num_ode], jnp.float32)
@@ -371,13 +396,26 @@ def _pf_ode(cfg, data, sched, sde, net, key) -> dict:
     else:
         score = sd.eps_to_score(sde, net)
     t_eps = pf_ode_start(sde, sched, data)
-    keys = jax.random.split(key, xs.shape[0])
-    bpd, nfe = _pf_batch(sde, score, xs, keys, data.levels, t_eps, 1e-4)
-    mean, se = _mean_se(np.asarray(bpd))
+    n = xs.shape[0]
+    keys = jax.random.split(key, n)
+    # in batches of PF_BATCH rows (the last padded with its last row: one compilation), so a
+    # progress bar can follow
+    bpd, nfe = [], []
+    desc = "PF-ODE" if net is not None else "PF-ODE (exact score)"
+    with progress_bar(n, desc, "example", cfg.progress) as bar:
+        size = min(PF_BATCH, n)
+        for lo in range(0, n, size):
+            idx = np.minimum(np.arange(lo, lo + size), n - 1)
+            b, f = _pf_batch(sde, score, xs[idx], keys[idx], data.levels, t_eps, 1e-4)
+            k = min(size, n - lo)
+            bpd.append(np.asarray(b)[:k])
+            nfe.append(np.asarray(f)[:k])
+            bar.update(k)
+    mean, se = _mean_se(np.concatenate(bpd))
     return {
         "mean": mean,
         "stderr": se,
-        "nfe": float(np.mean(np.asarray(nfe))),
+        "nfe": float(np.mean(np.concatenate(nfe))),
         "n": int(xs.shape[0]),
         "t_eps": t_eps,
         "sigma_t_eps": float(sde.marginal(t_eps)[1]),
@@ -416,15 +454,20 @@ def _samples(cfg, data, sched, net, ms_eps, key) -> dict:
     last_clip = None if data.levels is None else 2.0 / (data.levels - 1)
     solvers = sampler_solvers(ms_eps, data.data_range, last_clip)
     out = {name: {} for name in SAMPLERS}
-    for K in cfg.sample_ks:
-        K = min(K, N)
-        for traj in ("even", "optimal"):
-            tau = sd.grids.even(N, K) if traj == "even" else optimal_trajectory(sched, ms_eps, K)
-            chains = sampler_chains(sched, tau, solvers)  # same shapes: one compilation per K
-            xs = np.asarray(_sample_batch(model, sched, chains, keys, x_T, tau))
-            if traj == "even":
-                for name, x in zip(SAMPLER_NAMES, xs):
-                    out[name][K] = x
-            else:  # Analytic-DPM on the optimal trajectory
-                out[ANALYTIC_DPM_OT][K] = xs[SAMPLER_NAMES.index(ANALYTIC_DPM)]
+    with progress_bar(2 * len(cfg.sample_ks), "sampling", "run", cfg.progress) as bar:
+        for K in cfg.sample_ks:
+            K = min(K, N)
+            for traj in ("even", "optimal"):
+                if traj == "even":
+                    tau = sd.grids.even(N, K)
+                else:
+                    tau = optimal_trajectory(sched, ms_eps, K)
+                chains = sampler_chains(sched, tau, solvers)  # same shapes: one compile per K
+                xs = np.asarray(_sample_batch(model, sched, chains, keys, x_T, tau))
+                if traj == "even":
+                    for name, x in zip(SAMPLER_NAMES, xs):
+                        out[name][K] = x
+                else:  # Analytic-DPM on the optimal trajectory
+                    out[ANALYTIC_DPM_OT][K] = xs[SAMPLER_NAMES.index(ANALYTIC_DPM)]
+                bar.update(1)
     return out

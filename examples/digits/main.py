@@ -16,7 +16,15 @@ import scoredyn as sd
 from .config import parse_config
 from .data import load
 from .evaluate import evaluate
-from .plots import plot_bounds, plot_loss, plot_samples
+from .extras import run_extras
+from .plots import (
+    plot_bounds,
+    plot_flow,
+    plot_guidance,
+    plot_inpainting,
+    plot_loss,
+    plot_samples,
+)
 from .report import console_summary, write_report, write_results
 from .train import train
 
@@ -84,20 +92,47 @@ def main(argv: list[str] | None = None) -> pathlib.Path:
     }
 
     ev = evaluate(cfg, data, sched, sde, net, k_eval, log=log)
+    ex = run_extras(cfg, data, sched, sde, net, log=log)
 
     title = f"{data.name}: {ev.num_eval} held-out examples, N = {sched.num_steps}"
+    figures = ["nll_vs_steps.png", "samples.png", "training_loss.png"]
     plot_bounds(ev, data, folder / "nll_vs_steps.png", title)
     plot_samples(ev, data, folder / "samples.png", f"samples of the trained model ({data.name})")
-    plot_loss(np.asarray(losses), folder / "training_loss.png")
+    plot_loss({"diffusion (eps-loss)": np.asarray(losses), **ex.losses}, folder / figures[2])
+    shape = data.image_shape
+    if ex.guidance is not None and shape is not None:
+        figures.append("guidance.png")
+        plot_guidance(
+            ex.guidance,
+            shape,
+            folder / "guidance.png",
+            f"classifier-free guidance: DDIM, K = {ex.guidance.steps}, same noise for every w",
+        )
+    if ex.inpainting is not None and shape is not None:
+        figures.append("inpainting.png")
+        plot_inpainting(
+            ex.inpainting,
+            shape,
+            folder / "inpainting.png",
+            "inpainting the lower half of held-out digits\n(pale blue: not observed)",
+        )
+    if ex.flow is not None and shape is not None:
+        figures.append("flow_vs_diffusion.png")
+        plot_flow(
+            ex.flow,
+            shape,
+            folder / "flow_vs_diffusion.png",
+            "diffusion and flow matching at equal network evaluations (same noise)",
+        )
     total = time.perf_counter() - t_start
-    write_results(folder, cfg, data, ev, training, total)
-    write_report(folder, cfg, data, ev, training, total, command)
+    write_results(folder, cfg, data, ev, training, total, ex)
+    write_report(folder, cfg, data, ev, training, total, command, ex)
     log("")
-    log(console_summary(cfg, data, ev))
+    log(console_summary(cfg, data, ev, ex))
     log("")
     log(
-        f"wrote {folder}/: report.md, results.json, table.md, nll_vs_steps.png, samples.png, "
-        f"training_loss.png ({total:.0f} s in all)"
+        f"wrote {folder}/: report.md, results.json, table.md, {', '.join(figures)} "
+        f"({total:.0f} s in all)"
     )
     if not all(math.isfinite(v) for d in ev.bounds.values() for v in d.values()):
         log("warning: some bounds are not finite")

@@ -5,6 +5,7 @@ import math
 import pathlib
 import platform
 
+from . import flow as _flow, inpaint as _inpaint
 from .config import Config
 from .data import Dataset
 from .evaluate import (
@@ -18,6 +19,7 @@ from .evaluate import (
     PF_ODE,
     Evaluation,
 )
+from .extras import Extras
 
 
 def _fmt(v: float) -> str:
@@ -122,7 +124,7 @@ def pf_line(ev: Evaluation, data: Dataset) -> str:
     )
 
 
-def console_summary(cfg: Config, data: Dataset, ev: Evaluation) -> str:
+def console_summary(cfg: Config, data: Dataset, ev: Evaluation, ex: Extras | None = None) -> str:
     what = "held-out digits" if data.levels is not None else "held-out points"
     head = (
         f"Negative ELBO, bits/dim, mean over {ev.num_eval} {what} "
@@ -141,7 +143,174 @@ def console_summary(cfg: Config, data: Dataset, ev: Evaluation) -> str:
             f"trained eps vs exact eps: mean squared error per dim {e['mse']:.4f} "
             f"(predicting zero: {e['mse_of_zero']:.4f})"
         )
+    if ex is not None and ex.ran:
+        for title, rows, notes in extra_tables(cfg, data, ex):
+            parts += ["", title, text_rows(rows), *notes]
     return "\n".join(parts)
+
+
+# ----------------------------------------------------------------------------- extra stages
+def text_rows(rows: list[list[str]]) -> str:
+    """A header and rows as an aligned text table (first column left, the rest right)."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for i, r in enumerate(rows):
+        cells = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:])]
+        lines.append("  ".join(cells))
+        if i == 0:
+            lines.append("-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+def markdown_rows(rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    out += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    return "\n".join(out)
+
+
+def _pm(stats: dict) -> str:
+    return f"{stats['mean']:.3f} ± {stats['stderr']:.3f}"
+
+
+def _pct(v: float) -> str:
+    return f"{100 * v:.1f}%"
+
+
+def extra_tables(cfg: Config, data: Dataset, ex: Extras) -> list[tuple[str, list, list[str]]]:
+    """(title, rows, notes) of every extra stage that ran."""
+    out = []
+    n_test = data.test.shape[0]
+    if ex.conditional is not None and ex.guidance is not None:
+        c, g = ex.conditional, ex.guidance
+        n = c["conditional"]["n"]
+        rows = [
+            ["class-conditional model, PF-ODE", "bits/dim"],
+            ["given the true label (w = 1)", _pm(c["conditional"])],
+            ["null label (the unconditional model)", _pm(c["null_label"])],
+        ]
+        notes = [
+            f"{n} held-out digits, the same dequantisation noise and probes for both rows; "
+            f"the label is worth {c['label_bits_per_digit']:.2f} ± "
+            f"{c['label_bits_per_digit_stderr']:.2f} bits per digit, E[log2 p(x|c) - log2 "
+            "p(x|null)]. Were the null-label density the average of the conditional ones, "
+            f"this could not exceed log2 10 = {c['log2_num_classes']:.2f}; above it, the "
+            "null-label model is the weaker one.",
+            f"{cfg.cond_steps} training steps, label dropout {cfg.label_dropout} (null label "
+            f"{data.num_classes}); {c['num_params']:,} parameters.",
+        ]
+        out.append(("Class-conditional model: held-out bits/dim", rows, notes))
+        rows = [["guidance scale w", "classifier accuracy", "confidence", "diversity"]]
+        for w in g.scales:
+            rows.append(
+                [f"{w:g}", _pct(g.accuracy[w]), f"{g.confidence[w]:.3f}", f"{g.diversity[w]:.3f}"]
+            )
+        notes = [
+            f"{g.per_class} samples per digit and scale, DDIM (eta = 0) with K = {g.steps}, "
+            "sd.ClassifierFreeGuidance (w = 0: unconditional, 1: conditional), x0 clipped "
+            "to [-1, 1]. Accuracy and confidence (probability of the intended digit) are the "
+            f"classifier's: logistic regression on the pixels, {_pct(ex.classifier_accuracy or 0)} "
+            f"on the {n_test} real held-out digits. Diversity: per-pixel standard deviation "
+            "across the samples of one digit (guidance trades it for accuracy).",
+        ]
+        out.append(("Classifier-free guidance", rows, notes))
+    if ex.inpainting is not None:
+        inp = ex.inpainting
+        real = inp.bpd["real digits"]
+        rows = [["method", "NFE", "MSE lower half", "classifier acc.", "PF-ODE bits/dim", "- real"]]
+        rows.append(["real held-out digits", "", "", "", _pm(real), ""])
+        for name in (_inpaint.REPAINT, _inpaint.REPLACEMENT, _inpaint.NEAREST):
+            gap, gap_se = inp.bpd_gap[name]
+            rows.append(
+                [
+                    name,
+                    str(inp.nfe[name]) if inp.nfe[name] else "-",
+                    f"{inp.mse[name]:.3f}",
+                    _pct(inp.accuracy[name]),
+                    _pm(inp.bpd[name]),
+                    f"{gap:+.3f} ± {gap_se:.3f}",
+                ]
+            )
+        n = inp.truth.shape[0]
+        notes = [
+            f"{n} held-out digits, lower half unobserved; {_inpaint.DRAWS} completions per digit "
+            f"from the diffusion model (DDPM, K = {inp.steps}; RePaint: blocks of {inp.jump} "
+            f"steps, {inp.resample} passes). MSE in [-1, 1] units over the 32 unobserved pixels "
+            "(a sample, not the posterior mean: not 0 even for a perfect sampler). Bits/dim: "
+            f"the first completion of the first {real['n']} digits, rounded to the grid, under "
+            "the same model, paired with the real digits (same noise and probes). The "
+            "nearest-neighbour rows copy pixels of training digits, which the model was "
+            "trained on: a low bits/dim there says the model knows its training set, not that "
+            "the completion is right.",
+        ]
+        out.append(("Inpainting the lower half", rows, notes))
+    if ex.flow is not None and ex.flow_training is not None:
+        fc = ex.flow
+        rows = [["model", "PF-ODE bits/dim", *fc.settings]]
+        for name in fc.samples:
+            rows.append(
+                [name, _pm(fc.bpd[name])] + [f"{fc.frechet[name][s]:.1f}" for s in fc.settings]
+            )
+        d, d_se = fc.bpd_difference
+        steps = ex.flow_training["steps"]
+        notes = [
+            f"PF-ODE bits/dim on {fc.bpd[_flow.FLOW]['n']} held-out digits (flow - diffusion "
+            f"= {d:+.3f} ± {d_se:.3f}, paired), both read as x_t/alpha(t) at sigma/alpha = "
+            "bin/sqrt(12); the other columns: Fréchet distance in pixel space of "
+            f"{cfg.num_flow_samples} samples to the {n_test} held-out digits (lower is "
+            f"better; {cfg.num_flow_samples} training digits score {fc.frechet_floor:.1f}), "
+            "from the same noise, sd.DPMSolver on sd.grids.log_snr of each process.",
+            f"Same network (the grid head) for both; the flow model trained {steps} steps on "
+            f"sd.flow_matching_loss (uniform t), the diffusion model {cfg.train_steps} on DDPM's "
+            "eps-loss. DPM-Solver-1 is DDIM, which on the rectified flow is Euler's method.",
+        ]
+        out.append(("Diffusion and flow matching", rows, notes))
+    return out
+
+
+def extras_results(ex: Extras) -> dict:
+    """The extra stages' numbers for results.json."""
+    res: dict = {}
+    if ex.classifier_accuracy is not None:
+        res["classifier_test_accuracy"] = ex.classifier_accuracy
+    if ex.conditional is not None:
+        res["conditional"] = ex.conditional
+    if ex.guidance is not None:
+        g = ex.guidance
+        res["guidance"] = {
+            "scales": g.scales,
+            "sampler": f"DDIM (eta = 0), K = {g.steps}",
+            "samples_per_class": g.per_class,
+            "classifier_accuracy": {f"{w:g}": g.accuracy[w] for w in g.scales},
+            "classifier_confidence": {f"{w:g}": g.confidence[w] for w in g.scales},
+            "diversity": {f"{w:g}": g.diversity[w] for w in g.scales},
+        }
+    if ex.inpainting is not None:
+        inp = ex.inpainting
+        res["inpainting"] = {
+            "num_digits": int(inp.truth.shape[0]),
+            "draws_per_digit": _inpaint.DRAWS,
+            "steps": inp.steps,
+            "jump": inp.jump,
+            "resample": inp.resample,
+            "nfe": inp.nfe,
+            "mse_lower_half": inp.mse,
+            "classifier_accuracy": inp.accuracy,
+            "pf_ode_bits_per_dim": inp.bpd,
+            "bits_per_dim_minus_real": {
+                k: {"mean": m, "stderr": se} for k, (m, se) in inp.bpd_gap.items()
+            },
+        }
+    if ex.flow is not None:
+        fc = ex.flow
+        res["flow_matching"] = {
+            "training": ex.flow_training,
+            "pf_ode_bits_per_dim": fc.bpd,
+            "flow_minus_diffusion": {"mean": fc.bpd_difference[0], "stderr": fc.bpd_difference[1]},
+            "pixel_frechet_distance": fc.frechet,
+            "pixel_frechet_distance_training_digits": fc.frechet_floor,
+            "settings": fc.settings,
+        }
+    return res
 
 
 def write_results(
@@ -151,6 +320,7 @@ def write_results(
     ev: Evaluation,
     training: dict,
     total_seconds: float,
+    ex: Extras | None = None,
 ) -> dict:
     res = {
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()},
@@ -175,6 +345,7 @@ def write_results(
         "optimal_trajectories": {str(k): v for k, v in ev.trajectories.items()},
         "seconds": {
             **{k: round(v, 2) for k, v in ev.seconds.items()},
+            **({} if ex is None else {k: round(v, 2) for k, v in ex.seconds.items()}),
             "total": round(total_seconds, 2),
         },
         "machine": machine(),
@@ -186,6 +357,8 @@ def write_results(
         }
     if ev.eps_error is not None:
         res["eps_error"] = ev.eps_error
+    if ex is not None:
+        res.update(extras_results(ex))
     (folder / "results.json").write_text(json.dumps(strict_json(res), indent=1, allow_nan=False))
     (folder / "table.md").write_text(markdown_table(ev) + "\n")
     return res
@@ -226,6 +399,7 @@ def write_report(
     training: dict,
     total_seconds: float,
     command: str,
+    ex: Extras | None = None,
 ) -> None:
     loss = (
         "the likelihood-weighted eps-loss" if cfg.weighting == "likelihood" else "DDPM's eps-loss"
@@ -296,12 +470,32 @@ def write_report(
         "",
         "![training loss](training_loss.png)",
         "",
+    ]
+    extra_seconds = {}
+    if ex is not None and ex.ran:
+        figures = {
+            "Class-conditional model: held-out bits/dim": None,
+            "Classifier-free guidance": "![guidance sweep](guidance.png)",
+            "Inpainting the lower half": "![inpainting](inpainting.png)",
+            "Diffusion and flow matching": "![flow matching and diffusion](flow_vs_diffusion.png)",
+        }
+        for title, rows, notes in extra_tables(cfg, data, ex):
+            lines += [f"## {title}", "", markdown_rows(rows), "", *[f"{n}  " for n in notes], ""]
+            if figures.get(title):
+                lines += [str(figures[title]), ""]
+        if ex.conditional is not None:
+            extra_seconds["training (conditional)"] = ex.conditional["seconds"]
+        if ex.flow_training is not None:
+            extra_seconds["training (flow matching)"] = ex.flow_training["seconds"]
+        extra_seconds.update(ex.seconds)
+    lines += [
         "## Timing (seconds)",
         "",
         "| stage | s |",
         "|---|---|",
         f"| training | {training['seconds']:.1f} |",
         *[f"| {k} | {v:.1f} |" for k, v in ev.seconds.items()],
+        *[f"| {k} | {v:.1f} |" for k, v in extra_seconds.items()],
         f"| total | {total_seconds:.1f} |",
         "",
     ]

@@ -1,5 +1,6 @@
-"""Training the demo's eps-network: a progress bar, checksummed settings-hashed checkpoints,
-and resumption after an interruption."""
+"""Training the demo's networks (the eps-network here, the conditional and flow-matching models
+through `train_checkpointed` too): a progress bar, checksummed settings-hashed checkpoints, and
+resumption after an interruption."""
 
 import pathlib
 import time
@@ -43,11 +44,13 @@ def build_network(cfg: Config, data: Dataset, sde, key):
     return sd.nn.MLP(data.dim, width=cfg.width, depth=cfg.depth, key=key, dtype=jnp.float32)
 
 
-def build_optimiser(cfg: Config) -> optax.GradientTransformation:
-    """Adam with a linear warm-up and cosine decay to 5% of the peak rate."""
-    warmup = min(200, max(cfg.train_steps // 10, 1))
+def build_optimiser(cfg: Config, steps: int | None = None) -> optax.GradientTransformation:
+    """Adam with a linear warm-up and cosine decay to 5% of the peak rate `cfg.lr` over `steps`
+    (default: the main network's `cfg.train_steps`)."""
+    steps = cfg.train_steps if steps is None else steps
+    warmup = min(200, max(steps // 10, 1))
     sched = optax.warmup_cosine_decay_schedule(
-        0.0, cfg.lr, warmup, max(cfg.train_steps, warmup + 1), end_value=0.05 * cfg.lr
+        0.0, cfg.lr, warmup, max(steps, warmup + 1), end_value=0.05 * cfg.lr
     )
     return optax.adam(sched)
 
@@ -73,50 +76,89 @@ def build_loss(cfg: Config, sched, sde):
 
 
 def train(cfg: Config, data: Dataset, sched, sde, key, log=print):
-    """Train, resume or re-use; return `(state, losses, seconds, reused)`.
+    """Train, resume or re-use the main eps-network; return `(state, losses, seconds, reused)`.
 
-    - A finished checkpoint with these settings and a valid checksum is re-used.
-    - Otherwise an in-progress checkpoint resumes training from its last segment.
-    - A checkpoint that fails its checksum (or does not fit the network) is reported, set aside
-      and trained again.
-    `--retrain` ignores both.
+    See `train_checkpointed` for what happens to checkpoints; `--retrain` ignores them.
     """
     k_init, k_train = jax.random.split(key)
     model = build_network(cfg, data, sde, k_init)
     opt = build_optimiser(cfg)
-    state = sd.nn.init_train_state(model, opt)
-    final, partial = checkpoint_paths(cfg)
-    if not cfg.retrain:
+    step = sd.nn.make_train_step(build_loss(cfg, sched, sde), opt, ema_decay=cfg.ema_decay)
+    return train_checkpointed(
+        checkpoint_paths(cfg),
+        cfg.training_settings(),
+        sd.nn.init_train_state(model, opt),
+        step,
+        jnp.asarray(data.train, jnp.float32),
+        k_train,
+        num_steps=cfg.train_steps,
+        batch_size=cfg.batch_size,
+        retrain=cfg.retrain,
+        progress=cfg.progress,
+        desc="training",
+        log=log,
+    )
+
+
+def train_checkpointed(
+    paths: tuple[pathlib.Path, pathlib.Path],
+    settings: dict,
+    state,
+    step,
+    train_x,
+    key,
+    *,
+    num_steps: int,
+    batch_size: int,
+    retrain: bool = False,
+    progress: bool = True,
+    desc: str = "training",
+    log=print,
+):
+    """Run `num_steps` of `step` from `state`, or resume or re-use a checkpoint of the same
+    settings; return `(state, losses, seconds, reused)`. Every trained model of the demo goes
+    through here.
+
+    - A finished checkpoint (`paths[0]`) with a valid checksum is re-used.
+    - Otherwise an in-progress checkpoint (`paths[1]`) resumes training from its last segment.
+    - A checkpoint that fails its checksum (or does not fit the network) is reported, set aside
+      and trained again.
+    `retrain` ignores both. Training runs in segments of `SEGMENT` steps, the segment `s` with
+    the key `fold_in(key, s)`, so a resumed run ends with the weights of an uninterrupted one.
+    `settings` (what determines the weights) is stored in the checkpoint's record.
+    """
+    final, partial = paths
+    fresh = state
+    if not retrain:
         if final.exists():
             try:
                 state, info = checkpoint.load(final, state)
-                log(f"re-using checkpoint {final} (trained {info['train_steps']} steps)")
+                steps = info.get("train_steps", num_steps)
+                log(f"re-using checkpoint {final} (trained {steps} steps)")
                 return state, np.asarray(info["losses"], np.float32), float(info["seconds"]), True
             except checkpoint.CheckpointError as e:
                 log(f"refusing checkpoint {final}: {e}; training afresh")
                 _set_aside(final)
     done, losses, seconds = 0, [], 0.0
-    if partial.exists() and not cfg.retrain:
+    if partial.exists() and not retrain:
         try:
             state, info = checkpoint.load(partial, state)
             done, losses, seconds = info["steps_done"], info["losses"], info["seconds"]
-            log(f"resuming from checkpoint {partial} at step {done} of {cfg.train_steps}")
+            log(f"resuming from checkpoint {partial} at step {done} of {num_steps}")
         except checkpoint.CheckpointError as e:
             log(f"refusing checkpoint {partial}: {e}; training afresh")
             _set_aside(partial)
-            state = sd.nn.init_train_state(model, opt)
+            state = fresh
 
-    step = sd.nn.make_train_step(build_loss(cfg, sched, sde), opt, ema_decay=cfg.ema_decay)
-    train_x = jnp.asarray(data.train, jnp.float32)
-    chunk = 50 if cfg.train_steps >= 500 else 25
+    chunk = 50 if num_steps >= 500 else 25
     bar = None
-    if cfg.progress:
+    if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(
-            total=cfg.train_steps,
+            total=num_steps,
             initial=done,
-            desc="training",
+            desc=desc,
             unit="step",
             dynamic_ncols=True,
             leave=True,
@@ -130,25 +172,25 @@ def train(cfg: Config, data: Dataset, sched, sde, key, log=print):
             bar.set_postfix(loss=f"{np.mean(running[-5:]):.4f}")
 
     try:
-        while done < cfg.train_steps:
+        while done < num_steps:
             t0 = time.perf_counter()
-            size = min(SEGMENT, cfg.train_steps - done)
+            size = min(SEGMENT, num_steps - done)
             state, seg_losses = sd.nn.fit(
-                jax.random.fold_in(k_train, done // SEGMENT),
+                jax.random.fold_in(key, done // SEGMENT),
                 state,
                 step,
                 train_x,
                 num_steps=size,
-                batch_size=cfg.batch_size,
+                batch_size=batch_size,
                 chunk=min(chunk, size),
                 callback=callback,
             )
             done += size
             losses += [round(float(v), 6) for v in np.asarray(seg_losses)]
             seconds += time.perf_counter() - t0
-            if done < cfg.train_steps:
+            if done < num_steps:
                 record = {"steps_done": done, "losses": losses, "seconds": seconds}
-                checkpoint.save(partial, state, {**cfg.training_settings(), **record})
+                checkpoint.save(partial, state, {**settings, **record})
     except KeyboardInterrupt:
         if bar is not None:
             bar.close()
@@ -158,7 +200,7 @@ def train(cfg: Config, data: Dataset, sched, sde, key, log=print):
     if bar is not None:
         bar.close()
     record = {"seconds": seconds, "losses": losses}
-    checkpoint.save(final, state, {**cfg.training_settings(), **record})
+    checkpoint.save(final, state, {**settings, **record})
     checkpoint.remove(partial)
     return state, np.asarray(losses, np.float32), seconds, False
 
