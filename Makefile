@@ -37,7 +37,7 @@ venv: $(STAMP)
 
 # with jaxtyping's run-time checks of every annotation in scoredyn (beartype as the checker)
 test: $(STAMP)
-	$(PY) -m pytest -n $(WORKERS) --dist loadgroup -q --jaxtyping-packages=scoredyn,beartype.beartype tests --ignore=tests/test_docs_examples.py
+	$(PY) -m pytest -n $(WORKERS) --dist loadgroup -q --durations=15 --jaxtyping-packages=scoredyn,beartype.beartype tests --ignore=tests/test_docs_examples.py
 
 # every Python block of the README and the docs pages runs (tests/test_docs_examples.py)
 test-docs: $(STAMP)

@@ -1,8 +1,15 @@
 """The headline of Analytic-DPM on an exact oracle (table in docs/derivations/analytic-dpm.md).
 
 2-D three-component Gaussian mixture, linear schedule N = 1000, exact eps, Gaussian decoder,
-DDPM forward process as variational posterior; nats per dimension at K = 10, 25, 50, 100.
-Run `pytest -s` to see the table, or `python -m examples.analytic_dpm_report` (an application in
+DDPM forward process as variational posterior; nats per dimension at K = 10, 25, 50 (the
+report's K = 100 column is left out here: every claim below is made at each K, or needs only
+three K, and that column added compiled chains of length 100 to the one compiled call). The
+speed-up curve is evaluated at the same K only (not the report's 12, 15, 20, ... as well): the
+claim checked is that DDPM at K = 10 is worse than Analytic-DPM at K = 10 and that some larger
+K of DDPM matches it (K = 25 does), which the coarse curve decides just as the fine one does.
+Same 1000 test points as before, so the standard errors, and the 4-standard-error margins, are
+unchanged (the paired differences sit 10-30 standard errors above zero). Run `pytest -s` to see
+the table, or `python -m examples.analytic_dpm_report` for the full one (an application in
 `examples/` at the repository root, imported from there).
 """
 
@@ -21,7 +28,7 @@ from examples import analytic_dpm_report as R  # noqa: E402
 
 @pytest.fixture(scope="module")
 def res():
-    return R.headline(num_eval=1000)
+    return R.headline(num_eval=1000, Ks=(10, 25, 50), speedup_Ks=(10, 25, 50))
 
 
 @pytest.mark.slow

@@ -30,6 +30,12 @@ DISCRETE = [
 ]
 
 
+def _as_list(tau):
+    """A rule's output as a list, after checking it is an int32 `jax.Array`."""
+    assert isinstance(tau, jax.Array) and tau.dtype == jnp.int32
+    return np.asarray(tau).tolist()
+
+
 def _span_uniform(c, rtol=1e-12):
     """Equal steps in the coordinate `c`, relative to its total span."""
     c = np.asarray(c)
@@ -264,7 +270,7 @@ def test_even_is_the_official_rule_for_every_k():
         nodes, ties = _official_even(N, K)
         if ties:
             tie_ks.append(K)
-        assert np.asarray(grids.even(N, K)).tolist() == [0, *nodes], K
+        assert _as_list(grids.even(N, K)) == [0, *nodes], K
     assert tie_ks == EVEN_TIE_KS_N1000
     assert np.asarray(grids.even(N, 15))[8] == 501 and np.asarray(grids.even(N, 21))[11] == 500
     assert np.asarray(grids.even(N, 3)).tolist() == [0, 1, 500, 1000]
@@ -403,11 +409,11 @@ def test_diffusers_rules_for_every_k(N):
     bad_trailing = []
     for K in range(1, N + 1):
         lead = [k * (N // K) for k in range(K)]
-        assert np.asarray(grids.leading(N, K)).tolist() == _tau(lead)
-        assert np.asarray(grids.linspace(N, K)).tolist() == _tau(_linspace_rule(N, K))
+        assert _as_list(grids.leading(N, K)) == _tau(lead)
+        assert _as_list(grids.linspace(N, K)) == _tau(_linspace_rule(N, K))
         ts = _trailing_rule(N, K)
         if len(ts) == K:
-            assert np.asarray(grids.trailing(N, K)).tolist() == _tau(ts)
+            assert _as_list(grids.trailing(N, K)) == _tau(ts)
         else:
             assert len(ts) == K + 1 and ts[-1] == -1
             bad_trailing.append(K)

@@ -10,6 +10,7 @@ functions here build the common ones. See [Grids](../derivations/grids.md).
 import itertools
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
@@ -280,7 +281,8 @@ def _as_tau(indices, rule: str, N: int, K: int) -> Int[Array, " {K}+1"]:
             f"the {rule} rule gives the indices {idx} for N = {N}, K = {K}: not {K} distinct "
             "indices in 1..N, so it is not a trajectory; choose another K."
         )
-    return jnp.asarray(np.asarray([0, *idx], np.int32))
+    # device_put, not jnp.asarray: the latter compiles a small XLA program for every new K
+    return jax.device_put(np.asarray([0, *idx], np.int32))
 
 
 def uniform_trajectory(N: int, K: int) -> Int[Array, " {K}+1"]:
