@@ -73,8 +73,13 @@ EXCLUDED = {
     "grids.linspace": _INT_GRID,
     "grids.optimal": "a wrapper of analytic.optimal_trajectory, which has a case",
     "DPMSolverPPInfo": "NamedTuple of per-step results of DPMSolverPP.step",
+    "DPMSolverInfo": "NamedTuple of per-step results of DPMSolverMultistep / DPMSolverFast.step",
     "UniPCVariant": "enum of UniPC's B(h) (UniPC.BH1, UniPC.BH2), an option in UniPC's case",
     "AbstractInterpolant": "abstract base; RectifiedFlow and Interpolant have cases",
+    "RePaintInfo": "NamedTuple of per-step results of RePaint.step",
+    "DiffusersConfig": "container of a parsed diffusers config (Python values); test_migration.py",
+    "from_diffusers_config": "host-side parsing of a config dict into Python values and a "
+    "schedule (no arrays in); test_migration.py",
 }
 
 TRANSFORMS = ("jit", "vmap", "grad", "x32", "x64")
@@ -529,12 +534,12 @@ def _(dt):
         out.append(sd.sample(k, VP, model, sd.DiffraxSDE(), grid, x).x)
         out.append(sd.sample(k, VP, model, sd.EulerMaruyama(), grid, x).x)
         out.append(sd.sample(k, VP, model, sd.PredictorCorrector(), grid, x).x)
-        for grid in (
-            sd.grids.log_snr(VP, 3, t_eps=1e-2, dtype=dt),
-            sd.grids.quadratic(VP, 3, t_eps=1e-2, dtype=dt),
-            sd.grids.karras(VP, 3, t_eps=1e-2, dtype=dt),
-        ):
-            out.append(sd.sample(None, VP, model, sd.DPMSolver(order=2), grid, x).x)
+        # the three grid makers are outputs of their own (each under every transform); one
+        # DPMSolver run consumes one of them (a run per grid compiled the same solver thrice)
+        out.append(sd.grids.log_snr(VP, 3, t_eps=1e-2, dtype=dt))
+        out.append(sd.grids.quadratic(VP, 3, t_eps=1e-2, dtype=dt))
+        grid = sd.grids.karras(VP, 3, t_eps=1e-2, dtype=dt)
+        out.append(sd.sample(None, VP, model, sd.DPMSolver(order=2), grid, x).x)
         return out
 
     return fn, (key(0), arr([0.5, -1.0], dt)), (key(1), arr([1.0, 0.2], dt))
@@ -624,8 +629,10 @@ def _(dt):
         eps = lambda t, y: w * y
         return (
             sd.sample_pc(k, VP, _lin_score(w), (2,), num_steps=3, dtype=dt),
-            sd.dpm_solver(VP, eps, x, num_steps=3, order=2),
-            sd.sample_dpm_solver(k, VP, eps, (2,), num_steps=3, order=3, dtype=dt),
+            # the deprecated aliases forward to sd.sample(..., DPMSolver(order), ...), whose
+            # order-2 steps are under every transform in DPMSolver's case: order 1 here
+            sd.dpm_solver(VP, eps, x, num_steps=2, order=1),
+            sd.sample_dpm_solver(k, VP, eps, (2,), num_steps=2, order=1, dtype=dt),
         )
 
     return fn, (key(0), arr(0.3, dt), arr([0.5, -1.0], dt)), (key(1), arr(0.6, dt), arr([1, 0], dt))
@@ -928,6 +935,35 @@ def _(dt):
     return fn, (key(0), arr([0.5, -1.0], dt)), (key(1), arr([1.0, 0.2], dt))
 
 
+@case("DPMSolverMultistep", "DPMSolverFast", diff=(0,))
+def _(dt):
+    model = sd.EpsModel(gm(dt).eps_fn(VP))
+
+    def fn(x):
+        grid = sd.grids.log_snr(VP, 4, t_eps=1e-2, dtype=dt)
+        ms = sd.DPMSolverMultistep(order=3, denoise_to_zero=True)
+        return [
+            sd.sample(None, VP, model, ms, grid, x).x,
+            sd.sample(None, VP, model, sd.DPMSolverFast(order=3), grid, x).x,
+        ]
+
+    return fn, (arr([0.5, -1.0], dt),), (arr([1.0, 0.2], dt),)
+
+
+@case(
+    "DPMSolverAdaptive",
+    grad="reverse mode through lax.while_loop (a data-dependent number of steps) is undefined",
+)
+def _(dt):
+    model = sd.EpsModel(gm(dt).eps_fn(VP))
+
+    def fn(x):
+        res = sd.sample(None, VP, model, sd.DPMSolverAdaptive(order=3), arr([1.0, 1e-2], dt), x)
+        return res.x, res.stats["nfe"]
+
+    return fn, (arr([0.5, -1.0], dt),), (arr([1.0, 0.2], dt),)
+
+
 # ------------------------------------------------------------------ UniPC and EDM
 @case("UniPC", "EDMHeun", "EDMPrecond", diff=(1,))
 def _(dt):
@@ -941,6 +977,52 @@ def _(dt):
             sd.sample(None, VP, model, sd.UniPC(order=3), grid, x).x,
             sd.sample(k, VP, model, sd.EDMHeun(churn=1.0), grid, x).x,
             sd.sample(None, VP, pre, sd.EDMHeun(), grid, x).x,
+        ]
+
+    return fn, (key(0), arr([0.5, -1.0], dt)), (key(1), arr([1.0, 0.2], dt))
+
+
+# ------------------------------------------------------------------ inverse problems
+@case("Inpaint", "RePaint", "DPS", "DPSGuidance", "ddim_inversion", diff=(1, 2))
+def _(dt):
+    g = gm(dt)
+    model = sd.EpsModel(g.eps_fn(VP))
+    mask = jnp.array([True, False])
+
+    def fn(k, x, y):
+        grid = sd.grids.log_snr(VP, 4, t_eps=1e-2, dtype=dt)
+        base = sd.DPMSolverPP(order=1)
+        op = lambda x0: x0[:1]
+        return [
+            sd.sample(k, VP, model, sd.Inpaint(base, mask, y), grid, x).x,
+            sd.sample(k, VP, model, sd.RePaint(base, mask, y, jump=2, resample=2), grid, x).x,
+            sd.sample(k, VP, model, sd.DPS(base, op, y[:1], step_size=0.2), grid, x).x,
+            sd.DPSGuidance(model, op, y[:1], noise_std=0.5).eps(VP, 0.5, x),
+            sd.ddim_inversion(VP, model, grid, x, fixed_point=1).x,
+        ]
+
+    return (
+        fn,
+        (key(0), arr([0.5, -1.0], dt), arr([0.3, 0.1], dt)),
+        (key(1), arr([1.0, 0.2], dt), arr([-0.2, 0.4], dt)),
+    )
+
+
+# ------------------------------------------------------------------ batches
+@case("sample_batch", "BatchedNet", diff=(1,))
+def _(dt):
+    g = gm(dt)
+    eps = g.eps_fn(VP)
+    model = sd.EpsModel(eps)
+    bmodel = sd.EpsModel(sd.BatchedNet(lambda t, x: jax.vmap(eps)(t, x)))
+
+    def fn(k, x):
+        grid = sd.grids.uniform(VP, 3, t_eps=1e-2, dtype=dt)
+        xb = jnp.stack([x, -x, 0.5 * x])
+        return [
+            sd.sample_batch(k, VP, model, sd.EulerMaruyama(), grid, xb).x,
+            sd.sample_batch(k, VP, bmodel, sd.DPMSolverPP(order=2, stochastic=True), grid, xb).x,
+            bmodel.eps(VP, grid[1], x),
         ]
 
     return fn, (key(0), arr([0.5, -1.0], dt)), (key(1), arr([1.0, 0.2], dt))
