@@ -27,9 +27,8 @@ from .dpm_solver_multistep import (
     grid_coefficients,
     history_step,
     init_history,
-    scan_solve,
 )
-from .dpm_solver_pp import _check_bool
+from .dpm_solver_pp import _check_bool, scan_solve
 
 
 def fast_orders(nfe: int, order: int) -> np.ndarray:

@@ -24,10 +24,10 @@ from jax import lax
 from jaxtyping import Array
 
 from .._misc import check_vector_field, is_concrete
-from ._continuous import check_grid, check_linear_process, scan_states, with_start
+from ._continuous import check_grid, check_linear_process
 from .base import AbstractSolver, AbstractState, Sample, SolverKey
 from .dpm_solver import ModelEps
-from .dpm_solver_pp import _check_bool, _multistep_tables, multistep_orders
+from .dpm_solver_pp import _check_bool, _multistep_tables, multistep_orders, scan_solve
 
 
 class DPMSolverInfo(NamedTuple):
@@ -106,20 +106,6 @@ def denoise(eps: ModelEps, t, x):
     model evaluation): the official code's `denoise_to_zero`, a first-order step from $\ell_t$ to
     $\ell = \infty$."""
     return eps.model.x0(eps.process, t, x, *eps.cond)
-
-
-def scan_solve(solver, key, process, model, grid, x_T, cond, save_trajectory) -> Sample:
-    """`init`, then a `lax.scan` of `step` (carrying only the state's arrays)."""
-    state = solver.init(process, model, grid, x_T, cond)
-    K = solver.num_steps(grid)
-
-    def step(st, i):
-        k = None if key is None else solver.step_key(key, i, K)
-        return solver.step(k, st)[0]
-
-    state, xs = scan_states(step, state, jnp.arange(K, dtype=jnp.int32), save_trajectory)
-    traj = with_start(x_T, xs) if save_trajectory else None
-    return Sample(state.x, traj, {"nfe": solver.nfe(K), "num_steps": K})
 
 
 def noise_multistep_tables(al, sg, ell, orders, order, reference_3m):

@@ -273,6 +273,20 @@ def _check_bool(value, name: str) -> None:
         raise TypeError(f"`{name}` must be a bool, got {value!r}.")
 
 
+def scan_solve(solver, key, process, model, grid, x_T, cond, save_trajectory) -> Sample:
+    """`init`, then a `lax.scan` of `step` (carrying only the state's arrays)."""
+    state = solver.init(process, model, grid, x_T, cond)
+    K = solver.num_steps(grid)
+
+    def step(st, i):
+        k = None if key is None else solver.step_key(key, i, K)
+        return solver.step(k, st)[0]
+
+    state, xs = scan_states(step, state, jnp.arange(K, dtype=jnp.int32), save_trajectory)
+    traj = with_start(x_T, xs) if save_trajectory else None
+    return Sample(state.x, traj, {"nfe": solver.nfe(K), "num_steps": K})
+
+
 class DPMSolverPP(AbstractSolver):
     r"""DPM-Solver++ (Lu et al. 2022b): exponential integrators in data prediction, singlestep
     (2S, 3S) or multistep (2M, 3M), and SDE-DPM-Solver++ (1M, 2M).
@@ -487,13 +501,4 @@ class DPMSolverPP(AbstractSolver):
     def solve(self, key, process, model, grid, x_T, cond, save_trajectory) -> Sample:
         r"""A `lax.scan` of `step` with the keys `fold_in(key, i)` (the default solve, carrying
         only the state's arrays, so that a model may wrap a plain function)."""
-        state = self.init(process, model, grid, x_T, cond)
-        K = self.num_steps(grid)
-
-        def step(st, i):
-            k = None if key is None else self.step_key(key, i, K)
-            return self.step(k, st)[0]
-
-        state, xs = scan_states(step, state, jnp.arange(K, dtype=jnp.int32), save_trajectory)
-        traj = with_start(x_T, xs) if save_trajectory else None
-        return Sample(state.x, traj, {"nfe": self.nfe(K), "num_steps": K})
+        return scan_solve(self, key, process, model, grid, x_T, cond, save_trajectory)
