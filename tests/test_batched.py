@@ -216,7 +216,8 @@ def test_noise_free_last_step():
 def test_sample_sde_euler_maruyama_mapping():
     """`sd.sample_sde(key, ..., solver=sd.EulerMaruyama(...))` is `sd.sample(k_bm, ...,
     sd.EulerMaruyama(...), grid, x_T)` on the uniform grid with `k_prior, k_bm = split(key)`;
-    `final_noise` chooses the noise-free last step. Adaptive options are refused."""
+    `final_noise` chooses the noise-free last step. The default (`solver=None`, fixed steps) is
+    `sd.EulerMaruyama()`. Adaptive options are refused."""
     key = jax.random.key(9)
     t_eps, K = 1e-3, 20
     k_prior, k_bm = jax.random.split(key)
@@ -226,6 +227,9 @@ def test_sample_sde_euler_maruyama_mapping():
     em = sd.EulerMaruyama(final_noise=True)  # the noise-free last step: test_noise_free_last_step
     out = sd.sample_sde(key, VP, GM.score_fn(VP), (2,), num_steps=K, solver=em)
     ref = sd.sample(k_bm, VP, SCORE, em, jnp.asarray(grid), x_T).x
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=1e-13, atol=1e-13)
+    out = sd.sample_sde(key, VP, GM.score_fn(VP), (2,), num_steps=K)
+    ref = sd.sample(k_bm, VP, SCORE, sd.EulerMaruyama(), jnp.asarray(grid), x_T).x
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=1e-13, atol=1e-13)
     with pytest.raises(ValueError, match="must be None"):
         sd.sample_sde(

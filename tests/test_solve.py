@@ -123,11 +123,13 @@ def test_sample_ode_reproduces_mixture(sde, gm, keys):
 
 @pytest.mark.parametrize(
     "sde, solver",
-    [(VP, diffrax.Euler()), (SUBVP, diffrax.Euler()), (VE, diffrax.Heun())],
-    ids=["vp-euler", "subvp-euler", "ve-heun"],
+    [(VP, None), (SUBVP, diffrax.Euler()), (VE, diffrax.Heun())],
+    ids=["vp-default", "subvp-euler", "ve-heun"],
 )
 def test_sample_sde_reproduces_mixture(sde, solver, gm, keys):
-    """Reverse SDE with 100 steps, exact score: Euler-Maruyama, and Heun for VE.
+    """Reverse SDE with 100 steps, exact score: the default (tree-free Euler-Maruyama with a
+    noise-free last step) for VP, diffrax's Euler-Maruyama on a Brownian tree for sub-VP, and
+    Heun for VE.
 
     Heun is a Stratonovich solver; for the additive noise of a linear SDE Ito and Stratonovich
     coincide, so it samples the same reverse SDE.

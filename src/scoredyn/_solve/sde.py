@@ -188,7 +188,7 @@ def sample_sde(
     score: ScoreFn,
     shape: tuple[int, ...],
     *,
-    solver: diffrax.AbstractSolver | EulerMaruyama = diffrax.Euler(),
+    solver: diffrax.AbstractSolver | EulerMaruyama | None = None,
     num_steps: int = 1000,
     stepsize_controller: diffrax.AbstractStepSizeController | None = None,
     t_eps: float | None = None,
@@ -206,38 +206,37 @@ def sample_sde(
 
     $$\mathrm{d}x = \big[f(t)\,x - g(t)^2\,s(t, x)\big]\,\mathrm{d}t + g(t)\,\mathrm{d}\bar W$$
 
-    with a diffrax SDE solver through [`simulate_sde`][scoredyn.simulate_sde] (time substituted
-    $s = T - t$ so that diffrax runs forwards). The default `diffrax.Euler()` with
-    `num_steps` equal steps is Euler–Maruyama:
-    $x_{t-h} = x_t - h\,[f x_t - g^2 s(t, x_t)] + g\sqrt h\,z$. See
+    with `num_steps` equal steps. By default (fixed steps, no save times) this is
+    Euler–Maruyama without a Brownian tree:
+    $x_{t-h} = x_t - h\,[f x_t - g^2 s(t, x_t)] + g\sqrt h\,z$, one Gaussian draw $z$ per step,
+    and no noise on the last step (its output is the mean of the last transition, as in
+    score_sde's `noise_removal`). That is `sd.sample(k_bm, sde, sd.ScoreModel(score),
+    sd.EulerMaruyama(), grid, x_T)` with `k_prior, k_bm = jax.random.split(key)`,
+    `x_T = sde.prior_sample(k_prior, shape, dtype)` and `grid` the `num_steps` equal steps from
+    $T$ to $t_\epsilon$, compiled as one program, as cheap as a hand-written `lax.scan`. See
     [sampling the reverse SDE](../derivations/reverse-sde.md#sampling).
 
-    This is `sd.sample(k_bm, sde, sd.ScoreModel(score), sd.DiffraxSDE(solver,
-    stepsize_controller, brownian_tol, max_steps, throw), grid, x_T)` with
-    `k_prior, k_bm = jax.random.split(key)`, `x_T = sde.prior_sample(k_prior, shape, dtype)`
-    and `grid` the `num_steps` equal steps from $T$ to $t_\epsilon$, compiled as one program
-    ([`DiffraxSDE`][scoredyn.DiffraxSDE]). Save times `ts` need not lie on that grid, so with
-    `ts` the same diffrax kernel is run directly, saving at `ts`.
-
-    **The fast fixed-step path.** `solver=sd.EulerMaruyama()` runs the same Euler–Maruyama
-    steps without a Brownian tree: `sd.sample(k_bm, sde, sd.ScoreModel(score),
-    sd.EulerMaruyama(...), grid, x_T)` on the same uniform grid, one Gaussian draw per step
-    (`fold_in(k_bm, i)`), as cheap as a hand-written `lax.scan`.
-    `sd.EulerMaruyama(final_noise=True)` samples the same distribution as the default (noise on
-    every step, the last included); `sd.EulerMaruyama()` leaves the last step noise-free, so
-    the output is the mean of the last transition. The draws differ from the Brownian tree's
-    (same distribution, other bits). The default stays `diffrax.Euler()` on a
-    `VirtualBrownianTree`, bit for bit scoredyn 0.1's `sample_sde`; the tree is needed for
-    adaptive steps and higher-order SDE solvers.
+    **Diffrax solvers.** A diffrax SDE solver (`diffrax.Euler()`, `Heun()`, `ShARK()`, ...)
+    integrates with a `VirtualBrownianTree` through [`simulate_sde`][scoredyn.simulate_sde]
+    (time substituted $s = T - t$ so that diffrax runs forwards), as
+    [`sd.DiffraxSDE`][scoredyn.DiffraxSDE]; it is what a `stepsize_controller`, a
+    `brownian_tol` or save times `ts` need, and it is the default when one of them is given
+    (then `diffrax.Euler()`). `solver=diffrax.Euler()` with fixed steps reproduces scoredyn
+    0.1's `sample_sde` bit for bit (its default until 0.2; noise on every step, the last
+    included, and 3.6-5.3x the cost of the tree-free path, `docs/performance.md`).
+    `sd.EulerMaruyama(final_noise=True)` samples that same distribution without the tree
+    (other bits).
 
     Args:
         key: PRNG key (split into the prior draw and the Brownian motion).
         sde: a linear SDE.
         score: $(t, x) \mapsto \nabla_x\log p_t(x)$, returning an array like x.
         shape: shape of ONE example (tuple of ints).
-        solver: a diffrax SDE solver (`Euler`, `Heun`, `ShARK`, ...), or
-            [`sd.EulerMaruyama()`][scoredyn.EulerMaruyama] for fixed steps without a Brownian
-            tree (then `stepsize_controller`, `brownian_tol` and `ts` must be `None`).
+        solver: `None` (the default): [`sd.EulerMaruyama()`][scoredyn.EulerMaruyama] for
+            fixed steps, `diffrax.Euler()` when `stepsize_controller`, `brownian_tol` or `ts`
+            is given; or a diffrax SDE solver (`Euler`, `Heun`, `ShARK`, ...); or an
+            `sd.EulerMaruyama(...)` (then `stepsize_controller`, `brownian_tol` and `ts` must
+            be `None`).
         num_steps: number of equal steps from $T$ to $t_\epsilon$ (initial step when adaptive).
         stepsize_controller: `None` (fixed steps) or a diffrax controller.
         t_eps: end time $0 < t_\epsilon < T$; default $10^{-3}$ ($10^{-5}$ for VE).
@@ -258,7 +257,7 @@ def sample_sde(
 
     Example:
         ```python
-        x = sd.sample_sde(key, sde, score, (2,), num_steps=200, solver=sd.EulerMaruyama())
+        x = sd.sample_sde(key, sde, score, (2,), num_steps=200)
         ```
 
     References:
@@ -271,6 +270,10 @@ def sample_sde(
     t_eps = check_t_eps(t_eps, sde)
     check_score(score, "score", sde.T, jnp.zeros(shape, dtype))
     method: DiffraxSDE | EulerMaruyama
+    if solver is None:
+        # the tree-free path unless something only the Brownian tree can do is asked for
+        needs_tree = any(v is not None for v in (stepsize_controller, brownian_tol, ts))
+        solver = diffrax.Euler() if needs_tree else EulerMaruyama()
     if isinstance(solver, EulerMaruyama):
         given = {"stepsize_controller": stepsize_controller, "brownian_tol": brownian_tol, "ts": ts}
         bad = [name for name, v in given.items() if v is not None]
