@@ -292,8 +292,10 @@ def test_mosaic_keeps_digits_apart():
 
 
 def _small_training(tmp_path, steps):
+    # a small network and batch: what is checked (segments, checkpoints, checksums) does not
+    # depend on the size, and the cost is the compilation of the training chunk per run
     cfg = _config.parse_config(
-        ["--quick", "--steps", str(steps), "--width", "16", "--depth", "1"]
+        ["--quick", "--steps", str(steps), "--width", "16", "--depth", "1", "--batch-size", "32"]
         + ["--out", str(tmp_path), "--no-progress"]
     )
     data = _data.load_digits()
@@ -302,10 +304,23 @@ def _small_training(tmp_path, steps):
     return cfg, data, sched, sde
 
 
+def _assert_same_leaves(a, b):
+    import jax
+
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
 @pytest.mark.slow
-def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch):
+def test_interrupted_training_resumes_and_a_corrupted_checkpoint_is_retrained(
+    tmp_path, monkeypatch
+):
     """Ctrl-C after the first segment keeps its checkpoint; the rerun resumes from it and ends
-    with the same weights, bit for bit, as a run that was never interrupted."""
+    with the same weights, bit for bit, as a run that was never interrupted. Then flipping bytes
+    of that uninterrupted run's finished checkpoint (same size) fails its checksum: the run says
+    so, keeps the bad file aside and trains again to the original weights, and the retrained
+    checkpoint is valid again. (One test: the uninterrupted run's checkpoint is the one
+    corrupted, so its training is shared.)"""
     import jax
     from examples.digits import checkpoint, train as _train
 
@@ -314,6 +329,7 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch)
     key = jax.random.key(0)
     whole, losses, _, _ = _train.train(cfg, data, sched, sde, key, log=lambda m: None)
 
+    # ---- interrupted after the first segment, then resumed
     cfg_b, *_ = _small_training(tmp_path / "b", steps)
     real_save = checkpoint.save
 
@@ -333,32 +349,20 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch)
     assert any(f"at step {_config.SEGMENT}" in m for m in logs), logs
     assert not reused
     np.testing.assert_array_equal(losses_b, losses)
-    for a, b in zip(jax.tree_util.tree_leaves(whole), jax.tree_util.tree_leaves(resumed)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    _assert_same_leaves(whole, resumed)
 
-
-@pytest.mark.slow
-def test_corrupted_checkpoint_is_refused_and_retrained(tmp_path):
-    """Flipping bytes of a finished checkpoint (same size) fails its checksum: the run says so,
-    keeps the bad file aside and trains again to the original weights."""
-    import jax
-    from examples.digits import train as _train
-
-    cfg, data, sched, sde = _small_training(tmp_path, 60)
-    key = jax.random.key(0)
-    first, *_ = _train.train(cfg, data, sched, sde, key, log=lambda m: None)
+    # ---- the uninterrupted run's finished checkpoint, corrupted
     final, _ = _train.checkpoint_paths(cfg)
     blob = bytearray(final.read_bytes())
     mid = len(blob) // 2
     blob[mid : mid + 8] = bytes(b ^ 0xFF for b in blob[mid : mid + 8])
     final.write_bytes(bytes(blob))
-    logs = []
+    logs.clear()
     again, _, _, reused = _train.train(cfg, data, sched, sde, key, log=logs.append)
     assert not reused
     assert any("checksum" in m for m in logs), logs
     assert final.with_name(final.name + ".corrupt").exists()
-    for a, b in zip(jax.tree_util.tree_leaves(first), jax.tree_util.tree_leaves(again)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    _assert_same_leaves(whole, again)
     # and the retrained checkpoint is valid again
     logs.clear()
     _, _, _, reused = _train.train(cfg, data, sched, sde, key, log=logs.append)
@@ -373,8 +377,10 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     every number."""
     from examples.digits import main
 
+    # N = 100 schedule steps (K = 10 and 100): the bounds, Gamma and the samplers are the same
+    # programs as at N = 1000, with a tenth of the run time
     args = ["--quick", "--out", str(tmp_path), "--no-progress", "--steps", "300", "--eval", "24"]
-    args += ["--cond-steps", "100", "--flow-steps", "100", "--inpaint", "2"]
+    args += ["--cond-steps", "100", "--flow-steps", "100", "--inpaint", "2", "--num-steps", "100"]
     folder = main(args)
     assert folder == tmp_path / "digits-quick"
     for name in (
