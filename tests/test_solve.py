@@ -30,6 +30,15 @@ TOL_MEANS = 0.07
 T_MID = 0.5
 
 
+def compiled_o3(fn, *args):
+    """`jax.jit(fn)` compiled for `args` with LLVM at -O3 instead of the suite's -O0 (conftest).
+
+    For the Monte Carlo programs whose cost is running, not compiling: thousands of paths on a
+    Brownian tree run ~5x faster at -O3 (e.g. 3.5 -> 0.7 CPU-s) for about the same compile
+    time. The checks are unchanged (CPU code is compiled without fast-math at either level)."""
+    return jax.jit(fn).lower(*args).compile({"xla_backend_optimization_level": "3"})
+
+
 def mixture_moments(gm):
     """Mean and covariance of a Gaussian mixture, from its parameters (an independent fact)."""
     w, m, c = gm.weights, gm.means, gm.covs
@@ -93,8 +102,8 @@ def test_forward_euler_maruyama_matches_marginal(gm):
     n = 2000
     x0 = gm.sample(jax.random.key(1), n)
     keys = jax.random.split(jax.random.key(2), n)
-    fwd = jax.jit(jax.vmap(lambda k, x: sd.simulate_sde(k, sde, x, 0.0, T_MID, num_steps=50)))
-    xt = fwd(keys, x0)
+    fwd = jax.vmap(lambda k, x: sd.simulate_sde(k, sde, x, 0.0, T_MID, num_steps=50))
+    xt = compiled_o3(fwd, keys, x0)(keys, x0)
     assert xt.shape == (n, 2) and xt.dtype == jnp.float64
     check_moments(gm.marginal(sde, T_MID), xt, f"forward EM {type(sde).__name__}", 0.09, 0.14)
 
@@ -135,10 +144,8 @@ def test_sample_sde_reproduces_mixture(sde, solver, gm, keys):
     coincide, so it samples the same reverse SDE.
     """
     score = gm.score_fn(sde)
-    f = jax.jit(
-        jax.vmap(lambda k: sd.sample_sde(k, sde, score, (2,), solver=solver, num_steps=100))
-    )
-    xs = f(keys)
+    f = jax.vmap(lambda k: sd.sample_sde(k, sde, score, (2,), solver=solver, num_steps=100))
+    xs = compiled_o3(f, keys)(keys)
     assert xs.shape == (N_SAMPLES, 2)
     check_mixture(gm, xs, f"sample_sde {type(sde).__name__} {type(solver).__name__}")
 
@@ -305,7 +312,8 @@ def test_dpm_solver_order1_is_ddim(sde, gm):
     n = 12
     got = sd.dpm_solver(sde, eps, x_T, num_steps=n, order=1, t_eps=1e-3)
     ts = time_grid(sde, n, 1e-3, "logSNR", jnp.float64)
-    want = _ddim_reference(sde, eps, x_T, ts)
+    # one compiled program for the reference (eagerly, each of its ops compiles on its own)
+    want = jax.jit(lambda x, ts: _ddim_reference(sde, eps, x, ts))(x_T, ts)
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
 
 
@@ -315,9 +323,10 @@ def test_dpm_solver_log_snr_grid_is_uniform():
 
     for sde in ALL_LINEAR_SDES:
         ts = time_grid(sde, 10, 1e-3, "logSNR", jnp.float64)
-        lam = jax.vmap(sde.log_snr)(ts)
-        np.testing.assert_allclose(jnp.diff(lam), (lam[-1] - lam[0]) / 10, rtol=1e-9)
-        assert float(ts[0]) == sde.T and float(ts[-1]) == 1e-3
+        lam = np.asarray(jax.vmap(sde.log_snr)(ts))
+        np.testing.assert_allclose(np.diff(lam), (lam[-1] - lam[0]) / 10, rtol=1e-9)
+        ts = np.asarray(ts)
+        assert ts[0] == sde.T and ts[-1] == 1e-3
 
 
 def test_dpm_solver_convergence_order(gm):
