@@ -143,12 +143,12 @@ def test_gumbel_quadrature_is_softmax_float64():
 
 def test_gumbel_quadrature_is_softmax_float32():
     mu = jnp.asarray(MU4, jnp.float32)
-    raw = raw_quadrature("gumbel", mu, 1.0)
+    # both float32 rules in one compiled program (nothing else in the file runs in float32)
+    raw, p32 = jax.jit(lambda m: (raw_quadrature("gumbel", m, 1.0), probs("gaussian", m, 1.0)))(mu)
     assert raw.dtype == jnp.float32
     exact = jax.nn.softmax(f64(MU4))
     np.testing.assert_allclose(np.exp(np.asarray(raw, np.float64)), exact, rtol=0, atol=1e-6)
     # float32 Gaussian check value against float64 QUADPACK
-    p32 = probs("gaussian", mu, 1.0)
     assert p32.dtype == jnp.float32
     np.testing.assert_allclose(p32, scipy_probs("gaussian", tuple(MU4)), rtol=0, atol=1e-6)
 
@@ -377,27 +377,46 @@ def test_gradient_finite_for_huge_gaps_float32():
 
 
 def test_jit_vmap_batch_shapes():
+    """A (2, 3) batch of 4-class rows: shapes, log_prob broadcasting, and the batched
+    distribution equal to a vmap over its rows. Everything is computed in one jitted program
+    (op by op, each eager op on these shapes compiled on its own)."""
     mu = jax.random.normal(rkey(0), (2, 3, 4), jnp.float64)
     pm = R.PerturbMax(mu, R.Logistic(0.5))
     assert pm.batch_shape == (2, 3) and pm.num_classes == 4
-    p = pm.probs
-    assert p.shape == (2, 3, 4)
-    # jit of vmap over rows agrees with the batched distribution
-    pv = jax.jit(jax.vmap(jax.vmap(lambda m: R.PerturbMax(m, R.Logistic(0.5)).probs)))(mu)
-    np.testing.assert_allclose(pv, p, rtol=0, atol=1e-14)
-    # log_prob broadcasts indices against the batch; out of range is -inf
     idx = jnp.array([[0, 3, 4]])
-    lp = pm.log_prob(idx)
+
+    @jax.jit
+    def run(mu):
+        pm = R.PerturbMax(mu, R.Logistic(0.5))
+        return dict(
+            p=pm.probs,
+            # vmap over rows of the batched distribution's rule
+            pv=jax.vmap(jax.vmap(lambda m: R.PerturbMax(m, R.Logistic(0.5)).probs))(mu),
+            lp=pm.log_prob(idx),  # broadcasts indices against the batch; out of range: -inf
+            lp_neg=pm.log_prob(-1),
+            prob2=pm.prob(jnp.array(2)),
+            sample=pm.sample(rkey(1), (5,)),
+            relaxed=pm.relaxed_sample(rkey(2), 0.5, (5,)),
+            st=pm.straight_through_sample(rkey(3), 0.5, (5,)),
+            entropy=pm.entropy(),
+            mode=pm.mode(),
+        )
+
+    out = {k: np.asarray(v) for k, v in run(mu).items()}
+    p = out["p"]
+    assert p.shape == (2, 3, 4)
+    np.testing.assert_allclose(out["pv"], p, rtol=0, atol=1e-14)
+    lp = out["lp"]
     assert lp.shape == (2, 3)
-    np.testing.assert_allclose(lp[:, :2], jnp.log(p[:, [0, 1], [0, 3]]), rtol=0, atol=1e-13)
-    assert np.all(np.isneginf(np.asarray(lp[:, 2])))
-    assert float(pm.log_prob(-1)[0, 0]) == -np.inf
-    np.testing.assert_allclose(pm.prob(jnp.array(2)), p[..., 2], rtol=0, atol=1e-15)
-    assert pm.sample(rkey(1), (5,)).shape == (5, 2, 3)
-    assert pm.relaxed_sample(rkey(2), 0.5, (5,)).shape == (5, 2, 3, 4)
-    assert pm.straight_through_sample(rkey(3), 0.5, (5,)).shape == (5, 2, 3, 4)
-    assert pm.entropy().shape == (2, 3)
-    np.testing.assert_array_equal(pm.mode(), jnp.argmax(mu, -1))
+    np.testing.assert_allclose(lp[:, :2], np.log(p[:, [0, 1], [0, 3]]), rtol=0, atol=1e-13)
+    assert np.all(np.isneginf(lp[:, 2]))
+    assert out["lp_neg"][0, 0] == -np.inf
+    np.testing.assert_allclose(out["prob2"], p[..., 2], rtol=0, atol=1e-15)
+    assert out["sample"].shape == (5, 2, 3)
+    assert out["relaxed"].shape == (5, 2, 3, 4)
+    assert out["st"].shape == (5, 2, 3, 4)
+    assert out["entropy"].shape == (2, 3)
+    np.testing.assert_array_equal(out["mode"], np.argmax(np.asarray(mu), -1))
 
 
 def test_dtypes_follow_mu(getkey):
@@ -499,12 +518,18 @@ def test_noise_functions_match_scipy(name):
     ref = scipy_dist(name, s)
     x = f64(np.linspace(-0.8, 0.8, 9) if name == "uniform" else np.linspace(-6, 6, 13))
     xn = np.asarray(x)
-    np.testing.assert_allclose(noise.log_pdf(x), ref.logpdf(xn), rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(noise.cdf(x), ref.cdf(xn), rtol=1e-12, atol=1e-14)
-    np.testing.assert_allclose(noise.log_cdf(x), ref.logcdf(xn), rtol=1e-10, atol=1e-12)
     u = f64([1e-6, 0.1, 0.25, 0.5, 0.75, 0.9, 1 - 1e-6])
-    np.testing.assert_allclose(noise.quantile(u), ref.ppf(np.asarray(u)), rtol=1e-9, atol=1e-9)
-    np.testing.assert_allclose(noise.icdf(u), noise.quantile(u), rtol=0, atol=0)
+    # one compiled program for the five functions (eagerly, each op compiles on its own)
+    lpdf, cdf, lcdf, q, icdf = jax.jit(
+        lambda x, u: (
+            (noise.log_pdf(x), noise.cdf(x), noise.log_cdf(x), noise.quantile(u)) + (noise.icdf(u),)
+        )
+    )(x, u)
+    np.testing.assert_allclose(lpdf, ref.logpdf(xn), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(cdf, ref.cdf(xn), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(lcdf, ref.logcdf(xn), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(q, ref.ppf(np.asarray(u)), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(icdf, q, rtol=0, atol=0)
     # sampling: Kolmogorov–Smirnov against the CDF (fixed key, 1024 draws)
     xs = np.asarray(noise.sample(rkey(13), (256, 4), jnp.float64)).reshape(-1)
     assert stats.kstest(xs, ref.cdf).pvalue > 1e-3
