@@ -56,7 +56,7 @@ def _run_section(i: int, quick: bool, repeats, log):
     if i == 4:
         from . import quality as m
 
-        kw = dict(num_samples=2**12, num_entropy=2**16, nfes=(5, 10, 20)) if quick else {}
+        kw = dict(m.QUICK) if quick else {}
         return m, m.run(log=log, **kw)
     if i == 6:
         from . import batched as m

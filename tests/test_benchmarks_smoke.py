@@ -101,3 +101,36 @@ def test_mmd_matches_closed_form_for_shifted_gaussian():
     # an exact sample sits at the noise floor, far below the shifted one
     p = math.sqrt(s2) * jax.random.normal(jax.random.key(2), (4096, d))
     assert mmd(gm, p, h=h, num_pairs=4096) < 0.3 * exact
+
+
+def test_quality_section_quick_run_reports_targets_and_finite_distances():
+    """Section 4 in `--quick` mode (`quality.QUICK`: the 2-D oracle, NFE 10, DPM-Solver++(2M)).
+    The report states both NFE-10 targets; the distances to the converged flow are finite and of
+    a plausible size; the solver on diffusers' timesteps is close to the same solver on the
+    time-uniform grid (the two grids differ only by rounding to integer timesteps); and the
+    diffusers peers are either measured (and match their scoredyn twin) or reported as skipped.
+    The 64-D oracle is built and its exact eps is finite (the full run samples it)."""
+    gm = quality.mixture_64d()
+    assert gm.dim == 64 and gm.num_components == 4
+    eps = gm.eps_fn(sd.VPSDE(0.1, 20.0))(jnp.asarray(0.5), jnp.ones(64))
+    assert eps.shape == (64,) and bool(jnp.all(jnp.isfinite(eps)))
+    res = quality.run(**quality.QUICK, log=lambda _: None)
+    text = quality.report(res)
+    assert "RMS distance at most half that of diffusers' DPM-Solver++(2M)" in text
+    assert "stays within 0.03 nats from NFE 10 on" in text
+    assert "Best grid per solver" in text
+    m = res["mixtures"]["2-D"]
+    assert 0.0 < m["flow_gap"] < 0.01  # the flow to t_eps alone: a small positive gap
+    rows = m["rows"]
+    for grid in ("log-SNR", "time-uniform", "diffusers' timesteps"):
+        e = rows[f"DPM-Solver++(2M), {grid}"]["nfe"][10]
+        assert e["nfe"] == 10 and math.isfinite(e["gap"])
+        assert 1e-3 < e["rms"] < 0.5, (grid, e)
+    twin = rows["DPM-Solver++(2M), diffusers' timesteps"]["nfe"][10]["rms"]
+    uniform = rows["DPM-Solver++(2M), time-uniform"]["nfe"][10]["rms"]
+    assert twin == pytest.approx(uniform, rel=0.05)
+    if "skipped" in res["peers"]:
+        assert "diffusers peers: skipped" in text and "not measured" in text
+    else:
+        e = rows[quality.PEER_TARGET]["nfe"][10]
+        assert e["twin_max_abs"] < 1e-3  # diffusers' loop = its scoredyn twin (float32 updates)
