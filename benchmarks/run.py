@@ -1,4 +1,4 @@
-"""Entry point: ``python -m benchmarks.run [--quick] [--sections 1,2,3,4,5,6] [--out DIR]``.
+"""Entry point: ``python -m benchmarks.run [--quick] [--sections 1,2,3,4,5,6,7] [--out DIR]``.
 
 Writes ``<out>/<date>-<machine>.md`` (the tables), ``.png`` (the plot) and ``.json`` (raw numbers).
 """
@@ -24,15 +24,16 @@ SECTIONS = {
     4: "quality",
     5: "peer",
     6: "batched",
+    7: "solvers",
 }
 
 
 def _parse(argv):
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
     p.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run, about a minute)")
-    p.add_argument("--sections", default="1,2,3,4,5,6", help="comma-separated subset of 1..6")
+    p.add_argument("--sections", default="1,2,3,4,5,6,7", help="comma-separated subset of 1..7")
     p.add_argument("--out", default=str(Path(__file__).parent / "results"), help="output folder")
-    p.add_argument("--repeats", type=int, default=None, help="timing repeats (sections 1, 5, 6)")
+    p.add_argument("--repeats", type=int, default=None, help="timing repeats (sections 1, 5, 6, 7)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
     return p.parse_args(argv)
 
@@ -67,6 +68,13 @@ def _run_section(i: int, quick: bool, repeats, log):
         if repeats:
             kw["repeats"] = repeats
         return m, m.run(log=log, **kw)
+    if i == 7:
+        from . import solvers as m
+
+        kw = dict(batches=(16,), budget_s=2.0, compile_ks=(10, 100)) if quick else {}
+        if repeats:
+            kw["repeats"] = repeats
+        return m, m.run(log=log, **kw)
     from . import peer as m
 
     kw = dict(batches=(16,), budget_s=3.0) if quick else {}
@@ -95,7 +103,7 @@ def main(argv=None) -> int:
     sections = sorted({int(s) for s in args.sections.split(",") if s.strip()})
     bad = [s for s in sections if s not in SECTIONS]
     if bad:
-        raise SystemExit(f"--sections: unknown section(s) {bad}; choose from 1..6.")
+        raise SystemExit(f"--sections: unknown section(s) {bad}; choose from 1..7.")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.now().strftime("%Y-%m-%d")
