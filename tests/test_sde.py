@@ -70,17 +70,22 @@ def test_finite_in_float32_on_whole_interval(sde):
     """No NaN or inf for t in [0, T] in float32 (t = 0 excepted for log-SNR, which is +inf)."""
     t = jnp.concatenate([jnp.array([0.0, 1e-7, 1e-5]), jnp.linspace(0, 1, 101)]).astype(jnp.float32)
     t = jnp.clip(t * sde.T, 0, sde.T).astype(jnp.float32)
-    alpha, sigma = jax.vmap(sde.marginal)(t)
-    f, g = jax.vmap(sde.coefficients)(t)
-    for name, arr in dict(alpha=alpha, sigma=sigma, f=f, g=g).items():
+    t_small = 1e-6 * sde.T
+
+    @jax.jit  # one program (op by op, the vmapped methods compile each of their ops)
+    def all_of(t, t_small):
+        alpha, sigma = jax.vmap(sde.marginal)(t)
+        f, g = jax.vmap(sde.coefficients)(t)
+        return alpha, sigma, f, g, jax.vmap(sde.log_snr)(t), sde.marginal(t_small)[1]
+
+    alpha, sigma, f, g, lam, s32 = all_of(t, jnp.float32(t_small))
+    for name, arr in dict(alpha=alpha, sigma=sigma, f=f, g=g, lam=lam, s32=s32).items():
         assert arr.dtype == jnp.float32, name
+    for name, arr in dict(alpha=alpha, sigma=sigma, f=f, g=g).items():
         assert np.all(np.isfinite(np.asarray(arr))), name
     assert np.all(np.asarray(sigma) >= 0) and np.all(np.asarray(alpha) <= 1)
-    lam = jax.vmap(sde.log_snr)(t[t > 0])
-    assert np.all(np.isfinite(np.asarray(lam)))
+    assert np.all(np.isfinite(np.asarray(lam)[np.asarray(t) > 0]))
     # float32 schedule agrees with float64 near t = 0, where 1 - exp(.) would cancel
-    t_small = 1e-6 * sde.T
-    s32 = sde.marginal(jnp.float32(t_small))[1]
     s64 = _closed_form(sde, t_small)[1]
     np.testing.assert_allclose(s32, s64, rtol=1e-4)
 
@@ -209,15 +214,5 @@ def test_bad_time_raises(getkey):
         ).block_until_ready()
 
 
-@sde_params
-def test_jit_vmap_grad(sde, getkey):
-    ts = jnp.linspace(0.1, 0.9, 5) * sde.T
-    eager = jax.vmap(sde.marginal)(ts)
-    jitted = jax.jit(jax.vmap(sde.marginal))(ts)
-    chex.assert_trees_all_close(eager, jitted, rtol=1e-12)
-    g = jax.grad(lambda t: sde.log_snr(t))(0.5 * sde.T)
-    assert np.isfinite(g) and g < 0
-    x0 = jnp.ones((4, 2))
-    keys = jax.random.split(getkey(), 4)
-    out = jax.jit(jax.vmap(lambda k, x: sd.perturb(k, sde, x, 0.5 * sde.T)))(keys, x0)
-    chex.assert_shape(out, (4, 2))
+# (jit, vmap and grad of every SDE method and of perturb, float32 and float64: their cases in
+# tests/test_transforms.py)
