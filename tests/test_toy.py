@@ -141,24 +141,6 @@ def test_bad_point_raises():
         gm.marginal(sd.VPSDE(), 2.0)
 
 
-def test_jit_vmap_grad():
-    gm = mixture_2d()
-    xs = jnp.linspace(-1, 1, 10).reshape(5, 2)
-    chex.assert_trees_all_close(jax.jit(jax.vmap(gm.log_prob))(xs), jax.vmap(gm.log_prob)(xs))
-    score = gm.score_fn(sd.VPSDE())
-    out = jax.jit(jax.vmap(score, in_axes=(None, 0)))(0.5, xs)
-    chex.assert_shape(out, (5, 2))
-
-    # the oracle is a pytree: it can be built and differentiated inside jit
-    def nll(means):
-        return -sd.toy.GaussianMixture(gm.weights, means, gm.covs).log_prob(xs[0])
-
-    g = jax.jit(jax.grad(nll))(gm.means)
-    chex.assert_shape(g, gm.means.shape)
-    chex.assert_tree_all_finite(g)
-
-
-def test_float32_follows_input():
-    gm = mixture_2d(jnp.float32)
-    assert gm.log_prob(jnp.zeros(2, jnp.float32)).dtype == jnp.float32
-    assert gm.score_fn(sd.VPSDE())(jnp.float32(0.5), jnp.zeros(2, jnp.float32)).dtype == jnp.float32
+# (jit, vmap and grad of the mixture, built from traced parameters, and of its score, in
+# float32 and float64: the cases toy.GaussianMixture and toy.MixtureScore of
+# tests/test_transforms.py)
