@@ -210,13 +210,11 @@ def test_clip_x0():
     )
 
 
-def test_step_jit_vmap_grad():
+def test_step_gradient_is_alpha_ratio():
+    """d x_m / d x_n (eps fixed) = alpha_m / alpha_n for every member of the family. (jit, vmap,
+    grad with a finite-difference check, float32 and float64 of ddim_step and reverse_step:
+    their case in test_transforms.py.)"""
     x_n, eps = jnp.array([0.3, -1.1]), jnp.array([-0.5, 0.9])
-    f = jax.jit(lambda n, m, x: sd.ddim_step(None, SCHED, n, m, x, eps))
-    np.testing.assert_allclose(f(10, 3, x_n), sd.ddim_step(None, SCHED, 10, 3, x_n, eps))
-    batch = jax.vmap(lambda n: f(n, n - 1, x_n))(jnp.arange(1, 21))
-    assert batch.shape == (20, 2)
-    # d x_m / d x_n (eps fixed) = alpha_m / alpha_n for every member of the family
     g = jax.grad(
         lambda x: sd.reverse_step(jax.random.key(0), SCHED, 10, 3, x, eps, lam2=None).sum()
     )(x_n)
