@@ -2,7 +2,6 @@
 
 import math
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -78,9 +77,12 @@ def test_linear_converges_to_vp_sde_first_order():
     errs = []
     for N in Ns:
         sched = sd.DiscreteSchedule.linear(N, sde.beta_min / N, sde.beta_max / N)
-        t = jnp.arange(N + 1) / N
-        exact = jnp.exp(2.0 * jax.vmap(sde.log_alpha)(t))
-        errs.append(float(jnp.max(jnp.abs(sched.alpha_bar - exact))))
+        # VP: log alpha(t) = -t^2 (beta_max - beta_min) / 4 - t beta_min / 2 (NumPy, on the host)
+        t = np.arange(N + 1) / N
+        exact = np.exp(
+            2.0 * (-0.25 * t**2 * (sde.beta_max - sde.beta_min) - 0.5 * t * sde.beta_min)
+        )
+        errs.append(float(np.max(np.abs(np.asarray(sched.alpha_bar) - exact))))
     slope = np.polyfit(np.log(Ns), np.log(errs), 1)[0]
     print(
         f"\n[rate] linear schedule -> VP alpha^2: max error {errs}, slope {slope:.3f} (expected -1)"
@@ -102,8 +104,9 @@ def test_float32_schedules_finite_at_both_ends(kind):
         s32.betas,
         s32.log_snr()[1:],
     ):
-        assert bool(jnp.all(jnp.isfinite(arr)))
-    assert bool(jnp.all(s32.alpha_bar[1:] > 0)) and bool(jnp.all(jnp.diff(s32.alpha_bar) < 0))
+        assert arr.dtype == jnp.float32 and np.all(np.isfinite(np.asarray(arr)))
+    ab32 = np.asarray(s32.alpha_bar)  # checked on the host (eager jnp checks compile per op)
+    assert np.all(ab32[1:] > 0) and np.all(np.diff(ab32) < 0)
     # near t = 0: 1 - alpha_bar_1 keeps full relative precision in float32
     np.testing.assert_allclose(
         s32.one_minus_alpha_bar[1:4], s64.one_minus_alpha_bar[1:4], rtol=1e-6
@@ -114,21 +117,19 @@ def test_float32_schedules_finite_at_both_ends(kind):
     assert bool(jnp.isfinite(a)) and bool(jnp.isfinite(sg)) and float(a) > 0
 
 
-def test_schedule_under_jit_vmap_grad():
-    f = jax.jit(lambda b: sd.DiscreteSchedule.linear(100, 1e-4, b).alpha_bar[-1])
-    np.testing.assert_allclose(f(0.02), sd.DiscreteSchedule.linear(100, 1e-4, 0.02).alpha_bar[-1])
-    v = jax.vmap(f)(jnp.array([0.01, 0.02]))
-    assert v.shape == (2,) and bool(v[0] > v[1])
+def test_schedule_gradient_closed_form():
+    """The gradient of alpha_bar_N in beta_end against its closed form, and the jitted value
+    against the eager schedule's. (jit, vmap, grad with a finite-difference check, float32 and
+    float64 of the constructors and methods: the DiscreteSchedule case of test_transforms.py;
+    a schedule crossing a jit boundary as an argument: test_batched.py.)"""
+    f = lambda b: sd.DiscreteSchedule.linear(100, 1e-4, b).alpha_bar[-1]  # noqa: E731
+    value, g = jax.jit(jax.value_and_grad(f))(0.02)
+    np.testing.assert_allclose(value, sd.DiscreteSchedule.linear(100, 1e-4, 0.02).alpha_bar[-1])
     # d alpha_bar_N / d beta_end = -alpha_bar_N * sum_n (dbeta_n/dbeta_end) / (1 - beta_n)
-    g = jax.grad(f)(0.02)
     betas = np.linspace(1e-4, 0.02, 100)
     frac = np.arange(100) / 99
     ref = -np.prod(1 - betas) * np.sum(frac / (1 - betas))
     np.testing.assert_allclose(g, ref, rtol=1e-8)
-    # a schedule is a pytree and crosses jit boundaries
-    sched = sd.DiscreteSchedule.cosine(50)
-    out = eqx.filter_jit(lambda s: s.marginal(jnp.int32(10))[0])(sched)
-    np.testing.assert_allclose(out, jnp.sqrt(sched.alpha_bar[10]))
 
 
 @no_runtime_typecheck()
