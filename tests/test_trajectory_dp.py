@@ -7,6 +7,7 @@ Checked against exhaustive search, against the expected variational bound assemb
 every path must cost the same.
 """
 
+import functools
 import itertools
 import math
 
@@ -34,6 +35,10 @@ def _costs(sched, ms):
     J = np.asarray(sd.analytic.trajectory_costs(sched, ms))
     D = np.asarray(_decoder_costs(sched, ms, jnp.float64))
     return J, D
+
+
+# the library's free-first cost of one path, compiled once per path length K
+_free_cost_lib = jax.jit(functools.partial(sd.analytic.trajectory_cost, free_first=True))
 
 
 def _free_cost(J, D, tau):
@@ -98,14 +103,18 @@ def test_free_cost_is_the_expected_bound():
     sched, ms = _sched(N), _ms("sorted", N)
     kappa = np.asarray(sd.analytic.x0_variance(sched, ms, clip=False))
     lam_N = float(np.log(sched.alpha_bar[N]) - np.log(sched.one_minus_alpha_bar[N]))
+
+    @jax.jit  # one program per path length K (not one per operation and K, as eagerly)
+    def parts(tau):
+        v = sd.analytic.optimal_variances(sched, tau, ms, clip=False)
+        return v, sd.reverse_variances(sched, tau, "ddpm"), _free_cost_lib(sched, ms, tau)
+
     for K in range(1, N + 1):
         for path in _all_free_paths(N, K):
-            tau = jnp.asarray(path, jnp.int32)
-            v = np.asarray(sd.analytic.optimal_variances(sched, tau, ms, clip=False))
-            lam2 = np.asarray(sd.reverse_variances(sched, tau, "ddpm"))
+            v, lam2, cost = parts(jnp.asarray(path, jnp.int32))
+            v, lam2, cost = np.asarray(v), np.asarray(lam2), float(cost)
             assert v[0] == pytest.approx(kappa[path[1]], rel=1e-12)  # decoder variance
             bound = np.sum(np.log(v[1:] / lam2[1:])) + math.log(2 * math.pi * math.e * v[0])
-            cost = float(sd.analytic.trajectory_cost(sched, ms, tau, free_first=True))
             assert bound == pytest.approx(cost + math.log(2 * math.pi * math.e) - lam_N, abs=1e-10)
 
 
