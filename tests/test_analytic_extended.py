@@ -51,14 +51,10 @@ def _x_m_draws(sched, n, m, x_n, x0s, key, lam2):
 CASES = [(5, 0), (20, 10), (60, 30), (95, 60)]  # (n, m) pairs, incl. the decoder step
 
 
-@pytest.mark.parametrize("n,m", CASES)
-def test_sn_reverse_variance_is_the_exact_conditional_variance(sched, gm, n, m):
-    """With exact heads, SN-DPM's diagonal variance is Var[x_m | x_n] per coordinate.
-
-    Monte Carlo: 100k draws x_0 ~ p(x_0 | x_n), x_m ~ q(x_m | x_n, x_0); relative standard
-    error of a sample variance sqrt(2/1e5) = 0.45%; tolerance 3%. Also the x_0 covariance
-    diag Cov[x_0 | x_n] against the same draws.
-    """
+@jax.jit
+def _sn_case(sched, gm, n, m):
+    """Everything `test_sn_reverse_variance_is_the_exact_conditional_variance` compares, for the
+    pair (n, m) (traced: one compiled program for every pair)."""
     # independent keys (note fold_in(k, 1) == split(k)[1], so never mix the two on one key)
     k1, k2, k3, k4, k5 = jax.random.split(jax.random.key(n), 5)
     x0 = gm.sample(k1, 1)[0]
@@ -67,33 +63,46 @@ def test_sn_reverse_variance_is_the_exact_conditional_variance(sched, gm, n, m):
     m1, m2 = gm.eps_moments(alpha, sigma, x_n)
     cov = sd.analytic.sn_covariance(sched, n, m1, m2)
     x0s = _posterior_draws(gm, sched, n, x_n, k3, 100_000)
-    np.testing.assert_allclose(cov, jnp.var(x0s, 0), rtol=0.03)
     lam2 = sd.posterior_variance(sched, n, m)
     x_ms = _x_m_draws(sched, n, m, x_n, x0s, k4, lam2)
     var_fn = sd.analytic.sn_variance_fn(sched, sd.toy.discrete_eps2_fn(gm, sched))
     eps_hat = sd.toy.discrete_eps_fn(gm, sched)(sched.time(n), x_n)
-    v = var_fn(jnp.asarray(n), jnp.asarray(m), x_n, eps_hat)
-    np.testing.assert_allclose(v, jnp.var(x_ms, 0), rtol=0.03)
+    v = var_fn(n, m, x_n, eps_hat)
     # the DDIM forward (eta = 0.5) as well
     lam2_e = 0.25 * lam2
     var_e = sd.analytic.sn_variance_fn(
         sched, sd.toy.discrete_eps2_fn(gm, sched), forward="ddim", eta=0.5
-    )(jnp.asarray(n), jnp.asarray(m), x_n, eps_hat)
+    )(n, m, x_n, eps_hat)
     x_ms_e = _x_m_draws(sched, n, m, x_n, x0s, k5, lam2_e)
-    np.testing.assert_allclose(var_e, jnp.var(x_ms_e, 0), rtol=0.03)
-    # exact posterior moments (closed form) agree to rounding
     _, pcov = gm.posterior_moments(alpha, sigma, x_n)
-    np.testing.assert_allclose(cov, jnp.diagonal(pcov), rtol=1e-9)
+    return {
+        "cov": (cov, jnp.var(x0s, 0)),
+        "v": (v, jnp.var(x_ms, 0)),
+        "v_ddim": (var_e, jnp.var(x_ms_e, 0)),
+        "pcov": (cov, jnp.diagonal(pcov)),
+    }
 
 
-@pytest.mark.parametrize("n,m", CASES[1:])
-def test_npr_corrects_an_imperfect_mean(sched, gm, n, m):
-    """With a wrong eps_hat (exact + 0.3), NPR-DPM's variance is E[(x_m - mu_p)^2 | x_n]
-    (the maximum-likelihood diagonal variance for that mean), larger than Var[x_m | x_n].
+@pytest.mark.parametrize("n,m", CASES)
+def test_sn_reverse_variance_is_the_exact_conditional_variance(sched, gm, n, m):
+    """With exact heads, SN-DPM's diagonal variance is Var[x_m | x_n] per coordinate.
 
-    mu_p is the reverse-step mean with the wrong eps_hat (sd.reverse_step with var = 0);
-    100k posterior draws, tolerance 3%.
+    Monte Carlo: 100k draws x_0 ~ p(x_0 | x_n), x_m ~ q(x_m | x_n, x_0); relative standard
+    error of a sample variance sqrt(2/1e5) = 0.45%; tolerance 3%. Also the x_0 covariance
+    diag Cov[x_0 | x_n] against the same draws. (One jitted program for the four pairs.)
     """
+    r = _sn_case(sched, gm, jnp.asarray(n), jnp.asarray(m))
+    np.testing.assert_allclose(*r["cov"], rtol=0.03)
+    np.testing.assert_allclose(*r["v"], rtol=0.03)
+    np.testing.assert_allclose(*r["v_ddim"], rtol=0.03)
+    # exact posterior moments (closed form) agree to rounding
+    np.testing.assert_allclose(*r["pcov"], rtol=1e-9)
+
+
+@jax.jit
+def _npr_case(sched, gm, n, m):
+    """Everything `test_npr_corrects_an_imperfect_mean` compares, for the pair (n, m) (traced:
+    one compiled program for every pair)."""
     k1, k2, k3, k4 = jax.random.split(jax.random.key(100 + n), 4)
     x0 = gm.sample(k1, 1)[0]
     alpha, sigma = sched.marginal(n)
@@ -102,20 +111,36 @@ def test_npr_corrects_an_imperfect_mean(sched, gm, n, m):
     eps_wrong = m1 + 0.3
     g_star = m2 - 2 * eps_wrong * m1 + eps_wrong**2  # E[(eps - eps_wrong)^2 | x_n]
     head = lambda t, x: g_star  # exact NPR head at this x_n
-    v_npr = sd.analytic.npr_variance_fn(sched, head)(jnp.asarray(n), jnp.asarray(m), x_n, eps_wrong)
+    v_npr = sd.analytic.npr_variance_fn(sched, head)(n, m, x_n, eps_wrong)
     mu_p = sd.reverse_step(None, sched, n, m, x_n, eps_wrong, var=0.0)
     x0s = _posterior_draws(gm, sched, n, x_n, k3, 100_000)
     x_ms = _x_m_draws(sched, n, m, x_n, x0s, k4, sd.posterior_variance(sched, n, m))
-    np.testing.assert_allclose(v_npr, jnp.mean((x_ms - mu_p[None, :]) ** 2, 0), rtol=0.03)
-    # the exact conditional variance (SN with the exact mean) is smaller: the mean error adds
-    v_exact = sd.analytic.sn_variance_fn(sched, lambda t, x: m2)(
-        jnp.asarray(n), jnp.asarray(m), x_n, m1
-    )
-    assert bool(jnp.all(v_npr > v_exact))
-    # NPR = Var + (E[eps|x] - eps_hat)^2 >= Var: with the exact mean both agree
+    # the exact conditional variance (SN with the exact mean)
+    v_exact = sd.analytic.sn_variance_fn(sched, lambda t, x: m2)(n, m, x_n, m1)
     cov_sn_exact = sd.analytic.sn_covariance(sched, n, m1, m2)
     cov_npr_exact = sd.analytic.npr_covariance(sched, n, m2 - m1**2)
-    np.testing.assert_allclose(cov_npr_exact, cov_sn_exact, rtol=1e-12)
+    return {
+        "v_npr": (v_npr, jnp.mean((x_ms - mu_p[None, :]) ** 2, 0)),
+        "v_exact": v_exact,
+        "exact_mean": (cov_npr_exact, cov_sn_exact),
+    }
+
+
+@pytest.mark.parametrize("n,m", CASES[1:])
+def test_npr_corrects_an_imperfect_mean(sched, gm, n, m):
+    """With a wrong eps_hat (exact + 0.3), NPR-DPM's variance is E[(x_m - mu_p)^2 | x_n]
+    (the maximum-likelihood diagonal variance for that mean), larger than Var[x_m | x_n].
+
+    mu_p is the reverse-step mean with the wrong eps_hat (sd.reverse_step with var = 0);
+    100k posterior draws, tolerance 3%. (One jitted program for the three pairs.)
+    """
+    r = _npr_case(sched, gm, jnp.asarray(n), jnp.asarray(m))
+    v_npr, mc = r["v_npr"]
+    np.testing.assert_allclose(v_npr, mc, rtol=0.03)
+    # the exact conditional variance (SN with the exact mean) is smaller: the mean error adds
+    assert bool(jnp.all(v_npr > r["v_exact"]))
+    # NPR = Var + (E[eps|x] - eps_hat)^2 >= Var: with the exact mean both agree
+    np.testing.assert_allclose(*r["exact_mean"], rtol=1e-12)
 
 
 def test_sn_average_is_analytic_dpm(sched, gm):
@@ -170,12 +195,14 @@ def test_sampling_with_diagonal_covariance_is_exact_for_gaussian_data(sched):
     ab = sched.alpha_bar
     ms = (1 - ab) * jnp.mean(1 / (ab[:, None] * jnp.diag(cov)[None] + 1 - ab[:, None]), -1)
     v_iso = sd.analytic.optimal_variances(sched, tau, ms)
-    xs_iso = jax.vmap(
-        lambda k, x: cast(  # return_trajectory=False: the final sample only
-            jax.Array,
-            sd.sample_discrete(
-                k, sched, eps_fn, x, tau, lam2="ddpm", variances=v_iso, final_noise=True
-            ),
+    xs_iso = jax.jit(
+        jax.vmap(
+            lambda k, x: cast(  # return_trajectory=False: the final sample only
+                jax.Array,
+                sd.sample_discrete(
+                    k, sched, eps_fn, x, tau, lam2="ddpm", variances=v_iso, final_noise=True
+                ),
+            )
         )
     )(keys, x_T)
     assert abs(float(jnp.var(xs_iso[:, 0])) / 0.02 - 1) > 0.2
