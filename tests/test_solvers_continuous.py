@@ -16,6 +16,7 @@ sd.PredictorCorrector and sd.DPMSolver.
 (e) bad input.
 """
 
+import functools
 import json
 import os
 from typing import Any
@@ -82,8 +83,13 @@ SDES = {"vp": (sd.VPSDE(), 1e-3), "ve": (sd.VESDE(), 1e-5)}
 
 def _prior(sde, key):
     """The prior draw as the old kernels made it: compiled (an eager, op-by-op draw can differ
-    in the last bit, as XLA fuses the compiled one)."""
-    return jax.jit(lambda k: sde.prior_sample(k, (2,), jnp.float64))(key)
+    in the last bit, as XLA fuses the compiled one); compiled once per SDE."""
+    return _prior_draw(sde)(key)
+
+
+@functools.cache
+def _prior_draw(sde):
+    return jax.jit(lambda k: sde.prior_sample(k, (2,), jnp.float64))
 
 
 # ------------------------------------------------------------ (a) bit-identity: the ODE
