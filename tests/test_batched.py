@@ -13,6 +13,9 @@ from jax import lax
 import scoredyn as sd
 from helpers import mixture_2d, no_runtime_typecheck
 
+# tests share compiled solves (same solver, model, grid and shapes): one xdist worker
+pytestmark = pytest.mark.xdist_group("batched")
+
 GM = mixture_2d()
 SCHED = sd.DiscreteSchedule.linear(1000)
 EPS_D = sd.EpsModel(sd.toy.discrete_eps_fn(GM, SCHED))
@@ -219,11 +222,13 @@ def test_sample_sde_euler_maruyama_mapping():
     `final_noise` chooses the noise-free last step. The default (`solver=None`, fixed steps) is
     `sd.EulerMaruyama()`. Adaptive options are refused."""
     key = jax.random.key(9)
-    t_eps, K = 1e-3, 20
+    t_eps, K = 1e-3, 10
     k_prior, k_bm = jax.random.split(key)
     x_T = VP.prior_sample(k_prior, (2,))
     grid = np.linspace(VP.T, t_eps, K + 1)
     grid[-1] = t_eps
+    # GRID: the reference solve with sd.EulerMaruyama() is test_every_stochastic_solver_batches'
+    np.testing.assert_allclose(grid, GRID, rtol=1e-15)
     em = sd.EulerMaruyama(final_noise=True)  # the noise-free last step: test_noise_free_last_step
     out = sd.sample_sde(key, VP, GM.score_fn(VP), (2,), num_steps=K, solver=em)
     ref = sd.sample(k_bm, VP, SCORE, em, jnp.asarray(grid), x_T).x
