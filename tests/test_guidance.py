@@ -470,7 +470,10 @@ def test_conditioning_batched_under_jit_and_vmap():
     for fn in (one, cg_eps):
         draw = jax.jit(jax.vmap(fn))
         batched = draw(x_T, labels)
-        single = jnp.stack([fn(x_T[i], labels[i]) for i in range(3)])
+        # the per-example calls compiled once (eagerly, the classifier's gradient would
+        # dispatch, and compile, op by op)
+        single_fn = jax.jit(fn)
+        single = jnp.stack([single_fn(x_T[i], labels[i]) for i in range(3)])
         chex.assert_tree_all_finite(batched)
         np.testing.assert_allclose(batched, single, rtol=1e-10, atol=1e-10)
         assert not np.allclose(batched, draw(x_T, (labels + 1) % 3))
