@@ -42,10 +42,15 @@ def test_discretized_decoder_is_a_distribution(levels):
     """Probabilities over the L grid points sum to one and match Phi differences (scipy)."""
     grid = -1 + 2 * np.arange(levels) / (levels - 1)
     h = 1 / (levels - 1)
-    for mean, var in [(0.1, 0.3), (-0.97, 1e-3), (0.5, 4.0)]:
-        lp = jax.vmap(lambda x: sd.discretized_gaussian_log_likelihood(x, mean, var, levels))(
-            jnp.asarray(grid)
+    # one compiled program per `levels` (mean and variance traced), not one per operation
+    log_probs = jax.jit(
+        jax.vmap(
+            lambda x, mean, var: sd.discretized_gaussian_log_likelihood(x, mean, var, levels),
+            (0, None, None),
         )
+    )
+    for mean, var in [(0.1, 0.3), (-0.97, 1e-3), (0.5, 4.0)]:
+        lp = log_probs(jnp.asarray(grid), mean, var)
         s = np.sqrt(var)
         hi = np.where(grid > 1 - h / 2, np.inf, (grid + h - mean) / s)
         lo = np.where(grid < -1 + h / 2, -np.inf, (grid - h - mean) / s)
@@ -54,19 +59,22 @@ def test_discretized_decoder_is_a_distribution(levels):
         np.testing.assert_allclose(np.sum(np.exp(lp)), 1.0, rtol=1e-12)
 
 
+@jax.jit  # one program for the four cases (the values traced)
+def _log_likelihood_256(x, mean, var):
+    return sd.discretized_gaussian_log_likelihood(x, mean, var, 256)
+
+
 def test_discretized_decoder_tails_are_exact():
     """Far in the tails log P stays finite and exact (reference: mpmath at 50 digits)."""
     mpmath.mp.dps = 50
-    levels, h = 256, 1 / 255
+    h = 1 / 255  # 256 levels (`_log_likelihood_256`)
     for x, mean, var in [
         (0.2, -0.6, 1e-4),
         (-0.2, 0.6, 1e-4),
         (0.2, 0.2, 1e-12),
         (1.0, -1.0, 1e-3),
     ]:
-        got = float(
-            sd.discretized_gaussian_log_likelihood(jnp.array([x]), jnp.array([mean]), var, levels)
-        )
+        got = float(_log_likelihood_256(jnp.array([x]), jnp.array([mean]), var))
         s = mpmath.sqrt(var)
         Phi = lambda z: mpmath.ncdf(z)
         hi = mpmath.inf if x > 1 - h / 2 else (mpmath.mpf(x) + h - mean) / s
@@ -317,10 +325,16 @@ def test_helpers_jit_vmap_grad():
     ll = lambda m: sd.discretized_gaussian_log_likelihood(jnp.array([1 / 3, 1.0]), m, 0.04, 4)
     m0 = jnp.array([0.2, 0.7])
     h = 1e-6
-    fd = jnp.array([(ll(m0 + h * e) - ll(m0 - h * e)) / (2 * h) for e in jnp.eye(2)])
-    np.testing.assert_allclose(jax.jit(jax.grad(ll))(m0), fd, rtol=1e-6)
+
+    @jax.jit  # the gradient, the central differences and the far-tail gradient: one program
+    def grads(m0):
+        fd = jnp.stack([(ll(m0 + h * e) - ll(m0 - h * e)) / (2 * h) for e in jnp.eye(2)])
+        far = jax.grad(lambda m: sd.discretized_gaussian_log_likelihood(0.0, m, 1e-6, 256))(0.9)
+        return jax.grad(ll)(m0), fd, far
+
+    g, fd, far = grads(m0)
+    np.testing.assert_allclose(g, fd, rtol=1e-6)
     # far tails: finite value and finite gradient
-    far = jax.grad(lambda m: sd.discretized_gaussian_log_likelihood(0.0, m, 1e-6, 256))(0.9)
     assert bool(jnp.isfinite(far))
     tau = sd.respace(1000, 5)
     v = jax.jit(lambda t: sd.reverse_variances(SCHED, t, "ddpm"))(tau)
