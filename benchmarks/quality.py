@@ -23,6 +23,7 @@ to $t = 0$. Compilation: one program per (oracle, NFE) holding every solver, wit
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import diffrax
 import jax
@@ -53,7 +54,7 @@ PEER_TARGET = "diffusers DPM-Solver++(2M)"
 
 # `run(**QUICK)` is `python -m benchmarks.run --quick` and the smoke test: the 2-D oracle, one
 # NFE, one solver, a small batch; about 10 CPU-seconds (most of it compiling the reference).
-QUICK = dict(
+QUICK: dict[str, Any] = dict(
     num_samples={"2-D": 2**10},
     num_entropy={"2-D": 2**14},
     nfes=(10,),
