@@ -474,30 +474,17 @@ def test_dp_full_size_path_is_valid():
 
 
 # ------------------------------------------------------------------------ transforms, errors
-def test_jit_vmap_grad(sched, est, gm):
+def test_grad_of_the_optimal_variances(sched):
+    """The gradient of the total variance with respect to ms_eps is
+    -gamma^2 (1 - abar)/abar on the steps (closed form). (jit, vmap and grad of every
+    `sd.analytic` function, with finite-difference checks: tests/test_transforms.py.)"""
     tau = sd.respace(N, 10)
-    f = jax.jit(lambda ms: sd.analytic.optimal_variances(sched, tau, ms))
-    np.testing.assert_allclose(f(est.ms_eps), sd.analytic.optimal_variances(sched, tau, est))
-    # grad of the total variance with respect to ms_eps: -gamma^2 (1 - abar)/abar on the steps
     g = jax.grad(lambda ms: jnp.sum(sd.analytic.optimal_variances(sched, tau, ms, clip=False)))(
         jnp.full(N + 1, 0.5)
     )
     gam = sd.forward_posterior(sched, tau[1:], tau[:-1]).coef_x0
     ab = sched.alpha_bar[tau[1:]]
     np.testing.assert_allclose(g[tau[1:]], -(gam**2) * (1 - ab) / ab, rtol=1e-10)
-    # vmap over a batch of ms_eps arrays; jit of the DP with static K; scalar version traced
-    vs = jax.vmap(lambda ms: sd.analytic.optimal_variances(sched, tau, ms))(
-        jnp.stack([est.ms_eps, est.ms_eps_plain])
-    )
-    chex.assert_shape(vs, (2, 10))
-    dp = jax.jit(sd.analytic.optimal_trajectory, static_argnums=2)
-    np.testing.assert_array_equal(
-        dp(sched, est.ms_eps, 5), sd.analytic.optimal_trajectory(sched, est, 5)
-    )
-    pair = jax.jit(lambda n, m: sd.analytic.optimal_variance(sched, n, m, 0.5))
-    assert float(pair(10, 3)) == pytest.approx(
-        float(sd.analytic.optimal_variance(sched, 10, 3, 0.5))
-    )
     # estimate_gamma under jit and vmap: see test_control_variate_unbiased_at_tiny_sample_size
 
 
