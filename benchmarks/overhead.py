@@ -66,14 +66,24 @@ def make_hand(coeffs, stochastic: bool):
     return hand
 
 
-def make_floor(K: int):
-    """K chained network evaluations at batch B, nothing else: the floor."""
+def make_floor(K: int, noise: bool = False):
+    """K chained network evaluations at batch B, nothing else: the floor. With `noise`, plus one
+    Gaussian draw of the batch's shape per evaluation (what a stochastic solver cannot avoid;
+    section 7)."""
     ts = jnp.linspace(1.0, 1.0 / K, K, dtype=jnp.float32)
 
     @jax.jit
     def floor(net, key, x_T):
         batched = jax.vmap(net, in_axes=(None, 0))
-        return lax.scan(lambda x, t: (batched(t, x), None), x_T, ts)[0]
+
+        def body(x, s):
+            i, t = s
+            x = batched(t, x)
+            if noise:
+                x = x + jax.random.normal(jax.random.fold_in(key, i), x.shape, x.dtype)
+            return x, None
+
+        return lax.scan(body, x_T, (jnp.arange(K), ts))[0]
 
     return floor
 

@@ -146,35 +146,6 @@ def make_grids(sde, K: int, names=GRIDS, *, extra: bool = False) -> np.ndarray:
     return np.stack(rows)
 
 
-def _dpm_solver_caller(sde, eps_fn):
-    """`name -> fn(x_T, nfe) -> (x, NFE used)` for `sd.DPMSolver` (orders 2, 3) on the log-SNR and
-    time-quadratic grids (one compilation per step count; used by section 3's smoke test)."""
-    if not hasattr(sd, "DPMSolver"):
-        return {}
-    model = sd.EpsModel(eps_fn)
-    out = {}
-    for make_grid, label in (
-        (sd.grids.log_snr, "log-SNR steps"),
-        (sd.grids.quadratic, "time-quadratic steps"),
-    ):
-        for order in (2, 3):
-            cache = {}
-
-            def call(x_T, nfe, order=order, cache=cache, make_grid=make_grid):
-                steps = nfe // order
-                if steps < 1:
-                    return None
-                if steps not in cache:
-                    grid = make_grid(sde, steps, t_eps=T_EPS)
-                    solver = sd.DPMSolver(order=order)
-                    g = lambda z: sd.sample(None, sde, model, solver, grid, z).x
-                    cache[steps] = jax.jit(jax.vmap(g))
-                return cache[steps](x_T), steps * order
-
-            out[f"DPM-Solver-{order} ({label})"] = call
-    return out
-
-
 def _program(sde, sched, specs, model_c, model_d, stochastic):
     """One jitted function per oracle: every solver at one NFE (its shapes fix the step counts,
     so JAX compiles it once per NFE). Inputs are the prior draws, per-solver grid stacks

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import scoredyn as sd
-from helpers import gaussian_1comp, mixture_2d, no_runtime_typecheck
+from helpers import compiled_o3, gaussian_1comp, mixture_2d, no_runtime_typecheck
 
 N = 100
 
@@ -49,8 +49,7 @@ def _quadrature_ms_eps(gm, sched):
     at -O3 instead of the suite's -O0 (conftest): its 2.4 million evaluations of the exact eps
     cost more to run than to compile. Same values up to rounding (no fast-math either way)."""
     if "program" not in _QUADRATURE:
-        lowered = _quadrature_ms_eps_program.lower(gm, sched)
-        _QUADRATURE["program"] = lowered.compile({"xla_backend_optimization_level": "3"})
+        _QUADRATURE["program"] = compiled_o3(_quadrature_ms_eps_program, gm, sched)
     return _QUADRATURE["program"](gm, sched)
 
 

@@ -11,17 +11,15 @@ import pytest
 from scipy import integrate
 
 import scoredyn as sd
-from helpers import gaussian_1comp, mixture_2d, no_runtime_typecheck, old_bound
+from helpers import compiled_o3, gaussian_1comp, mixture_2d, no_runtime_typecheck, old_bound
 
 GM = mixture_2d()
 VP = sd.VPSDE(0.1, 20.0)
 
 
 def _run_o3(fn, *args):
-    """`jax.jit(fn)(*args)`, compiled with LLVM at -O3 instead of the suite's -O0 (conftest):
-    for the Monte Carlo programs whose cost is running them (tens of thousands of examples),
-    not compiling. The values are the same up to rounding (no fast-math at either level)."""
-    return jax.jit(fn).lower(*args).compile({"xla_backend_optimization_level": "3"})(*args)
+    """`jax.jit(fn)(*args)` compiled at LLVM -O3 (`helpers.compiled_o3`): run-bound Monte Carlo."""
+    return compiled_o3(fn, *args)(*args)
 
 
 Prediction = Literal["eps", "x0", "v", "score"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import scoredyn as sd
-from helpers import mixture_2d
+from helpers import compiled_o3, mixture_2d
 
 GM = mixture_2d()
 VP = sd.VPSDE(0.1, 20.0)
@@ -86,7 +86,7 @@ def ddpm_samples():
         if K == 1000:
             # 6,000 chains of 1,000 steps: the cost is running it, so LLVM at -O3 instead of
             # the suite's -O0 (conftest); same values up to rounding (no fast-math either way)
-            run = run.lower(keys, xT).compile({"xla_backend_optimization_level": "3"})
+            run = compiled_o3(run, keys, xT)
         out[K] = run(keys, xT)
     return out
 

@@ -11,7 +11,7 @@ import pytest
 from scipy import integrate, stats
 
 import scoredyn as sd
-from helpers import gaussian_1comp, mixture_2d, old_bound
+from helpers import compiled_o3, gaussian_1comp, mixture_2d, old_bound
 
 GM = mixture_2d()
 SCHED = sd.DiscreteSchedule.linear(1000)
@@ -200,7 +200,7 @@ def mixture_bounds():
             )
         )
         if K == 1000:  # 1,200 chains of 1,000 steps: run-bound, so LLVM at -O3 (not -O0)
-            run = run.lower(keys, x0).compile({"xla_backend_optimization_level": "3"})
+            run = compiled_o3(run, keys, x0)
         out[var, K] = np.asarray(run(keys, x0) - nll)  # per-example gap
     return out
 

@@ -11,7 +11,7 @@ import optax
 import pytest
 
 import scoredyn as sd
-from helpers import mixture_2d, no_runtime_typecheck
+from helpers import compiled_o3, mixture_2d, no_runtime_typecheck
 from scoredyn._misc import check_vector_field
 
 KEY = jax.random.key(0)
@@ -400,8 +400,7 @@ def _pf_ode_samples(model, x_T):
             m = eqx.combine(params, static)
             return jax.vmap(lambda x: sd.sample(None, sde, m, sd.ODE(), grid, x).x)(x_T)
 
-        compiled = jax.jit(run).lower(params, x_T)
-        _PF_ODE[static] = compiled.compile({"xla_backend_optimization_level": "3"})
+        _PF_ODE[static] = compiled_o3(run, params, x_T)
     return _PF_ODE[static](params, x_T)
 
 

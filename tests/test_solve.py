@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import scoredyn as sd
-from helpers import ALL_LINEAR_SDES, SDE_IDS, mixture_2d, no_runtime_typecheck
+from helpers import ALL_LINEAR_SDES, SDE_IDS, compiled_o3, mixture_2d, no_runtime_typecheck
 
 VP, SUBVP, VE, COSINE = ALL_LINEAR_SDES
 SAMPLING_SDES = [VP, SUBVP, VE]
@@ -28,15 +28,6 @@ N_SAMPLES = 2000  # per sampler and SDE
 TOL_WEIGHTS = 0.04
 TOL_MEANS = 0.07
 T_MID = 0.5
-
-
-def compiled_o3(fn, *args):
-    """`jax.jit(fn)` compiled for `args` with LLVM at -O3 instead of the suite's -O0 (conftest).
-
-    For the Monte Carlo programs whose cost is running, not compiling: thousands of paths on a
-    Brownian tree run ~5x faster at -O3 (e.g. 3.5 -> 0.7 CPU-s) for about the same compile
-    time. The checks are unchanged (CPU code is compiled without fast-math at either level)."""
-    return jax.jit(fn).lower(*args).compile({"xla_backend_optimization_level": "3"})
 
 
 def mixture_moments(gm):

@@ -30,7 +30,7 @@ import pytest
 from jax import lax
 
 import scoredyn as sd
-from helpers import ALL_LINEAR_SDES, SDE_IDS, mixture_2d
+from helpers import ALL_LINEAR_SDES, SDE_IDS, compiled_o3, mixture_2d
 from scoredyn._solve.dpm_solver import _half_log_snr, _stage_fractions, time_grid
 from scoredyn._solve.verbs import decode as decode_, encode as encode_
 
@@ -441,8 +441,7 @@ def test_euler_maruyama_monte_carlo():
         run = lambda k, x, g, solver=solver: sd.sample(k, sde, model, solver, g, x).x
         # The DiffraxSDE program is run-time bound (4000 Brownian-tree paths: ~6.6 CPU-s at the
         # suite's LLVM -O0, 1.3 s at -O3 for 1.6 s more compile), so it is compiled at -O3
-        draw = jax.jit(jax.vmap(run, in_axes=(0, 0, None))).lower(keys, x_T, grid)
-        draw = draw.compile({"xla_backend_optimization_level": opt})
+        draw = compiled_o3(jax.vmap(run, in_axes=(0, 0, None)), keys, x_T, grid, level=opt)
         xs = np.asarray(draw(keys, x_T, grid))
         assert np.all(np.isfinite(xs))
         np.testing.assert_allclose(xs.mean(0), mean, atol=0.06)
