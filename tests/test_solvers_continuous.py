@@ -362,10 +362,12 @@ def test_step_api_scan_equals_verb(name):
     assert res.trajectory is not None and res.trajectory.shape == (K + 1, 2)
     np.testing.assert_array_equal(np.asarray(res.trajectory[0]), np.asarray(x_T))
     np.testing.assert_array_equal(np.asarray(res.trajectory[-1]), np.asarray(res.x))
-    # x does not depend on save_trajectory (diffrax saves differently; the scans do not)
+    # x does not depend on save_trajectory (diffrax saves differently; the scans do not). The
+    # two are different XLA programs: equal bits are up to the code generator (they are equal
+    # under XLA's default one; the suite compiles with another, conftest.py), so to rounding.
     if isinstance(solver, (sd.ODE, sd.DiffraxSDE)):
         res0 = sd.sample(k, sde, model, solver, grid, x_T)
-        np.testing.assert_array_equal(np.asarray(res0.x), np.asarray(res.x))
+        np.testing.assert_allclose(np.asarray(res0.x), np.asarray(res.x), rtol=1e-12, atol=0)
 
 
 def test_ode_step_stats_add_up():
