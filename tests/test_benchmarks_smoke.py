@@ -98,7 +98,7 @@ def test_mmd_matches_closed_form_for_shifted_gaussian():
     assert mmd(gm, p, h=h, num_pairs=4096) < 0.3 * exact
 
 
-def test_quality_section_quick_run_reports_targets_and_finite_distances():
+def test_quality_section_quick_run_reports_targets_and_finite_distances(monkeypatch):
     """Section 4 in `--quick` mode (`quality.QUICK`: the 2-D oracle, NFE 10, DPM-Solver++(2M)).
     The report states both NFE-10 targets; the distances to the converged flow are finite and of
     a plausible size; the solver on diffusers' timesteps is close to the same solver on the
@@ -109,6 +109,9 @@ def test_quality_section_quick_run_reports_targets_and_finite_distances():
     assert gm.dim == 64 and gm.num_components == 4
     eps = gm.eps_fn(sd.VPSDE(0.1, 20.0))(jnp.asarray(0.5), jnp.ones(64))
     assert eps.shape == (64,) and bool(jnp.all(jnp.isfinite(eps)))
+    # `quality.run` frees compiled programs between oracles (jax.clear_caches, for the full
+    # run's memory); here that would drop every program this worker's other tests share
+    monkeypatch.setattr(jax, "clear_caches", lambda: None)
     res = quality.run(**quality.QUICK, log=lambda _: None)
     text = quality.report(res)
     assert "RMS distance at most half that of diffusers' DPM-Solver++(2M)" in text
