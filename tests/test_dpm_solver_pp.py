@@ -132,25 +132,32 @@ def test_reference_conventions(ref):
     a, meta = ref["a"], ref["meta"]
     vp = ref["procs"]["sd.VPSDE(0.1, 20.0)"]
     pw = ref["procs"]["piecewise_vp(alphas_cumprod)"]
-    # the official log-SNR and time-uniform grids are sd.grids.log_snr and sd.grids.uniform
-    np.testing.assert_allclose(sd.grids.log_snr(vp, 8), a["official_vp_2m_s8__grid"], atol=1e-12)
-    np.testing.assert_allclose(sd.grids.uniform(vp, 20), a["official_vp_3m_s20__grid"], atol=1e-15)
-    # diffusers' timestep k sits at t = (k + 1)/N of PiecewiseVP, with alpha^2 = alphas_cumprod[k]
     ts = a["diffusers_2m_k20__timesteps"]
     N = a["alphas_cumprod"].shape[0]
-    alpha, _ = jax.vmap(pw.marginal)(jnp.asarray((ts + 1) / N))
+    keys = jax.random.split(jax.random.key(meta["seed"]), meta["batch"])
+    z = a["diffusers_sde2m_k10__noise"]
+
+    @jax.jit
+    def tables(t_nodes, keys):
+        """Everything computed here, as one program (eagerly each operation compiles alone)."""
+        draw = jax.vmap(
+            lambda k: jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(k, i), (2,)))(
+                jnp.arange(z.shape[1])
+            )
+        )(keys)
+        alpha = jax.vmap(pw.marginal)(t_nodes)[0]
+        return sd.grids.log_snr(vp, 8), sd.grids.uniform(vp, 20), alpha, draw
+
+    log_snr_8, uniform_20, alpha, draw = tables(jnp.asarray((ts + 1) / N), keys)
+    # the official log-SNR and time-uniform grids are sd.grids.log_snr and sd.grids.uniform
+    np.testing.assert_allclose(log_snr_8, a["official_vp_2m_s8__grid"], atol=1e-12)
+    np.testing.assert_allclose(uniform_20, a["official_vp_3m_s20__grid"], atol=1e-15)
+    # diffusers' timestep k sits at t = (k + 1)/N of PiecewiseVP, with alpha^2 = alphas_cumprod[k]
     np.testing.assert_allclose(alpha**2, a["alphas_cumprod"][ts], rtol=1e-14)
     # trailing spacing is sd.grids.trailing's trajectory: tau = [0] + sorted(k + 1)
     tau = np.asarray(sd.grids.trailing(N, 20))
     np.testing.assert_array_equal(tau[1:][::-1], ts + 1)
     # the SDE cases' noise is scoredyn's own draw at each step
-    keys = jax.random.split(jax.random.key(meta["seed"]), meta["batch"])
-    z = a["diffusers_sde2m_k10__noise"]
-    draw = jax.vmap(
-        lambda k: jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(k, i), (2,)))(
-            jnp.arange(z.shape[1])
-        )
-    )(keys)
     np.testing.assert_allclose(draw, z, rtol=1e-15, atol=1e-15)  # 1 ulp: XLA flags differ
 
 
@@ -209,11 +216,11 @@ def test_order_one_is_ddim():
     """Data- and noise-prediction first-order steps are the same map (DDIM), in every mode."""
     gm = mixture_2d()
     model = sd.EpsModel(gm.eps_fn(SDE))
-    grid = sd.grids.quadratic(SDE, 12)
     x_T = jnp.array([0.4, -1.2])
 
     @jax.jit
     def run(x_T):
+        grid = sd.grids.quadratic(SDE, 12)  # built in the program: eagerly, op by op compiles
         ddim = sd.sample(None, SDE, model, sd.DPMSolver(order=1), grid, x_T).x
         pp = sd.sample(None, SDE, model, sd.DPMSolverPP(1), grid, x_T).x
         s1 = sd.DPMSolverPP(1, multistep=False, stages_on_grid=True)
@@ -249,32 +256,44 @@ def test_sde_first_order_is_ddpm_ancestral_step():
     $q(x_m\mid x_n, \hat x_0)$ (sd.forward_posterior), with the same standard normal draw."""
     sched = sd.DiscreteSchedule.linear(1000)
     N = sched.num_steps
-    proc = PiecewiseVP(log_alpha=0.5 * jnp.log(sched.alpha_bar[1:]))  # index n at t = n / N
     x0_hat = jnp.array([0.3, -0.7])
     model = sd.X0Model(lambda t, x: jnp.broadcast_to(x0_hat, x.shape).astype(x.dtype))
     x_n = jnp.array([1.1, 0.2])
     key = jax.random.key(3)
     solver = sd.DPMSolverPP(1, stochastic=True)
+    n, m = np.array([1000, 500, 40]), np.array([900, 499, 3])
 
     @jax.jit
-    def one_step(grid):
-        state, info = solver.step(key, solver.init(proc, model, grid, x_n))
-        return state.x, info.order
+    def steps(n, m):
+        """The three steps (vmapped), the posterior coefficients and the draw in one program:
+        eagerly each small operation compiles on its own."""
+        proc = PiecewiseVP(log_alpha=0.5 * jnp.log(sched.alpha_bar[1:]))  # index n at t = n / N
 
-    z = np.asarray(jax.random.normal(key, (2,)))
-    for n, m in [(1000, 900), (500, 499), (40, 3)]:
-        x_m, order = one_step(jnp.array([n / N, m / N]))
-        c0, cn, var = (np.asarray(c) for c in sd.forward_posterior(sched, n, m))
-        np.testing.assert_allclose(x_m, c0 * x0_hat + cn * x_n + np.sqrt(var) * z, atol=1e-12)
-        assert int(order) == 1
+        def one_step(grid):
+            state, info = solver.step(key, solver.init(proc, model, grid, x_n))
+            return state.x, info.order
+
+        x_m, order = jax.vmap(one_step)(jnp.stack([n / N, m / N], -1))
+        return x_m, order, sd.forward_posterior(sched, n, m), jax.random.normal(key, (2,))
+
+    x_m, order, (c0, cn, var), z = steps(n, m)
+    c0, cn, var = (np.asarray(c)[:, None] for c in (c0, cn, var))
+    want = c0 * np.asarray(x0_hat) + cn * np.asarray(x_n) + np.sqrt(var) * np.asarray(z)
+    np.testing.assert_allclose(x_m, want, atol=1e-12)
+    np.testing.assert_array_equal(order, [1, 1, 1])
+
+
+@jax.jit
+def _grid_tables(grid):
+    """Half the log-SNR and sigma at the grid points (one program, not op by op)."""
+    return 0.5 * jax.vmap(SDE.log_snr)(grid), jax.vmap(SDE.marginal)(grid)[1]
 
 
 def _exact_linear_x0(grid, coefs, x_T):
     r"""$x_t = \frac{\sigma_t}{\sigma_s}x_s + \sigma_t\int_{\ell_s}^{\ell_t}e^{\ell}p(\ell)\,d\ell$
     interval by interval, with Gauss-Legendre quadrature (30 nodes: exact to rounding)."""
     nodes, weights = np.polynomial.legendre.leggauss(30)
-    ell = 0.5 * np.asarray(jax.vmap(SDE.log_snr)(grid))
-    sig = np.asarray(jax.vmap(SDE.marginal)(grid)[1])
+    ell, sig = (np.asarray(v) for v in _grid_tables(grid))
     xs = [np.asarray(x_T)]
     for i in range(len(grid) - 1):
         lo, hi = ell[i], ell[i + 1]
@@ -299,7 +318,7 @@ def test_3m_integrates_a_quadratic_data_prediction_exactly():
         return out
 
     model = sd.X0Model(net)
-    grid = sd.grids.log_snr(SDE, 16, t_eps=T_EPS)
+    grid = _order_grid(16)  # sd.grids.log_snr(SDE, 16, t_eps=T_EPS), compiled as one program
     x_T = jnp.array([0.7, -0.2])
     exact = _exact_linear_x0(grid, coefs, x_T)
 
@@ -348,13 +367,16 @@ def test_every_model_parameterisation_gives_the_same_solve():
         a, s = SDE.marginal(t)
         return a * eps(t, x) - s * x0(t, x)
 
-    grid = sd.grids.log_snr(SDE, 10)
     x_T = jnp.array([-0.3, 0.9])
     solver = sd.DPMSolverPP(3)
     models = (sd.EpsModel(eps), sd.VModel(v))
-    base, *others = jax.jit(lambda x: [sd.sample(None, SDE, m, solver, grid, x).x for m in models])(
-        x_T
-    )
+
+    @jax.jit
+    def run(x):
+        grid = sd.grids.log_snr(SDE, 10)  # in the program: eagerly each operation compiles
+        return [sd.sample(None, SDE, m, solver, grid, x).x for m in models]
+
+    base, *others = run(x_T)
     for x in others:
         np.testing.assert_allclose(x, base, rtol=1e-11, atol=1e-11)
 
@@ -366,17 +388,24 @@ def test_sde_variant_samples_the_data_distribution():
     first-order SDE-DPM-Solver++(1M) misses the variance by 0.05 at the same K."""
     gm = sd.toy.GaussianMixture(jnp.ones(1), jnp.full((1, 1), 0.3), jnp.full((1, 1, 1), 0.25))
     model = sd.EpsModel(gm.eps_fn(SDE))
-    grid = sd.grids.log_snr(SDE, 40, t_eps=T_EPS)
     solver = sd.DPMSolverPP(2, stochastic=True)
     n = 10000
-    k1, k2 = jax.random.split(jax.random.key(7))
-    x_T = SDE.prior_std() * jax.random.normal(k1, (n, 1))
-    keys = jax.random.split(k2, n)
-    xs = batch_solve(SDE, model, solver, grid)(keys, x_T).x[:, 0]
-    a, s = SDE.marginal(T_EPS)
+
+    @jax.jit
+    def draw():  # starts, keys, grid and solves in one program (eagerly: op by op)
+        grid = sd.grids.log_snr(SDE, 40, t_eps=T_EPS)
+        k1, k2 = jax.random.split(jax.random.key(7))
+        x_T = SDE.prior_std() * jax.random.normal(k1, (n, 1))
+        keys = jax.random.split(k2, n)
+        run = lambda k, x: sd.sample(k, SDE, model, solver, grid, x).x[0]  # noqa: E731
+        return jax.vmap(run)(keys, x_T)
+
+    xs = draw()
+    a, s = (float(v) for v in SDE.marginal(T_EPS))
     mean, var = 0.3 * a, 0.25 * a**2 + s**2
-    assert abs(float(jnp.mean(xs)) - mean) < 4 * 0.005
-    assert abs(float(jnp.var(xs)) - var) < 4 * 0.0035
+    xs = np.asarray(xs)
+    assert abs(float(np.mean(xs)) - mean) < 4 * 0.005
+    assert abs(float(np.var(xs)) - var) < 4 * 0.0035
 
 
 # ------------------------------------------------------------------ (d) step API, transforms
@@ -403,13 +432,13 @@ def test_order_lists():
 def test_step_api_in_a_scan_equals_the_verb(solver):
     gm = mixture_2d()
     model = sd.EpsModel(gm.eps_fn(SDE))
-    grid = sd.grids.log_snr(SDE, 9)
     x_T = jnp.array([0.2, 0.8])
     key = jax.random.key(5)
-    K = grid.shape[0] - 1
+    K = 9
 
     @jax.jit
     def both(x_T):
+        grid = sd.grids.log_snr(SDE, K)  # in the program: eagerly each operation compiles
         res = sd.sample(key, SDE, model, solver, grid, x_T, save_trajectory=True)
         state = solver.init(SDE, model, grid, x_T)
         dyn, static = eqx.partition(state, eqx.is_array)
@@ -437,7 +466,7 @@ def test_jit_vmap_grad():
     test_transforms.py.)"""
     gm = mixture_2d()
     model = sd.EpsModel(gm.eps_fn(SDE))
-    grid = sd.grids.log_snr(SDE, 8)
+    grid = jax.jit(lambda: sd.grids.log_snr(SDE, 8))()  # one program, not op by op
     x_T = jax.random.normal(jax.random.key(2), (3, 2))
     f = lambda x: sd.sample(None, SDE, model, sd.DPMSolverPP(3), grid, x).x  # noqa: E731
     # stochastic: keys vmapped and the grid traced under jit (vmapped keys: test (a), SDE cases)
