@@ -30,39 +30,49 @@ def _sym_matrix(d=5, seed=0):
 
 def test_divergence_exact_linear_and_nonlinear():
     """div(Ax) = tr A; div of x -> x * |x|^2 in d dims is (d + 2)|x|^2."""
-    a = jax.random.normal(jax.random.key(0), (4, 4))
     x = jnp.array([0.3, -1.0, 2.0, 0.5])
-    np.testing.assert_allclose(sd.divergence(lambda y: a @ y, x), jnp.trace(a), rtol=1e-12)
-    x3 = x.reshape(2, 2)  # any shape: the divergence sums over all entries
-    got = sd.divergence(lambda y: y * jnp.sum(y**2), x3)
-    np.testing.assert_allclose(got, (4 + 2) * jnp.sum(x**2), rtol=1e-12)
+
+    @jax.jit  # one program: eagerly each operation compiles on its own
+    def run(x):
+        a = jax.random.normal(jax.random.key(0), (4, 4))
+        x3 = x.reshape(2, 2)  # any shape: the divergence sums over all entries
+        got = sd.divergence(lambda y: y * jnp.sum(y**2), x3)
+        return sd.divergence(lambda y: a @ y, x), jnp.trace(a), got, (4 + 2) * jnp.sum(x**2)
+
+    div_a, tr_a, got, want = run(x)
+    np.testing.assert_allclose(div_a, tr_a, rtol=1e-12)
+    np.testing.assert_allclose(got, want, rtol=1e-12)
 
 
 @pytest.mark.parametrize("probe", ["rademacher", "gaussian"])
 def test_hutchinson_unbiased_with_known_variance(probe):
     """Mean of v^T A v is tr A; its variance is 2(|A|_F^2 - sum A_ii^2) (Rademacher) or 2|A|_F^2
     (Gaussian) for symmetric A. K = 20000 probes: mean within 4 SE, variance within 5%."""
-    a = _sym_matrix()
+    a = np.asarray(_sym_matrix())
     x = jnp.ones(5)
     k = 20000
-    probes = sd.hutchinson_probes(jax.random.key(1), (5,), num_probes=k, probe=probe)
+
+    @jax.jit  # the probes and the terms in one program (eagerly: op by op)
+    def run(x):
+        probes = sd.hutchinson_probes(jax.random.key(1), (5,), num_probes=k, probe=probe)
+        terms = jax.vmap(lambda v: sd.hutchinson_divergence(lambda y: a @ y, x, v[None]))(probes)
+        ten = sd.hutchinson_divergence(lambda y: a @ y, x, probes[:10])  # K probes in one call
+        return probes, terms, ten
+
+    probes, terms, ten = run(x)
     assert probes.shape == (k, 5) and probes.dtype == jnp.float64
-    terms = jax.jit(jax.vmap(lambda v: sd.hutchinson_divergence(lambda y: a @ y, x, v[None])))(
-        probes
-    )
-    frob = jnp.sum(a**2)
-    var = 2 * (frob - jnp.sum(jnp.diag(a) ** 2)) if probe == "rademacher" else 2 * frob
-    se = jnp.sqrt(var / k)
+    terms, trace = np.asarray(terms), float(np.trace(a))
+    frob = np.sum(a**2)
+    var = 2 * (frob - np.sum(np.diag(a) ** 2)) if probe == "rademacher" else 2 * frob
+    se = np.sqrt(var / k)
     print(
-        f"\n[hutchinson {probe}] mean err {float(terms.mean() - jnp.trace(a)):.4f} "
+        f"\n[hutchinson {probe}] mean err {float(terms.mean() - trace):.4f} "
         f"(SE {float(se):.4f}); var {float(terms.var()):.3f} vs {float(var):.3f}"
     )
-    assert abs(float(terms.mean() - jnp.trace(a))) < 4 * float(se)
+    assert abs(float(terms.mean() - trace)) < 4 * float(se)
     np.testing.assert_allclose(terms.var(), var, rtol=0.05)
     # averaging K probes in one call is the mean of the single-probe terms
-    np.testing.assert_allclose(
-        sd.hutchinson_divergence(lambda y: a @ y, x, probes[:10]), terms[:10].mean(), rtol=1e-12
-    )
+    np.testing.assert_allclose(ten, terms[:10].mean(), rtol=1e-12)
 
 
 def test_divergence_bad_input():
@@ -95,19 +105,22 @@ def test_log_likelihood_float64(sde, points64):
     """
     gm = mixture_2d()
     score = gm.score_fn(sde)
-    f = jax.jit(
-        jax.vmap(
-            lambda x: sd.log_likelihood(
-                sde, score, x, rtol=1e-8, atol=1e-8, t_eps=T_EPS, return_stats=True
-            )
+
+    @jax.jit  # the solves and the oracle's densities in one program (eagerly: op by op)
+    def run(xs):
+        solve = lambda x: sd.log_likelihood(  # noqa: E731
+            sde, score, x, rtol=1e-8, atol=1e-8, t_eps=T_EPS, return_stats=True
         )
-    )
-    lp, stats = f(points64)
-    target = jax.vmap(gm.marginal(sde, T_EPS).log_prob)(points64)
-    exact_prior = jax.vmap(gm.marginal(sde, sde.T).log_prob)(stats["latent"])
-    err = float(jnp.max(jnp.abs(exact_prior + stats["delta_log_prob"] - target)))
-    err_default = float(jnp.max(jnp.abs(lp - target)))
-    err_p0 = float(jnp.max(jnp.abs(target - jax.vmap(gm.log_prob)(points64))))
+        lp, stats = jax.vmap(solve)(xs)
+        target = jax.vmap(gm.marginal(sde, T_EPS).log_prob)(xs)
+        exact_prior = jax.vmap(gm.marginal(sde, sde.T).log_prob)(stats["latent"])
+        return lp, stats, target, exact_prior, jax.vmap(gm.log_prob)(xs)
+
+    lp, stats, target, exact_prior, log_p0 = run(points64)
+    target, delta = np.asarray(target), np.asarray(stats["delta_log_prob"])
+    err = float(np.max(np.abs(np.asarray(exact_prior) + delta - target)))
+    err_default = float(np.max(np.abs(np.asarray(lp) - target)))
+    err_p0 = float(np.max(np.abs(target - np.asarray(log_p0))))
     print(
         f"\n[log_likelihood f64 {type(sde).__name__}] max err {err:.2e} nats (exact prior), "
         f"{err_default:.2e} (default prior); |log p_t_eps - log p_0| = {err_p0:.1e}; "
@@ -122,20 +135,20 @@ def test_log_likelihood_float32():
     """float32 end to end (mixture, points, solver at rtol = atol = 1e-5): error below 1e-2 nats."""
     sde = VP
     gm = mixture_2d(jnp.float32)
-    xs = gm.sample(jax.random.key(7), 6)
-    assert xs.dtype == jnp.float32
-    exact_prior = gm.marginal(sde, sde.T).log_prob
-    f = jax.jit(
-        jax.vmap(
-            lambda x: sd.log_likelihood(
-                sde, gm.score_fn(sde), x, t_eps=T_EPS, prior_log_prob=exact_prior
-            )
+
+    @jax.jit  # the draws, solves and oracle densities in one program (eagerly: op by op)
+    def run():
+        xs = gm.sample(jax.random.key(7), 6)
+        exact_prior = gm.marginal(sde, sde.T).log_prob
+        solve = lambda x: sd.log_likelihood(  # noqa: E731
+            sde, gm.score_fn(sde), x, t_eps=T_EPS, prior_log_prob=exact_prior
         )
-    )
-    lp = f(xs)
+        return xs, jax.vmap(solve)(xs), jax.vmap(gm.marginal(sde, T_EPS).log_prob)(xs)
+
+    xs, lp, target = run()
+    assert xs.dtype == jnp.float32
     assert lp.dtype == jnp.float32
-    target = jax.vmap(gm.marginal(sde, T_EPS).log_prob)(xs)
-    err = float(jnp.max(jnp.abs(lp - target)))
+    err = float(np.max(np.abs(np.asarray(lp) - np.asarray(target))))
     print(f"\n[log_likelihood f32 VP] max err {err:.2e} nats (exact prior)")
     assert err < 1e-2
 
@@ -147,27 +160,28 @@ def test_log_likelihood_hutchinson_unbiased(points64):
     gm = mixture_2d()
     score = gm.score_fn(sde)
     x = points64[0]
-    prior = gm.marginal(sde, sde.T).log_prob
-    keys = jax.random.split(jax.random.key(11), 64)
-    f = jax.jit(
-        jax.vmap(
-            lambda k: sd.log_likelihood(
-                sde,
-                score,
-                x,
-                key=k,
-                estimator="hutchinson",
-                prior_log_prob=prior,
-                rtol=1e-6,
-                atol=1e-6,
-                t_eps=T_EPS,
-            )
+
+    @jax.jit  # keys, solves and the oracle's density in one program (eagerly: op by op)
+    def run(x):
+        prior = gm.marginal(sde, sde.T).log_prob
+        keys = jax.random.split(jax.random.key(11), 64)
+        solve = lambda k: sd.log_likelihood(  # noqa: E731
+            sde,
+            score,
+            x,
+            key=k,
+            estimator="hutchinson",
+            prior_log_prob=prior,
+            rtol=1e-6,
+            atol=1e-6,
+            t_eps=T_EPS,
         )
-    )
-    est = f(keys)
-    exact = gm.marginal(sde, T_EPS).log_prob(x)
+        return jax.vmap(solve)(keys), gm.marginal(sde, T_EPS).log_prob(x)
+
+    est, exact = run(x)
+    est = np.asarray(est)
     se = float(est.std() / math.sqrt(est.shape[0]))
-    diff = float(est.mean() - exact)
+    diff = float(est.mean() - float(exact))
     print(
         f"\n[hutchinson log_likelihood] mean - exact = {diff:.4f}, SE = {se:.4f}, "
         f"per-key std = {float(est.std()):.3f}"
@@ -183,14 +197,17 @@ def test_log_likelihood_grad_is_score():
     gm = gaussian_1comp(2)
     x = jnp.array([0.1, 0.7])
     prior = gm.marginal(sde, sde.T).log_prob
-    g = jax.jit(
-        jax.grad(
+
+    @jax.jit  # the oracle's score in the same program (eagerly: op by op)
+    def run(x):
+        g = jax.grad(
             lambda y: sd.log_likelihood(
                 sde, gm.score_fn(sde), y, rtol=1e-8, atol=1e-8, t_eps=T_EPS, prior_log_prob=prior
             )
-        )
-    )(x)
-    want = gm.marginal(sde, T_EPS).score(x)
+        )(x)
+        return g, gm.marginal(sde, T_EPS).score(x)
+
+    g, want = run(x)
     print(f"\n[grad log_likelihood] max err {float(jnp.max(jnp.abs(g - want))):.2e}")
     np.testing.assert_allclose(g, want, rtol=1e-5, atol=1e-5)
 
@@ -247,18 +264,22 @@ def test_bits_per_dim_dequantised_gaussian():
     gm = gaussian_1comp(d, mean=m, var=s2)
     sde = VP
     x = jnp.array([2, 10]) * width - 1.0  # grid points k * 2/(L - 1) - 1
-    keys = jax.random.split(jax.random.key(5), 64)
-    f = jax.jit(
-        jax.vmap(
-            lambda k: sd.bits_per_dim(sde, gm.score_fn(sde), x, key=k, levels=levels, t_eps=T_EPS)
-        )
-    )
-    bpd = f(keys)
-    se = float(bpd.std() / math.sqrt(bpd.shape[0]))
-    closed = -(gm.log_prob(x) - d * width**2 / (24 * s2) + d * math.log(width)) / (d * math.log(2))
     sd_ = math.sqrt(s2)
-    mass = jnp.prod(norm.cdf((x + width / 2 - m) / sd_) - norm.cdf((x - width / 2 - m) / sd_))
-    discrete = -jnp.log2(mass) / d
+
+    @jax.jit  # keys, solves and both references in one program (eagerly: op by op)
+    def run(x):
+        keys = jax.random.split(jax.random.key(5), 64)
+        one = lambda k: sd.bits_per_dim(  # noqa: E731
+            sde, gm.score_fn(sde), x, key=k, levels=levels, t_eps=T_EPS
+        )
+        closed = -(gm.log_prob(x) - d * width**2 / (24 * s2) + d * math.log(width)) / (
+            d * math.log(2)
+        )
+        mass = jnp.prod(norm.cdf((x + width / 2 - m) / sd_) - norm.cdf((x - width / 2 - m) / sd_))
+        return jax.vmap(one)(keys), closed, -jnp.log2(mass) / d
+
+    bpd, closed, discrete = (np.asarray(v) for v in run(x))
+    se = float(bpd.std() / math.sqrt(bpd.shape[0]))
     print(
         f"\n[bits_per_dim L=16] MC mean {float(bpd.mean()):.4f} (SE {se:.4f}); closed-form "
         f"bound {float(closed):.4f}; discretised -log2 P/d {float(discrete):.4f}"
@@ -282,15 +303,20 @@ def test_bits_per_dim_bad_input():
 
 def test_divergence_jit_vmap_grad():
     """divergence and the probes work under jit and vmap; grad of div(Ax * |x|^2) is known."""
-    xs = jax.random.normal(jax.random.key(3), (5, 3))
     f = lambda y: y * jnp.sum(y**2)
-    got = jax.jit(jax.vmap(lambda x: sd.divergence(f, x)))(xs)
-    np.testing.assert_allclose(got, 5 * jnp.sum(xs**2, -1), rtol=1e-12)
+
+    @jax.jit  # all of it in one program (eagerly, grad's operations compile one by one)
+    def run():
+        xs = jax.random.normal(jax.random.key(3), (5, 3))
+        got = jax.vmap(lambda x: sd.divergence(f, x))(xs)
+        g = jax.grad(lambda x: sd.divergence(f, x))(xs[0])
+        keys = jax.random.split(jax.random.key(4), 3)
+        probes = jax.vmap(lambda k: sd.hutchinson_probes(k, (3,), num_probes=2))(keys)
+        return xs, got, g, probes
+
+    xs, got, g, probes = (np.asarray(v) for v in run())
+    np.testing.assert_allclose(got, 5 * np.sum(xs**2, -1), rtol=1e-12)
     # grad of (d + 2)|x|^2 is 2 (d + 2) x
-    np.testing.assert_allclose(
-        jax.grad(lambda x: sd.divergence(f, x))(xs[0]), 10 * xs[0], rtol=1e-12
-    )
-    keys = jax.random.split(jax.random.key(4), 3)
-    probes = jax.jit(jax.vmap(lambda k: sd.hutchinson_probes(k, (3,), num_probes=2)))(keys)
+    np.testing.assert_allclose(g, 10 * xs[0], rtol=1e-12)
     assert probes.shape == (3, 2, 3)
     assert set(np.unique(np.asarray(probes)).tolist()) <= {-1.0, 1.0}
