@@ -192,22 +192,22 @@ def test_dpm_solver_1_is_euler_on_the_velocity():
     x + (t' - t) u (against an explicit Euler loop on a non-uniform grid)."""
     gm = mixture_2d()
     model = sd.VelocityModel(oracle_velocity(gm, RF))
-    grid = sd.grids.quadratic(RF, 8)
+    grid = np.asarray(jax.jit(lambda: sd.grids.quadratic(RF, 8))())  # one program, not op by op
     x_T = jnp.array([0.7, -1.2])
-    ddim = sd.sample(None, RF, model, sd.DPMSolver(order=1), grid, x_T).x
+    model32 = sd.VelocityModel(lambda t, x: model.net(t, x.astype(jnp.float64)).astype(x.dtype))
 
-    @jax.jit
-    def euler_loop(x):
+    @jax.jit  # DDIM, the Euler loop and the float32 run in one program (eagerly: op by op)
+    def run(x_T):
+        ddim = sd.sample(None, RF, model, sd.DPMSolver(order=1), grid, x_T).x
+        x = x_T
         for t, t_next in zip(grid[:-1], grid[1:]):
             x = x + (t_next - t) * model.velocity(RF, t, x)
-        return x
+        # a float32 grid and state (T = 0.999 rounds up in float32) run too, to float32 accuracy
+        g32, x32 = jnp.asarray(grid, jnp.float32), x_T.astype(jnp.float32)
+        return ddim, x, sd.sample(None, RF, model32, sd.DPMSolver(order=1), g32, x32).x
 
-    x = euler_loop(x_T)
+    ddim, x, out32 = run(x_T)
     np.testing.assert_allclose(ddim, x, rtol=1e-12)
-    # a float32 grid and state (T = 0.999 rounds up in float32) run too, to float32 accuracy
-    model32 = sd.VelocityModel(lambda t, x: model.net(t, x.astype(jnp.float64)).astype(x.dtype))
-    g32, x32 = grid.astype(jnp.float32), x_T.astype(jnp.float32)
-    out32 = sd.sample(None, RF, model32, sd.DPMSolver(order=1), g32, x32).x
     assert out32.dtype == jnp.float32
     np.testing.assert_allclose(out32, x, rtol=1e-4, atol=1e-5)
 
@@ -238,17 +238,22 @@ def test_one_ode_in_log_snr_time():
     want, got_rf, got_cos = dy_dlam(jnp.array([-6.0, -1.0, 0.5, 4.0]))
     np.testing.assert_allclose(got_rf, want, rtol=1e-9)
     np.testing.assert_allclose(got_cos, want, rtol=1e-9)
+
     # whole solves: DPM-Solver on grids with the same log-SNR nodes
-    lam = jnp.linspace(-9.0, 9.0, 13)
-    grid_rf, grid_vp = RF.time_at_log_snr(lam), vp.time_at_log_snr(lam)
-    x_rf = jnp.array([0.9, -0.3])
-    a_rf_T, a_vp_T = RF.marginal(grid_rf[0])[0], vp.marginal(grid_vp[0])[0]
-    x_vp = x_rf * a_vp_T / a_rf_T
-    solver = sd.DPMSolver(order=3)
-    out_rf = sd.sample(None, RF, sd.EpsModel(gm.eps_fn(RF)), solver, grid_rf, x_rf).x
-    out_vp = sd.sample(None, vp, sd.EpsModel(gm.eps_fn(vp)), solver, grid_vp, x_vp).x
-    a_rf, a_vp = RF.marginal(grid_rf[-1])[0], vp.marginal(grid_vp[-1])[0]
-    np.testing.assert_allclose(out_rf / a_rf, out_vp / a_vp, rtol=1e-9)
+    @jax.jit  # both solves and their grids in one program (eagerly: op by op)
+    def solves(x_rf):
+        lam = jnp.linspace(-9.0, 9.0, 13)
+        grid_rf, grid_vp = RF.time_at_log_snr(lam), vp.time_at_log_snr(lam)
+        a_rf_T, a_vp_T = RF.marginal(grid_rf[0])[0], vp.marginal(grid_vp[0])[0]
+        x_vp = x_rf * a_vp_T / a_rf_T
+        solver = sd.DPMSolver(order=3)
+        out_rf = sd.sample(None, RF, sd.EpsModel(gm.eps_fn(RF)), solver, grid_rf, x_rf).x
+        out_vp = sd.sample(None, vp, sd.EpsModel(gm.eps_fn(vp)), solver, grid_vp, x_vp).x
+        a_rf, a_vp = RF.marginal(grid_rf[-1])[0], vp.marginal(grid_vp[-1])[0]
+        return out_rf / a_rf, out_vp / a_vp
+
+    y_rf, y_vp = solves(jnp.array([0.9, -0.3]))
+    np.testing.assert_allclose(y_rf, y_vp, rtol=1e-9)
 
 
 # ------------------------------------------------------------------------------ sampling
@@ -270,8 +275,14 @@ def test_ode_pushes_a_gaussian_exactly():
     grid = jnp.array([RF.T, 1e-3])
     x_T = jnp.array([1.3, -0.6])
     ode = sd.ODE(diffrax.Tsit5(), diffrax.PIDController(rtol=1e-9, atol=1e-9))
-    out = sd.sample(None, RF, model, ode, grid, x_T).x
-    np.testing.assert_allclose(out, _gaussian_push(RF, m, v, x_T, grid[0], grid[-1]), atol=1e-7)
+    run = jax.jit(  # the solve and the exact map in one program (eagerly: op by op)
+        lambda x_T: (
+            sd.sample(None, RF, model, ode, grid, x_T).x,
+            _gaussian_push(RF, m, v, x_T, grid[0], grid[-1]),
+        )
+    )
+    out, want = run(x_T)
+    np.testing.assert_allclose(out, want, atol=1e-7)
 
 
 def test_dpm_solver_converges_on_shifted_rectified_flow():
@@ -283,12 +294,18 @@ def test_dpm_solver_converges_on_shifted_rectified_flow():
     m, v = 0.3, 0.25
     model = sd.VelocityModel(oracle_velocity(gaussian_1comp(2, m, v), RF))
     x_T = jnp.array([1.3, -0.6])
-    errs = []
-    for K in (10, 20):
-        grid = sd.grids.log_snr(process, K)
-        out = sd.sample(None, process, model, sd.DPMSolver(order=3), grid, x_T).x
-        want = _gaussian_push(process, m, v, x_T, grid[0], grid[-1])
-        errs.append(float(jnp.max(jnp.abs(out - want))))
+
+    @jax.jit  # both step counts, their grids and the exact maps in one program (not op by op)
+    def errors(x_T):
+        errs = []
+        for K in (10, 20):
+            grid = sd.grids.log_snr(process, K)
+            out = sd.sample(None, process, model, sd.DPMSolver(order=3), grid, x_T).x
+            want = _gaussian_push(process, m, v, x_T, grid[0], grid[-1])
+            errs.append(jnp.max(jnp.abs(out - want)))
+        return errs
+
+    errs = [float(e) for e in errors(x_T)]
     assert errs[0] < 6e-3 and errs[0] / errs[1] > 2**2.6, errs
 
 
@@ -297,21 +314,30 @@ def test_dpm_solver_on_rectified_flow_reaches_the_mixture():
     covariance within 5 standard errors of the exact moments of p_{t_eps}."""
     gm = mixture_2d()
     model = sd.VelocityModel(oracle_velocity(gm, RF))
-    grid = sd.grids.log_snr(RF, 15)
     n = 2000
-    keys = jax.random.split(jax.random.key(3), n)
-    draw = lambda k: sd.sample(None, RF, model, sd.DPMSolver(3), grid, RF.prior_sample(k, (2,))).x
-    xs = jax.vmap(draw)(keys)
-    target = gm.marginal(RF, grid[-1])
-    mean = jnp.einsum("k,ki->i", target.weights, target.means)
-    dev = target.means - mean[None, :]
-    cov = jnp.einsum("k,kij->ij", target.weights, target.covs) + jnp.einsum(
-        "k,ki,kj->ij", target.weights, dev, dev
-    )
-    se_mean = jnp.sqrt(jnp.diag(cov) / n)
-    np.testing.assert_array_less(jnp.abs(xs.mean(0) - mean), 5 * se_mean)
-    se_cov = jnp.sqrt((cov**2 + jnp.outer(jnp.diag(cov), jnp.diag(cov))) / n)  # Gaussian approx
-    np.testing.assert_array_less(jnp.abs(jnp.cov(xs.T) - cov), 5 * se_cov + 1e-3)
+
+    @jax.jit  # grid, draws and the exact moments in one program (eagerly: op by op)
+    def run():
+        grid = sd.grids.log_snr(RF, 15)
+        keys = jax.random.split(jax.random.key(3), n)
+        draw = lambda k: (
+            sd.sample(  # noqa: E731
+                None, RF, model, sd.DPMSolver(3), grid, RF.prior_sample(k, (2,))
+            ).x
+        )
+        target = gm.marginal(RF, grid[-1])
+        mean = jnp.einsum("k,ki->i", target.weights, target.means)
+        dev = target.means - mean[None, :]
+        cov = jnp.einsum("k,kij->ij", target.weights, target.covs) + jnp.einsum(
+            "k,ki,kj->ij", target.weights, dev, dev
+        )
+        return jax.vmap(draw)(keys), mean, cov
+
+    xs, mean, cov = (np.asarray(v) for v in run())
+    se_mean = np.sqrt(np.diag(cov) / n)
+    np.testing.assert_array_less(np.abs(xs.mean(0) - mean), 5 * se_mean)
+    se_cov = np.sqrt((cov**2 + np.outer(np.diag(cov), np.diag(cov))) / n)  # Gaussian approx
+    np.testing.assert_array_less(np.abs(np.cov(xs.T) - cov), 5 * se_cov + 1e-3)
 
 
 def test_euler_maruyama_on_rectified_flow():
@@ -321,16 +347,21 @@ def test_euler_maruyama_on_rectified_flow():
     (the exact EM chain's own bias is 5e-4 in variance)."""
     m, v = 0.3, 0.25
     model = sd.VelocityModel(oracle_velocity(gaussian_1comp(2, m, v), RF))
-    grid = sd.grids.uniform(RF, 200)
     n = 2000
-    keys = jax.random.split(jax.random.key(5), n)
 
-    def draw(k):
-        k1, k2 = jax.random.split(k)
-        return sd.sample(k2, RF, model, sd.EulerMaruyama(), grid, RF.prior_sample(k1, (2,))).x
+    @jax.jit  # grid, keys and draws in one program (eagerly: op by op)
+    def run():
+        grid = sd.grids.uniform(RF, 200)
+        keys = jax.random.split(jax.random.key(5), n)
 
-    xs = jax.vmap(draw)(keys)
-    a, s = RF.marginal(grid[-1])
+        def draw(k):
+            k1, k2 = jax.random.split(k)
+            return sd.sample(k2, RF, model, sd.EulerMaruyama(), grid, RF.prior_sample(k1, (2,))).x
+
+        return jax.vmap(draw)(keys), RF.marginal(grid[-1])
+
+    xs, (a, s) = run()
+    xs, a, s = np.asarray(xs), float(a), float(s)
     mean, var = a * m, a**2 * v + s**2
     np.testing.assert_array_less(jnp.abs(xs.mean(0) - mean), 4 * math.sqrt(var / n) + 0.01)
     np.testing.assert_array_less(jnp.abs(xs.var(0) - var), 4 * var * math.sqrt(2 / n) + 0.01)
@@ -344,12 +375,17 @@ def test_log_likelihood_of_a_gaussian_under_rectified_flow():
     gm = gaussian_1comp(d, m, v)
     x = jnp.array([0.5, -0.1])
     t_eps = 1e-3
-    exact = gm.marginal(RF, t_eps).log_prob(x)
-    lp, stats = sd.log_likelihood(
-        RF, gm.score_fn(RF), x, t_eps=t_eps, rtol=1e-9, atol=1e-9, return_stats=True
-    )
-    z, delta = stats["latent"], stats["delta_log_prob"]
-    np.testing.assert_allclose(gm.marginal(RF, RF.T).log_prob(z) + delta, exact, atol=1e-6)
+
+    @jax.jit  # the solve and the exact densities in one program (eagerly: op by op)
+    def run(x):
+        lp, stats = sd.log_likelihood(
+            RF, gm.score_fn(RF), x, t_eps=t_eps, rtol=1e-9, atol=1e-9, return_stats=True
+        )
+        z, delta = stats["latent"], stats["delta_log_prob"]
+        return lp, gm.marginal(RF, RF.T).log_prob(z) + delta, gm.marginal(RF, t_eps).log_prob(x)
+
+    lp, exact_prior_lp, exact = run(x)
+    np.testing.assert_allclose(exact_prior_lp, exact, atol=1e-6)
     np.testing.assert_allclose(lp, exact, atol=1e-2)
 
 
@@ -359,22 +395,44 @@ def test_log_likelihood_of_a_gaussian_under_rectified_flow():
 def test_time_shift_properties():
     """s = 1 is the identity; the shift multiplies the odds t/(1-t) by s, so on RF the
     log-SNR drops by 2 log s at every t; shifts compose by multiplying; T_s maps to T."""
-    ts = jnp.linspace(0.05, 0.95, 7)
-    at = lambda proc, name: jax.vmap(getattr(proc, name))(ts)
-    one = sd.TimeShift(RF, 1.0)
-    for name in ("marginal", "coefficients", "log_snr", "model_time"):
-        np.testing.assert_allclose(at(one, name), at(RF, name), rtol=1e-14)
-    for s in (0.25, 3.0, 7.5):
-        sh = sd.TimeShift(RF, s)
-        want = at(RF, "log_snr") - 2 * math.log(s)
-        np.testing.assert_allclose(at(sh, "log_snr"), want, rtol=1e-12, atol=1e-14)
-        tau = at(sh, "warp")
+    ts = np.linspace(0.05, 0.95, 7)
+    names = ("marginal", "coefficients", "log_snr", "model_time")
+    shifts = (0.25, 3.0, 7.5)
+
+    @jax.jit  # every table in one program (eagerly each vmap runs op by op, each op compiled)
+    def tables(ts):
+        at = lambda proc, name: jax.vmap(getattr(proc, name))(ts)  # noqa: E731
+        one = sd.TimeShift(RF, 1.0)
+        base = {name: at(RF, name) for name in names}
+        ident = {name: at(one, name) for name in names}
+        per_shift = []
+        for s in shifts:
+            sh = sd.TimeShift(RF, s)
+            per_shift.append(
+                (
+                    at(sh, "log_snr"),
+                    at(sh, "warp"),
+                    at(sh, "model_time"),
+                    sh.marginal(sh.T),
+                    RF.marginal(RF.T),
+                    at(sd.TimeShift(sh, 1 / s), "marginal"),
+                )
+            )
+        twice = sd.TimeShift(sd.TimeShift(COS, 2.0), 1.5)
+        return base, ident, per_shift, at(twice, "marginal"), at(sd.TimeShift(COS, 3.0), "marginal")
+
+    base, ident, per_shift, twice, thrice = tables(ts)
+    for name in names:
+        np.testing.assert_allclose(ident[name], base[name], rtol=1e-14)
+    for s, (log_snr, tau, model_time, m_T, rf_T, back) in zip(shifts, per_shift):
+        want = base["log_snr"] - 2 * math.log(s)
+        np.testing.assert_allclose(log_snr, want, rtol=1e-12, atol=1e-14)
+        tau = np.asarray(tau)
         np.testing.assert_allclose(tau / (1 - tau), s * ts / (1 - ts), rtol=1e-12)
-        np.testing.assert_allclose(at(sh, "model_time"), tau)
-        np.testing.assert_allclose(sh.marginal(sh.T), RF.marginal(RF.T), rtol=1e-12)
-        np.testing.assert_allclose(at(sd.TimeShift(sh, 1 / s), "marginal"), at(RF, "marginal"))
-    twice = sd.TimeShift(sd.TimeShift(COS, 2.0), 1.5)
-    np.testing.assert_allclose(at(twice, "marginal"), at(sd.TimeShift(COS, 3.0), "marginal"))
+        np.testing.assert_allclose(model_time, tau)
+        np.testing.assert_allclose(m_T, rf_T, rtol=1e-12)
+        np.testing.assert_allclose(back, base["marginal"])
+    np.testing.assert_allclose(twice, thrice)
 
 
 # ---------------------------------------------------------------------------------- loss
@@ -460,7 +518,7 @@ def test_loss_is_differentiable_and_jittable():
         return sd.flow_matching_loss(key, rf, lambda t, x: w * x, x0, time_sampling="mode")
 
     k = jax.random.key(0)
-    g = jax.grad(loss)(0.5, k)
+    g = jax.jit(jax.grad(loss))(0.5, k)  # under jit: eagerly grad's operations compile one by one
     assert jnp.isfinite(g)
     np.testing.assert_allclose(jax.jit(loss)(0.5, k), loss(0.5, k), rtol=1e-12)
 
