@@ -120,14 +120,18 @@ def test_batched_ddpm_equals_hand_loop_given_same_noise():
     ab = np.asarray(SCHED.alpha_bar, np.float64)
     tau = np.asarray(TAU)
     x = np.asarray(x_T, np.float64)
+    # the model's eps and the step's draw, each one compiled program for all K steps (eagerly,
+    # their ops compile one by one)
+    eps_j = jax.jit(lambda a, s, n, x: eps(a, s, SCHED.time(n), x))
+    draw = jax.jit(lambda k: jax.random.normal(jax.random.fold_in(key, k), x.shape, jnp.float64))
     for k in range(K - 1, -1, -1):
         n, m = tau[k + 1], tau[k]
         beta = 1 - ab[n] / ab[m]
         a = np.sqrt(ab[m] / ab[n])
         b = -beta * np.sqrt(ab[m]) / (np.sqrt(ab[n]) * np.sqrt(1 - ab[n]))
         std = 0.0 if k == 0 else np.sqrt((1 - ab[m]) / (1 - ab[n]) * beta)
-        e = np.asarray(eps(np.sqrt(ab[n]), np.sqrt(1 - ab[n]), SCHED.time(n), jnp.asarray(x)))
-        z = np.asarray(jax.random.normal(jax.random.fold_in(key, k), x.shape, jnp.float64))
+        e = np.asarray(eps_j(np.sqrt(ab[n]), np.sqrt(1 - ab[n]), n, jnp.asarray(x)))
+        z = np.asarray(draw(k))
         x = a * x + b * e + std * z
     np.testing.assert_allclose(np.asarray(res.x), x, rtol=1e-12, atol=1e-12)
 
@@ -201,18 +205,25 @@ def test_noise_free_last_step():
     x_T = VP.prior_sample(jax.random.key(3), (8, 2))
     res = sd.sample_batch(key, VP, SCORE, sd.EulerMaruyama(), GRID, x_T, save_trajectory=True)
     assert res.trajectory is not None and res.trajectory.shape == (8, 11, 2)
-    x_prev = res.trajectory[:, -2]
-    t, t_next = GRID[-2], GRID[-1]
-    f, g = VP.coefficients(t)
-    s = jax.vmap(lambda x: SCORE.score(VP, t, x))(x_prev)
-    mean = x_prev - (t - t_next) * (f * x_prev - g**2 * s)
+
+    @jax.jit  # the expected last step in one compiled program (eagerly, op by op)
+    def last_step(x_prev):
+        t, t_next = GRID[-2], GRID[-1]
+        f, g = VP.coefficients(t)
+        s = jax.vmap(lambda x: SCORE.score(VP, t, x))(x_prev)
+        mean = x_prev - (t - t_next) * (f * x_prev - g**2 * s)
+        # the noise of final_noise=True: g sqrt(h) z, z the batch's draw of step K-1
+        z = jax.random.normal(jax.random.fold_in(key, 9), x_prev.shape, x_prev.dtype)
+        return mean, g * jnp.sqrt(t - t_next) * z
+
+    traj = np.asarray(res.trajectory)
+    mean, noise = last_step(jnp.asarray(traj[:, -2]))
     np.testing.assert_allclose(np.asarray(res.x), np.asarray(mean), rtol=1e-12, atol=1e-12)
-    np.testing.assert_array_equal(np.asarray(res.trajectory[:, -1]), np.asarray(res.x))
+    np.testing.assert_array_equal(traj[:, -1], np.asarray(res.x))
     noisy = sd.sample_batch(key, VP, SCORE, sd.EulerMaruyama(final_noise=True), GRID, x_T)
-    # the same draws up to the last step, then g sqrt(h) z with z the batch's draw of step K-1
-    z = jax.random.normal(jax.random.fold_in(key, 9), x_T.shape, x_T.dtype)
+    # the same draws up to the last step, then the noise
     np.testing.assert_allclose(
-        np.asarray(noisy.x - res.x), np.asarray(g * jnp.sqrt(t - t_next) * z), atol=1e-12
+        np.asarray(noisy.x) - np.asarray(res.x), np.asarray(noise), atol=1e-12
     )
 
 
@@ -287,8 +298,10 @@ def test_batched_net_is_called_once_on_the_batch():
     assert ((4,), (4, 2)) in shapes
     assert all(s[1][0] in (1, 4) for s in shapes)  # batches of one (the checks) or the batch
     x = jnp.array([0.2, -0.3])
+    # one example, both evaluations in one compiled program (eagerly, op by op)
+    one, ref1 = jax.jit(lambda x: (model.eps(VP, 0.4, x), eps1(jnp.asarray(0.4), x)))(x)
     np.testing.assert_allclose(
-        np.asarray(model.eps(VP, 0.4, x)), np.asarray(eps1(jnp.asarray(0.4), x)), rtol=1e-14
+        np.asarray(one), np.asarray(ref1), rtol=1e-14
     )  # (gradients through BatchedNet: its case in test_transforms.py)
 
 
