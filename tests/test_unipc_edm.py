@@ -89,7 +89,12 @@ def test_unipc_matches_diffusers():
                 None, VP, model, solvers[name], grids[name], x, save_trajectory=True
             )  # noqa: E501
             res = jax.vmap(f)(x_T)
-            out[name] = (res.trajectory, res.stats["nfe"])
+            # the limit checked for diffusers' NaN cases: the data prediction at grid[K-1], at
+            # diffusers' own x_{K-1} (in this program: eagerly it compiles op by op)
+            a, s = VP.marginal(grids[name][-2])
+            ref_prev = jnp.asarray(FIX[f"unipc__{name}__traj"][-2])
+            x0 = jax.vmap(lambda x: GM.posterior_moments(a, s, x)[0])(ref_prev)  # noqa: B023
+            out[name] = (res.trajectory, res.stats["nfe"], x0)
         return out
 
     out = run(x_T)
@@ -105,8 +110,7 @@ def test_unipc_matches_diffusers():
         # step is its limit: the data prediction at grid[K-1], made at diffusers' own x_{K-1}
         assert np.isnan(ref[-1]).all()
         np.testing.assert_allclose(traj[:-1], ref[:-1], rtol=0, atol=TOL, err_msg=name)
-        a, s = VP.marginal(grids[name][-2])
-        x0 = jax.vmap(lambda x: GM.posterior_moments(a, s, x)[0])(jnp.asarray(ref[-2]))
+        x0 = out[name][2]
         np.testing.assert_allclose(traj[-1], np.asarray(x0), rtol=0, atol=TOL, err_msg=name)
 
 
@@ -188,7 +192,7 @@ def test_karras_grid_is_get_sigmas_karras():
     sigma_min gives get_sigmas_karras's noise levels (the Heun sample on it, then t = 0, is
     checked in test_edm_heun_matches_k_diffusion)."""
     sigmas = FIX["edm__det_zero__sigmas"]
-    a, s = jax.vmap(KARRAS_SDE.marginal)(KARRAS_GRID[:-1])
+    a, s = jax.jit(jax.vmap(KARRAS_SDE.marginal))(KARRAS_GRID[:-1])  # one program, not op by op
     np.testing.assert_allclose(np.asarray(s / a), sigmas[:-1], rtol=1e-13)
     assert float(KARRAS_GRID[-1]) == 0.0 and float(KARRAS_SDE.marginal(0.0)[1]) == 0.0
 
@@ -210,10 +214,11 @@ def test_order_of_convergence():
     table from 10 to 320 steps, UniPC-1 to -4)."""
     model = sd.EpsModel(WIDE.eps_fn(VP))
     x_T, ref = jnp.asarray(FIX["ode__x_T"]), FIX["ode__x"]
-    grids = [sd.grids.log_snr(VP, K, t_eps=META["ode"]["t_eps"]) for K in (40, 80)]
 
     @jax.jit
     def run(x_T):
+        # the grids too (eagerly, each of their operations compiles on its own)
+        grids = [sd.grids.log_snr(VP, K, t_eps=META["ode"]["t_eps"]) for K in (40, 80)]
         return [
             [jax.vmap(lambda x: sd.sample(None, VP, model, s, g, x).x)(x_T) for g in grids]
             for s, _, _ in ORDERS
@@ -295,7 +300,9 @@ def test_step_api_in_a_scan_equals_the_verb(solver):
     also the step with its draw given as z_i = normal(fold_in(key, i), x.shape): one Gaussian
     per step for the whole x."""
     heun = isinstance(solver, sd.EDMHeun)
-    grid = jnp.append(sd.grids.karras(VP, 7), 0.0) if heun else sd.grids.log_snr(VP, 7)
+    grid = jax.jit(  # one program, not op by op
+        lambda: jnp.append(sd.grids.karras(VP, 7), 0.0) if heun else sd.grids.log_snr(VP, 7)
+    )()
     model = sd.EpsModel(GM.eps_fn(VP))
     x_T, key = jnp.array([0.9, -0.2]), jax.random.key(2)
     K = grid.shape[0] - 1
@@ -331,7 +338,7 @@ def test_vmap_over_churn():
     """A traced S_churn (vmap over it) agrees with a separate solve. (Gradients through UniPC(3),
     its tables included, against finite differences on a 3-step log-SNR grid, and EDMHeun
     under jit, vmap and grad: their case in test_transforms.py.)"""
-    grid = sd.grids.log_snr(VP, 6)
+    grid = jax.jit(lambda: sd.grids.log_snr(VP, 6))()  # one program, not op by op
     model = sd.EpsModel(GM.eps_fn(VP))
     x_T, key = jnp.array([0.5, 0.1]), jax.random.key(0)
     draw = jax.jit(jax.vmap(lambda c: sd.sample(key, VP, model, sd.EDMHeun(churn=c), grid, x_T).x))
