@@ -198,6 +198,9 @@ def _order_grid(K):
     return jax.jit(lambda: sd.grids.log_snr(SDE, K, t_eps=T_EPS))()
 
 
+# one worker for all six: the module-scoped `oracle` (a Tsit5 solve at 1e-12, ~1.5 CPU-s of
+# compile) is then built once, not once per xdist worker
+@pytest.mark.xdist_group("dpm-solver-pp-orders")
 @pytest.mark.parametrize("name", list(ORDERS))
 def test_convergence_order(oracle, name):
     solver, Ks, order = ORDERS[name]
