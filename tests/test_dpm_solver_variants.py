@@ -154,13 +154,14 @@ def test_order_lists():
 def test_order_one_is_ddim_and_a_step_to_zero_noise_ends_on_the_data_prediction():
     """Order 1 of every variant is DDIM (DPMSolver(1)); a multistep grid ending at sigma = 0
     makes the last step return the data prediction at its start (the first-order limit)."""
-    grid = sd.grids.quadratic(SDE, 7)
-    to_zero = jnp.append(sd.grids.log_snr(SDE, 6), 0.0)
     x_T = jnp.array([0.4, -1.2])
     solvers = (sd.DPMSolver(1), sd.DPMSolverMultistep(1), sd.DPMSolverFast(1))
 
     @jax.jit
     def run(x):
+        # the grids in the program too (eagerly, their ops compile one by one)
+        grid = sd.grids.quadratic(SDE, 7)
+        to_zero = jnp.append(sd.grids.log_snr(SDE, 6), 0.0)
         res = sd.sample(
             None, SDE, MODEL, sd.DPMSolverMultistep(3), to_zero, x, save_trajectory=True
         )
@@ -186,13 +187,16 @@ def _poly_model(coefs):
     return sd.EpsModel(net)
 
 
+@jax.jit  # one program per grid length (eagerly, op by op)
+def _half_log_snr_and_alpha(grid):
+    return 0.5 * jax.vmap(SDE.log_snr)(grid), jax.vmap(SDE.marginal)(grid)[0]
+
+
 def _exact_poly(grid, coefs, x_T):
     r"""$x_t = \frac{\alpha_t}{\alpha_s}x_s - \alpha_t\int_{\ell_s}^{\ell_t}e^{-\ell}p(\ell)\,d\ell$
     interval by interval (30-point Gauss-Legendre: exact to rounding)."""
     nodes, weights = np.polynomial.legendre.leggauss(30)
-    grid = np.asarray(grid)
-    ell = 0.5 * np.asarray(jax.vmap(SDE.log_snr)(grid))
-    al = np.asarray(jax.vmap(SDE.marginal)(grid)[0])
+    ell, al = (np.asarray(a) for a in _half_log_snr_and_alpha(jnp.asarray(grid)))
     xs = [np.asarray(x_T)]
     for i in range(len(grid) - 1):
         lo, hi = ell[i], ell[i + 1]
@@ -210,7 +214,10 @@ def test_polynomial_noise_predictions_are_integrated_exactly():
     in $\ell$, each third-order step of DPM-Solver-fast (stages anywhere inside the step) is
     exact: the states at the ends of its first three steps of `[3, 3, 3, 1]`."""
     quad = [np.array([0.5, -1.0]), np.array([0.2, 0.3]), np.array([-0.05, 0.04])]
-    grid = sd.grids.log_snr(SDE, 12, t_eps=T_EPS)
+    # both grids from one compiled program (eagerly, their ops compile one by one)
+    grid, fast_grid = jax.jit(
+        lambda: (sd.grids.log_snr(SDE, 12, t_eps=T_EPS), sd.grids.uniform(SDE, 10, t_eps=T_EPS))
+    )()
     x_T = jnp.array([0.7, -0.2])
     exact = _exact_poly(grid, quad, x_T)
 
@@ -229,7 +236,7 @@ def test_polynomial_noise_predictions_are_integrated_exactly():
         return eqx.combine(dyn, static).x
 
     lin = quad[:2]
-    fast_grid = sd.grids.uniform(SDE, 10, t_eps=T_EPS)  # stages off the log-SNR fractions
+    # fast_grid (uniform in t): stages off the log-SNR fractions
     fast = sd.DPMSolverFast(3)
     x_2 = jnp.asarray(exact[2])
 
@@ -256,15 +263,20 @@ def test_adaptive_on_a_constant_noise_prediction_takes_two_attempts():
     model = sd.EpsModel(lambda t, x: jnp.broadcast_to(c, x.shape).astype(x.dtype))
     grid = jnp.array([1.0, T_EPS])
     x_T = jnp.array([0.5, 1.5])
-    a_T, (a_e, s_e) = SDE.marginal(1.0)[0], SDE.marginal(T_EPS)
-    h = 0.5 * (SDE.log_snr(T_EPS) - SDE.log_snr(1.0))
-    exact = a_e / a_T * x_T - s_e * jnp.expm1(h) * c
     solvers = (
         sd.DPMSolverAdaptive(2),
         sd.DPMSolverAdaptive(3),
         sd.DPMSolverAdaptive(3, max_steps=1, throw=False),
     )
-    *full, capped = jax.jit(lambda: [sd.sample(None, SDE, model, s, grid, x_T) for s in solvers])()
+
+    @jax.jit  # the exact solution in the solves' program (eagerly, op by op)
+    def run():
+        a_T, (a_e, s_e) = SDE.marginal(1.0)[0], SDE.marginal(T_EPS)
+        h = 0.5 * (SDE.log_snr(T_EPS) - SDE.log_snr(1.0))
+        exact = a_e / a_T * x_T - s_e * jnp.expm1(h) * c
+        return exact, [sd.sample(None, SDE, model, s, grid, x_T) for s in solvers]
+
+    exact, (*full, capped) = run()
     for solver, res in zip(solvers, full):
         np.testing.assert_allclose(res.x, exact, rtol=0, atol=1e-12)
         assert int(res.stats["num_steps"]) == int(res.stats["num_accepted_steps"]) == 2
