@@ -69,8 +69,11 @@ def _scalar_pdf_cdf(name: str, scale: float):
     else:
         dist = scipy_dist(name, scale)
         return dist.pdf, dist.cdf
-    dist = scipy_dist(name, scale)
-    e = np.linspace(-9.0, 9.0, 37) * scale
+    return _checked(pdf, cdf, scipy_dist(name, scale), np.linspace(-9.0, 9.0, 37) * scale)
+
+
+def _checked(pdf, cdf, dist, e):
+    """`(pdf, cdf)`, after checking both against the scipy.stats distribution `dist` at `e`."""
     np.testing.assert_allclose(pdf(e), dist.pdf(e), rtol=1e-14, atol=1e-300)
     np.testing.assert_allclose(cdf(e), dist.cdf(e), rtol=1e-14, atol=1e-300)
     return pdf, cdf
@@ -595,11 +598,12 @@ def test_user_defined_family():
     p = noise.argmax_probs(mu)
     # scipy's hypsecant density and CDF as formulas for QUADPACK's thousands of scalar calls
     # (see _scalar_pdf_cdf), checked against scipy.stats.hypsecant first
-    pdf = lambda e: 1.0 / (math.pi * np.cosh(e))  # noqa: E731
-    cdf = lambda e: 2.0 / math.pi * np.arctan(np.exp(e))  # noqa: E731
-    e = np.linspace(-30.0, 30.0, 61)
-    np.testing.assert_allclose(pdf(e), stats.hypsecant.pdf(e), rtol=1e-14, atol=1e-300)
-    np.testing.assert_allclose(cdf(e), stats.hypsecant.cdf(e), rtol=1e-14, atol=1e-300)
+    pdf, cdf = _checked(
+        lambda e: 1.0 / (math.pi * np.cosh(e)),
+        lambda e: 2.0 / math.pi * np.arctan(np.exp(e)),
+        stats.hypsecant,
+        np.linspace(-30.0, 30.0, 61),
+    )
     ref = []
     for i in range(4):
         d = MU4[i] - np.delete(MU4, i)
