@@ -22,18 +22,21 @@ import numpy as np
 import pytest
 
 import scoredyn as sd
-from helpers import ALL_LINEAR_SDES, SDE_IDS, mixture_2d, old_bound
+from helpers import ALL_LINEAR_SDES, SDE_IDS, mixture_2d, no_runtime_typecheck, old_bound
 
 DTYPES = [jnp.float32, jnp.float64]
 
 
 def _on_interval(sde, n=257, dtype=jnp.float64):
-    """Times 0 = t_0 < ... < t_n = T, both ends included, in `dtype`."""
-    return jnp.linspace(0.0, sde.T, n, dtype=dtype).at[-1].set(jnp.asarray(sde.T, dtype))
+    """Times 0 = t_0 < ... < t_n = T, both ends included, in `dtype` (a NumPy grid: an argument
+    of the test's one compiled program)."""
+    t = np.linspace(0.0, sde.T, n).astype(dtype)
+    t[-1] = np.asarray(sde.T, dtype)
+    return t
 
 
 def _all_finite(*xs):
-    return all(bool(jnp.all(jnp.isfinite(x))) for x in xs)
+    return all(bool(np.all(np.isfinite(np.asarray(x)))) for x in xs)
 
 
 # ------------------------------------------------------------------ continuous SDEs
@@ -43,24 +46,31 @@ def test_sde_quantities_finite_and_monotone_on_closed_interval(sde, dtype):
     """alpha, sigma, f, g finite on [0, T] (both ends); log-SNR finite on (0, T] and +inf at 0
     (sigma(0) = 0 exactly); alpha non-increasing, sigma non-decreasing, lambda decreasing."""
     with jax.enable_x64(dtype == jnp.float64):
+
+        @jax.jit  # one program for every quantity; the checks in NumPy
+        def quantities(t, x):
+            alpha, sigma = jax.vmap(sde.marginal)(t)
+            f, g = jax.vmap(sde.coefficients)(t)
+            lam = jax.vmap(sde.log_snr)(t)
+            tail = sde.prior_log_prob(x), sde.drift(sde.T, x), sde.diffusion(0.0, x)
+            return (alpha, sigma, f, g, lam), tail
+
         t = _on_interval(sde, dtype=dtype)
-        alpha, sigma = jax.vmap(sde.marginal)(t)
-        f, g = jax.vmap(sde.coefficients)(t)
-        lam = jax.vmap(sde.log_snr)(t)
-        for a in (alpha, sigma, f, g, lam):
+        out, (prior, drift, diffusion) = quantities(t, np.ones((2,), dtype))
+        for a in out:
             assert a.dtype == dtype
+        alpha, sigma, f, g, lam = (np.asarray(a) for a in out)
         assert _all_finite(alpha, sigma, f, g, lam[1:])
         assert float(sigma[0]) == 0.0 and float(lam[0]) == np.inf
         # g > 0 except sub-VP's g(0) = 0 (its sigma^2 = (1 - alpha^2)^2 starts quadratically)
-        assert bool(jnp.all(alpha > 0)) and bool(jnp.all(g[1:] > 0)) and float(g[0]) >= 0
-        assert bool(jnp.all(jnp.diff(alpha) <= 0)) and bool(jnp.all(jnp.diff(sigma) >= 0))
-        dlam = jnp.diff(lam[1:])
+        assert bool(np.all(alpha > 0)) and bool(np.all(g[1:] > 0)) and float(g[0]) >= 0
+        assert bool(np.all(np.diff(alpha) <= 0)) and bool(np.all(np.diff(sigma) >= 0))
+        dlam = np.diff(lam[1:])
         # strictly decreasing in float64; in float32 rounding may tie adjacent values
-        assert bool(jnp.all(dlam < 0)) if dtype == jnp.float64 else bool(jnp.all(dlam <= 0))
+        assert bool(np.all(dlam < 0)) if dtype == jnp.float64 else bool(np.all(dlam <= 0))
         # the prior is finite and the drift/diffusion follow the state's dtype
-        x = jnp.ones((2,), dtype)
-        assert np.isfinite(float(sde.prior_log_prob(x)))
-        assert sde.drift(sde.T, x).dtype == dtype and sde.diffusion(0.0, x).dtype == dtype
+        assert np.isfinite(float(prior))
+        assert drift.dtype == dtype and diffusion.dtype == dtype
 
 
 @pytest.mark.parametrize("sde", ALL_LINEAR_SDES, ids=SDE_IDS)
@@ -68,15 +78,19 @@ def test_sde_gradients_finite(sde):
     """d/dt of alpha and f is finite on the closed interval [0, T]; d/dt of sigma, sigma^2, g
     and lambda is finite on (0, T]. (At t = 0, sigma ~ sqrt(t) and lambda ~ -log t have
     infinite slope, and autodiff of sigma^2 = sqrt(v)^2 gives 0 * inf there.)"""
-    t = _on_interval(sde, n=65)
-    closed = jax.vmap(jax.grad(lambda s: sde.marginal(s)[0] + sde.coefficients(s)[0]))(t)
-    assert _all_finite(closed)
 
     def rough(s):
         a, sig = sde.marginal(s)
         return sig + sig**2 + sde.coefficients(s)[1] + sde.log_snr(s)
 
-    assert _all_finite(jax.vmap(jax.grad(rough))(t[1:]))
+    @jax.jit  # both gradients in one program
+    def grads(t):
+        closed = jax.vmap(jax.grad(lambda s: sde.marginal(s)[0] + sde.coefficients(s)[0]))(t)
+        return closed, jax.vmap(jax.grad(rough))(t[1:])
+
+    closed, open_ = grads(_on_interval(sde, n=65))
+    assert _all_finite(closed)
+    assert _all_finite(open_)
 
 
 @pytest.mark.parametrize("sde", ALL_LINEAR_SDES, ids=SDE_IDS)
@@ -93,60 +107,89 @@ def test_exact_score_finite_at_both_ends(sde):
 
 
 # ------------------------------------------------------------------ discrete schedules
+@functools.cache
 def _schedules(dtype):
-    out = {
-        "linear": sd.DiscreteSchedule.linear(1000, dtype=dtype),
-        "cosine": sd.DiscreteSchedule.cosine(1000, dtype=dtype),
-    }
-    for name, sde in zip(SDE_IDS, ALL_LINEAR_SDES):
-        out["from_" + name] = sd.DiscreteSchedule.from_sde(sde, 1000, dtype=dtype)
-    return out
+    """The six 1000-step schedules in `dtype` (built once per process: shared by the two tests
+    below, which run in one xdist group)."""
+    with jax.enable_x64(dtype == jnp.float64):
+        out = {
+            "linear": sd.DiscreteSchedule.linear(1000, dtype=dtype),
+            "cosine": sd.DiscreteSchedule.cosine(1000, dtype=dtype),
+        }
+        for name, sde in zip(SDE_IDS, ALL_LINEAR_SDES):
+            out["from_" + name] = sd.DiscreteSchedule.from_sde(sde, 1000, dtype=dtype)
+        return out
 
 
+SCHEDULES_GROUP = pytest.mark.xdist_group("reliability-schedules")
+
+
+@jax.jit
+def _derived(s):
+    """log-SNR table, betas and the marginal at every index: one program per dtype (the six
+    schedules share their shapes)."""
+    n = jnp.arange(s.num_steps + 1)
+    return s.log_snr(), s.betas, jax.vmap(s.marginal)(n)
+
+
+@SCHEDULES_GROUP
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 def test_discrete_schedules_finite_and_monotone(dtype):
     with jax.enable_x64(dtype == jnp.float64):
         for name, s in _schedules(dtype).items():
-            ab, lam, betas = s.alpha_bar, s.log_snr(), s.betas
-            assert ab.dtype == dtype, name
+            lam, betas, alpha, sigma = (np.asarray(a) for a in jax.tree.leaves(_derived(s)))
+            assert s.alpha_bar.dtype == dtype, name
+            ab, log_ab, om = (
+                np.asarray(a) for a in (s.alpha_bar, s.log_alpha_bar, s.one_minus_alpha_bar)
+            )
             assert float(ab[0]) == 1.0 and _all_finite(ab, betas, lam[1:]), name
             # stored as log(alpha_bar), strictly decreasing; alpha_bar itself may round to 1 in
             # float32 for the first steps (1 - alpha_bar ~ 1e-8 for sub-VP), so non-increasing
-            assert bool(jnp.all(jnp.diff(s.log_alpha_bar) < 0)), name
-            assert bool(jnp.all(jnp.diff(ab) <= 0)) and bool(jnp.all(ab[1:] > 0)), name
-            assert bool(jnp.all(s.one_minus_alpha_bar[1:] > 0)), name
-            assert bool(jnp.all((betas[1:] > 0) & (betas[1:] < 1))), name
-            assert bool(jnp.all(jnp.diff(lam[1:]) < 0)), name
-            n = jnp.arange(s.num_steps + 1)
-            alpha, sigma = jax.vmap(s.marginal)(n)
+            assert bool(np.all(np.diff(log_ab) < 0)), name
+            assert bool(np.all(np.diff(ab) <= 0)) and bool(np.all(ab[1:] > 0)), name
+            assert bool(np.all(om[1:] > 0)), name
+            assert bool(np.all((betas[1:] > 0) & (betas[1:] < 1))), name
+            assert bool(np.all(np.diff(lam[1:]) < 0)), name
             assert _all_finite(alpha, sigma) and float(sigma[0]) == 0.0, name
 
 
+@SCHEDULES_GROUP
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 def test_posterior_coefficients_and_variances_finite_for_all_pairs(dtype):
     """Every pair m < n of a 1000-step schedule, including m = 0 and n = N: coefficients finite,
     0 <= tilde beta_{m|n} <= 1 - alpha_bar_m, and the DDPM/DDIM variances sandwich it."""
+    N = 1000
+    kinds = ("ddim", "ddpm", "ddpm_beta", "eta")
     with jax.enable_x64(dtype == jnp.float64):
-        for name, s in _schedules(dtype).items():
-            N = s.num_steps
-            n = jnp.array([1, 2, 10, 500, 999, N, N, N, N, 700])
-            m = jnp.array([0, 1, 0, 499, 0, 0, N - 1, 1, 500, 300])
+        n = jnp.array([1, 2, 10, 500, 999, N, N, N, N, 700])
+        m = jnp.array([0, 1, 0, 499, 0, 0, N - 1, 1, 500, 300])
+        tau = sd.respace(N, 50, "quadratic")
+        gamma = np.linspace(0.0, 1.0, N + 1).astype(dtype)
+
+        @jax.jit  # one program per dtype for the six schedules (same shapes)
+        def run(s):
             c0, cn, var = sd.forward_posterior(s, n, m)
-            assert _all_finite(c0, cn, var), name
-            assert c0.dtype == dtype
-            om_m = s.one_minus_alpha_bar[m]
-            tol = 64 * float(jnp.finfo(dtype).eps)
-            assert bool(jnp.all((var >= 0) & (var <= om_m * (1 + tol)))), name
-            # DDIM (lam2 = 0) coefficients, and the eta sweep of the reverse variances
-            assert _all_finite(*sd.forward_posterior(s, n, m, jnp.zeros_like(var))), name
-            tau = sd.respace(N, 50, "quadratic")
-            for kind in ("ddim", "ddpm", "ddpm_beta", "eta"):
-                v = sd.reverse_variances(s, tau, kind, eta=0.5)
-                assert _all_finite(v) and bool(jnp.all(v >= 0)), (name, kind)
+            ddim = sd.forward_posterior(s, n, m, jnp.zeros_like(var))
+            rev = [sd.reverse_variances(s, tau, kind, eta=0.5) for kind in kinds]
             lo, hi = sd.analytic.variance_bounds(s, tau)
-            opt = sd.analytic.optimal_variances(s, tau, jnp.linspace(0.0, 1.0, N + 1, dtype=dtype))
+            opt = sd.analytic.optimal_variances(s, tau, gamma)
+            return (c0, cn, var), ddim, rev, (lo, hi, opt)
+
+        for name, s in _schedules(dtype).items():
+            assert s.num_steps == N
+            out = run(s)
+            assert out[0][0].dtype == dtype
+            (c0, cn, var), ddim, rev, (lo, hi, opt) = jax.tree.map(np.asarray, out)
+            om_m = np.asarray(s.one_minus_alpha_bar)[np.asarray(m)]
+            assert _all_finite(c0, cn, var), name
+            tol = 64 * float(jnp.finfo(dtype).eps)
+            assert bool(np.all((var >= 0) & (var <= om_m * (1 + tol)))), name
+            # DDIM (lam2 = 0) coefficients, and the eta sweep of the reverse variances
+            assert _all_finite(*ddim), name
+            for kind, v in zip(kinds, rev):
+                assert _all_finite(v) and bool(np.all(v >= 0)), (name, kind)
             assert _all_finite(lo, hi, opt), name
-            assert bool(jnp.all((opt >= lo * (1 - tol)) & (opt <= hi * (1 + tol)))), name
+            assert bool(np.all((opt >= lo * (1 - tol)) & (opt <= hi * (1 + tol)))), name
 
 
 # ------------------------------------------------------------------ float64 end to end
@@ -210,6 +253,7 @@ def test_float64_pipeline_accuracy():
 
 
 # ------------------------------------------------------------------ determinism
+@functools.cache
 def _samplers():
     """Functions `f(key, x)` drawing something with every random public entry point."""
     gm = mixture_2d()
@@ -254,18 +298,30 @@ KEY_SEED = 1234
 
 
 @functools.cache
-def _jitted_digests() -> dict:
+def _jitted_digest(name: str) -> str:
+    """The digest of `name`'s draw under jax.jit (cached: shared by the two determinism tests,
+    which run in one xdist group)."""
     key, x = jax.random.key(KEY_SEED), jnp.asarray(X_DET)
-    return {n: _digest(jax.jit(f)(key, x)) for n, f in _samplers().items()}
+    return _digest(jax.jit(_samplers()[name])(key, x))
 
 
+DETERMINISM_GROUP = pytest.mark.xdist_group("reliability-determinism")
+
+
+@DETERMINISM_GROUP
 def test_same_key_bit_identical_jitted_and_eager():
     """Every sampler gives bit-identical draws from the same key, eager and under jax.jit
-    (with the data as an argument of the jitted function, as in a training or sampling loop)."""
+    (with the data as an argument of the jitted function, as in a training or sampling loop).
+
+    jaxtyping's run-time checks run on the jitted call (traced with the same argument types);
+    the eager call, the same function on the same types, runs without them (they were ~20 % of
+    the test's CPU and check nothing the jitted call has not)."""
     key, x = jax.random.key(KEY_SEED), jnp.asarray(X_DET)
-    jitted = _jitted_digests()
     for name, f in _samplers().items():
-        assert _digest(f(key, x)) == jitted[name], name
+        jitted = _jitted_digest(name)
+        with no_runtime_typecheck():
+            eager = _digest(f(key, x))
+        assert eager == jitted, name
 
 
 _CHILD = textwrap.dedent(
@@ -295,6 +351,7 @@ def _draw_digests(names) -> dict:
     return {n: _digest(fs[n](key, x)) for n in names}
 
 
+@DETERMINISM_GROUP
 def test_same_key_bit_identical_across_processes():
     """A fresh Python process draws exactly the same bits from the same key."""
     import json
@@ -309,8 +366,7 @@ def test_same_key_bit_identical_across_processes():
         env={**os.environ, "JAX_PLATFORMS": "cpu"},
     )
     child = json.loads(out.stdout.strip().splitlines()[-1])
-    mine = _jitted_digests()
-    assert child == {n: mine[n] for n in CROSS_PROCESS}
+    assert child == {n: _jitted_digest(n) for n in CROSS_PROCESS}
 
 
 # ------------------------------------------------------------------ jax_debug_nans
