@@ -8,6 +8,7 @@ bad inputs are covered.
 """
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -58,7 +59,10 @@ def bad(entry, what, call, exc, arg, value=None, runtime=False, xfail=None):
 
 
 def jit_call(fn, *args):
-    """Call `fn` under `jax.jit`, so that `args` are tracers and only run-time checks can act."""
+    """Call `fn` under `jax.jit`, so that `args` are tracers and only run-time checks can act.
+
+    Rows that pass the same `fn` object (bad values of the same shape and dtype) share its
+    compiled program: JAX caches it by function and argument types."""
     return lambda: jax.block_until_ready(jax.jit(fn)(*args))
 
 
@@ -1104,8 +1108,9 @@ def test_time_check_tolerates_rounding_of_T():
 # `test_reliability_round2.py`.
 ROUND2_START = len(BAD)
 _G11 = jnp.full(11, 0.5)
-_M2, _C2 = jnp.zeros((2, 2)), jnp.stack([jnp.eye(2)] * 2)
-_W2 = jnp.array([0.5, 0.5])
+# NumPy (no JAX operation compiled at import, in every xdist worker)
+_M2, _C2 = np.zeros((2, 2)), np.stack([np.eye(2)] * 2)
+_W2 = np.array([0.5, 0.5])
 _UNUSED: Any = None  # an argument the check under test refuses before reading it
 
 
@@ -1170,11 +1175,18 @@ bad(
     ValueError,
     "ms_eps",
 )
-_DATA8 = GM.sample(K0, 8)
+
+
+@functools.cache
+def _data8():
+    """Eight mixture draws, drawn on first use (not at import, in every xdist worker)."""
+    return GM.sample(K0, 8)
+
+
 bad(
     "analytic.estimate_gamma",
     "one NaN data row",
-    lambda: sd.analytic.estimate_gamma(K0, SCHED, DEPS, _with(_DATA8, (2, 0), _NAN)),
+    lambda: sd.analytic.estimate_gamma(K0, SCHED, DEPS, _with(_data8(), (2, 0), _NAN)),
     ValueError,
     "data",
     "row 2",
@@ -1182,7 +1194,7 @@ bad(
 bad(
     "analytic.estimate_gamma",
     "one inf data row",
-    lambda: sd.analytic.estimate_gamma(K0, SCHED, DEPS, _with(_DATA8, (5, 1), -_INF)),
+    lambda: sd.analytic.estimate_gamma(K0, SCHED, DEPS, _with(_data8(), (5, 1), -_INF)),
     ValueError,
     "data",
     "row 5",
@@ -1190,9 +1202,9 @@ bad(
 bad(
     "analytic.estimate_gamma",
     "one NaN data row under jit",
-    jit_call(
-        lambda d: sd.analytic.estimate_gamma(K0, SCHED, DEPS, d).ms_eps, _with(_DATA8, (2), _NAN)
-    ),
+    lambda: jit_call(
+        lambda d: sd.analytic.estimate_gamma(K0, SCHED, DEPS, d).ms_eps, _with(_data8(), (2), _NAN)
+    )(),
     RuntimeError,
     "data",
     runtime=True,
@@ -1260,11 +1272,17 @@ bad(
     "beta_min",
     runtime=True,
 )
+
+
+def _from_betas(b):  # one function: the three rows share its compiled program
+    return sd.DiscreteSchedule.from_betas(b).alpha_bar
+
+
 for _b, _what in (([0.1, 1.0], "beta = 1"), ([0.0, 0.1], "beta = 0"), ([0.1, 1.5], "beta > 1")):
     bad(
         "DiscreteSchedule.from_betas",
         f"{_what} under jit",
-        jit_call(lambda b: sd.DiscreteSchedule.from_betas(b).alpha_bar, jnp.array(_b)),
+        jit_call(_from_betas, jnp.array(_b)),
         RuntimeError,
         "betas",
         runtime=True,
@@ -1285,10 +1303,16 @@ bad(
     "alpha_bar",
     runtime=True,
 )
+
+
+def _mixture_weights(w):  # one function: the two weight rows share its compiled program
+    return sd.toy.GaussianMixture(w, _M2, _C2).log_prob(X)
+
+
 bad(
     "toy.GaussianMixture",
     "negative weight under jit",
-    jit_call(lambda w: sd.toy.GaussianMixture(w, _M2, _C2).log_prob(X), jnp.array([-0.5, 1.5])),
+    jit_call(_mixture_weights, jnp.array([-0.5, 1.5])),
     RuntimeError,
     "weights",
     runtime=True,
@@ -1296,7 +1320,7 @@ bad(
 bad(
     "toy.GaussianMixture",
     "weights sum to 0.4 under jit",
-    jit_call(lambda w: sd.toy.GaussianMixture(w, _M2, _C2).log_prob(X), jnp.array([0.2, 0.2])),
+    jit_call(_mixture_weights, jnp.array([0.2, 0.2])),
     RuntimeError,
     "weights",
     runtime=True,
@@ -1340,10 +1364,16 @@ bad(
     "scale",
     runtime=True,
 )
+
+
+def _reverse_step_var(v):  # one function: the two `var` rows share its compiled program
+    return sd.reverse_step(K0, SCHED, 5, 3, X, X, var=v)
+
+
 bad(
     "reverse_step",
     "var < 0 under jit",
-    jit_call(lambda v: sd.reverse_step(K0, SCHED, 5, 3, X, X, var=v), -1.0),
+    jit_call(_reverse_step_var, -1.0),
     RuntimeError,
     "var",
     runtime=True,
@@ -1351,7 +1381,7 @@ bad(
 bad(
     "reverse_step",
     "var NaN under jit",
-    jit_call(lambda v: sd.reverse_step(K0, SCHED, 5, 3, X, X, var=v), _NAN),
+    jit_call(_reverse_step_var, _NAN),
     RuntimeError,
     "var",
     runtime=True,
@@ -1367,7 +1397,7 @@ bad(
 bad(
     "sample_discrete",
     "variances < 0 under jit",
-    jit_call(lambda v: sd.sample_discrete(K0, SCHED, DEPS, X, TAU, variances=v), -jnp.ones(5)),
+    jit_call(lambda v: sd.sample_discrete(K0, SCHED, DEPS, X, TAU, variances=v), -np.ones(5)),
     RuntimeError,
     "variances",
     runtime=True,
