@@ -19,11 +19,15 @@ import pytest
 import scoredyn as sd
 from scoredyn.analytic._trajectory import _decoder_costs
 
+pytestmark = pytest.mark.xdist_group("trajectory-dp")  # the per-N programs compiled once
 
+
+@functools.cache
 def _sched(N):
     return sd.DiscreteSchedule.linear(N, 1e-2, 0.3)
 
 
+@functools.cache
 def _ms(kind, N):
     """ms_eps of shape (N+1,) in (0, 1): i.i.d. uniform, or sorted (increasing in n, as a
     real estimate is)."""
