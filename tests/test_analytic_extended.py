@@ -156,16 +156,23 @@ def test_sn_average_is_analytic_dpm(sched, gm):
         x_n = alpha * x0 + sigma * jax.random.normal(k2, x0.shape)
         m1, m2 = jax.vmap(lambda x: gm.eps_moments(alpha, sigma, x))(x_n)
         covs = jax.vmap(lambda a, b: sd.analytic.sn_covariance(sched, n, a, b, clip=False))(m1, m2)
-        return x0, (x_n - sigma * m1) / alpha, jnp.mean(covs, -1), jnp.sum(m1**2, -1) / 2
+        ms_i = jnp.sum(m1**2, -1) / 2
+        # Analytic-DPM's kappa_n from the mean ms_eps (in the program, not op by op)
+        kappa = sd.analytic.x0_variance(
+            sched, jnp.zeros(N + 1).at[n].set(jnp.mean(ms_i)), clip=False
+        )[n]
+        return x0, (x_n - sigma * m1) / alpha, jnp.mean(covs, -1), ms_i, kappa
 
-    x0, x0hat, cov_mean, ms_i = draws(jax.random.key(20), jax.random.key(21))
+    x0, x0hat, cov_mean, ms_i, kappa = (
+        np.asarray(a) for a in draws(jax.random.key(20), jax.random.key(21))
+    )
     num = x0.shape[0]
-    kappa = sd.analytic.x0_variance(sched, jnp.zeros(N + 1).at[n].set(jnp.mean(ms_i)), clip=False)
-    diff = cov_mean - (1 - sched.alpha_bar[n]) / sched.alpha_bar[n] * (1 - ms_i)  # mean zero
-    assert abs(float(jnp.mean(cov_mean) - kappa[n])) < 4 * float(jnp.std(diff)) / math.sqrt(num)
-    total = jnp.mean(jnp.var(x0, 0)) - jnp.mean(jnp.var(x0hat, 0))
-    se = float(jnp.std(cov_mean)) / math.sqrt(num)
-    assert abs(float(jnp.mean(cov_mean) - total)) < 4 * se + 0.02 * float(total)
+    ab = np.asarray(sched.alpha_bar)
+    diff = cov_mean - (1 - ab[n]) / ab[n] * (1 - ms_i)  # mean zero
+    assert abs(float(np.mean(cov_mean) - kappa)) < 4 * float(np.std(diff)) / math.sqrt(num)
+    total = np.mean(np.var(x0, 0)) - np.mean(np.var(x0hat, 0))
+    se = float(np.std(cov_mean)) / math.sqrt(num)
+    assert abs(float(np.mean(cov_mean) - total)) < 4 * se + 0.02 * float(total)
 
 
 def test_sampling_with_diagonal_covariance_is_exact_for_gaussian_data(sched):
@@ -173,39 +180,40 @@ def test_sampling_with_diagonal_covariance_is_exact_for_gaussian_data(sched):
     kernel is the exact q(x_m | x_n), so K = 5 steps reproduce the data law (20k samples,
     tolerance 5 standard errors of a variance, 4.5%); isotropic Analytic-DPM cannot (its
     error on the small-variance coordinate is > 20%)."""
-    mean = jnp.array([0.4, -0.2])
-    cov = jnp.diag(jnp.array([0.02, 0.6]))
-    g = sd.toy.GaussianMixture(jnp.ones(1), mean[None], cov[None])
-    eps_fn = sd.toy.discrete_eps_fn(g, sched)
-    tau = sd.respace(N, 5)
-    x_T = jax.random.normal(jax.random.key(30), (20_000, 2))
-    keys = jax.random.split(jax.random.key(31), 20_000)
-    sn = sd.analytic.sn_variance_fn(sched, sd.toy.discrete_eps2_fn(g, sched))
-    sample = jax.jit(
-        jax.vmap(
+    mean = np.array([0.4, -0.2])
+    cov = np.diag([0.02, 0.6])
+    tau = np.asarray(sd.respace(N, 5))
+
+    @jax.jit  # the mixture, draws and both samplers in one program (not op by op)
+    def run(sched):
+        g = sd.toy.GaussianMixture(jnp.ones(1), mean[None], cov[None])
+        eps_fn = sd.toy.discrete_eps_fn(g, sched)
+        x_T = jax.random.normal(jax.random.key(30), (20_000, 2))
+        keys = jax.random.split(jax.random.key(31), 20_000)
+        sn = sd.analytic.sn_variance_fn(sched, sd.toy.discrete_eps2_fn(g, sched))
+        xs = jax.vmap(
             lambda k, x: sd.sample_discrete(
                 k, sched, eps_fn, x, tau, lam2="ddpm", variances=sn, final_noise=True
             )
-        )
-    )
-    xs = sample(keys, x_T)
-    tol = 5 * math.sqrt(2 / 20_000)
-    np.testing.assert_allclose(jnp.var(xs, 0), jnp.diag(cov), rtol=tol)
-    np.testing.assert_allclose(jnp.mean(xs, 0), mean, atol=5 * math.sqrt(0.6 / 20_000))
-    ab = sched.alpha_bar
-    ms = (1 - ab) * jnp.mean(1 / (ab[:, None] * jnp.diag(cov)[None] + 1 - ab[:, None]), -1)
-    v_iso = sd.analytic.optimal_variances(sched, tau, ms)
-    xs_iso = jax.jit(
-        jax.vmap(
+        )(keys, x_T)
+        ab = sched.alpha_bar
+        ms = (1 - ab) * jnp.mean(1 / (ab[:, None] * np.diag(cov)[None] + 1 - ab[:, None]), -1)
+        v_iso = sd.analytic.optimal_variances(sched, tau, ms)
+        xs_iso = jax.vmap(
             lambda k, x: cast(  # return_trajectory=False: the final sample only
                 jax.Array,
                 sd.sample_discrete(
                     k, sched, eps_fn, x, tau, lam2="ddpm", variances=v_iso, final_noise=True
                 ),
             )
-        )
-    )(keys, x_T)
-    assert abs(float(jnp.var(xs_iso[:, 0])) / 0.02 - 1) > 0.2
+        )(keys, x_T)
+        return xs, xs_iso
+
+    xs, xs_iso = (np.asarray(a) for a in run(sched))
+    tol = 5 * math.sqrt(2 / 20_000)
+    np.testing.assert_allclose(np.var(xs, 0), np.diag(cov), rtol=tol)
+    np.testing.assert_allclose(np.mean(xs, 0), mean, atol=5 * math.sqrt(0.6 / 20_000))
+    assert abs(float(np.var(xs_iso[:, 0])) / 0.02 - 1) > 0.2
 
 
 # ------------------------------------------------------------------------ losses
@@ -227,14 +235,19 @@ class _Oracle(eqx.Module):
         return e, head + self.head_shift
 
 
+@jax.jit
+def _loss_data(gm):
+    """The loss tests' 20k examples and keys, in one program (not op by op; shared by both)."""
+    return gm.sample(jax.random.key(40), 20_000), jax.random.split(jax.random.key(41), 20_000)
+
+
 @pytest.mark.parametrize("kind", ["sn", "npr"])
 def test_losses_minimised_by_the_conditional_moments(sched, gm, kind):
     """E[loss(head* + delta)] - E[loss(head*)] = r * d * delta^2: the exact conditional moment
     is the minimiser (the cross term has mean zero). 20k examples, common random numbers,
     tolerance 5 standard errors. For NPR the mean is deliberately wrong (shift 0.2)."""
     loss = sd.analytic.sn_dpm_loss if kind == "sn" else sd.analytic.npr_dpm_loss
-    x0 = gm.sample(jax.random.key(40), 20_000)
-    keys = jax.random.split(jax.random.key(41), 20_000)
+    x0, keys = _loss_data(gm)
     eps_shift = jnp.asarray(0.0 if kind == "sn" else 0.2)
     r = 0.7
 
@@ -243,11 +256,11 @@ def test_losses_minimised_by_the_conditional_moments(sched, gm, kind):
         model = _Oracle(gm, sched, kind, eps_shift, jnp.asarray(delta))
         return jax.vmap(lambda k, x: loss(k, sched, model, x, ratio=r))(keys, x0)
 
-    base = per_example(0.0)
+    base = np.asarray(per_example(0.0))
     for delta in (0.3, -0.3):
-        diff = per_example(delta) - base
-        se = float(jnp.std(diff)) / math.sqrt(diff.shape[0])
-        assert abs(float(jnp.mean(diff)) - r * 2 * delta**2) < 5 * se
+        diff = np.asarray(per_example(delta)) - base
+        se = float(np.std(diff)) / math.sqrt(diff.shape[0])
+        assert abs(float(np.mean(diff)) - r * 2 * delta**2) < 5 * se
 
 
 def test_npr_loss_stops_gradient_into_the_mean(sched):
@@ -263,18 +276,31 @@ def test_npr_loss_stops_gradient_into_the_mean(sched):
 
     model = Lin(jnp.eye(2) * 0.5, jnp.ones((2, 2)) * 0.1)
     x0 = jnp.array([0.3, -0.4])
-    key = jax.random.key(50)
-    g_npr = jax.grad(lambda mdl: sd.analytic.npr_dpm_loss(key, sched, mdl, x0, ratio=3.0))(model)
-    g_mse = jax.grad(lambda mdl: sd.analytic.npr_dpm_loss(key, sched, mdl, x0, ratio=0.0))(model)
+
+    @jax.jit  # the gradients and losses in one program (not op by op)
+    def run(sched, model, x0):
+        key = jax.random.key(50)
+        g_npr = jax.grad(lambda mdl: sd.analytic.npr_dpm_loss(key, sched, mdl, x0, ratio=3.0))
+        g_mse = jax.grad(lambda mdl: sd.analytic.npr_dpm_loss(key, sched, mdl, x0, ratio=0.0))
+        losses = (
+            sd.analytic.npr_dpm_loss(key, sched, model, x0, mean_weight=0.0),
+            sd.analytic.npr_dpm_loss(key, sched, model, x0),
+            sd.analytic.npr_dpm_loss(key, sched, model, x0, ratio=0.0),
+        )
+        # SN: same decomposition, and vmap over examples (jit: this program)
+        sn = jax.vmap(lambda k, x: sd.analytic.sn_dpm_loss(k, sched, model, x))
+        return (
+            g_npr(model),
+            g_mse(model),
+            losses,
+            sn(jax.random.split(key, 4), jnp.tile(x0, (4, 1))),
+        )
+
+    g_npr, g_mse, (only_head, full, mse), sn_losses = run(sched, model, x0)
     np.testing.assert_allclose(g_npr.W, g_mse.W, rtol=1e-12)
-    assert float(jnp.abs(g_npr.V).sum()) > 0 and float(jnp.abs(g_mse.V).sum()) == 0
-    only_head = sd.analytic.npr_dpm_loss(key, sched, model, x0, mean_weight=0.0)
-    full = sd.analytic.npr_dpm_loss(key, sched, model, x0)
-    mse = sd.analytic.npr_dpm_loss(key, sched, model, x0, ratio=0.0)
-    assert float(full) == pytest.approx(float(only_head + mse), rel=1e-12)
-    # SN: same decomposition, and jit/vmap over examples
-    sn = jax.jit(jax.vmap(lambda k, x: sd.analytic.sn_dpm_loss(k, sched, model, x)))
-    chex.assert_shape(sn(jax.random.split(key, 4), jnp.tile(x0, (4, 1))), (4,))
+    assert float(np.abs(g_npr.V).sum()) > 0 and float(np.abs(g_mse.V).sum()) == 0
+    assert float(full) == pytest.approx(float(only_head) + float(mse), rel=1e-12)
+    chex.assert_shape(sn_losses, (4,))
 
 
 # ------------------------------------------------------------------------ the bound with it
