@@ -183,17 +183,25 @@ def test_decoder_mean_is_x0_hat_in_edge_bins(setup):
     _, sched, model, _ = setup
     tau = sd.respace(1000, 10)
     chain = sd.DDPM(large_variance=True).chain(sched, tau)
+    decoder_var = chain.decoder_var
+    assert decoder_var is not None  # DDPM(large_variance=True) sets one
+    n = int(tau[1])
+
+    # the bound and the reference each compiled whole (eagerly, the bound's scan is traced and
+    # every op of both compiles on its own: ~100 small programs)
+    bound = jax.jit(lambda key, x0: sd.variational_bound(key, sched, model, chain, x0, levels=17))
+
+    @jax.jit
+    def reference(key, x0):
+        eps = jax.random.normal(jax.random.split(key, 10)[0], (2,))
+        alpha, sigma = sched.marginal(n)
+        x_n = alpha * x0 + sigma * eps
+        x0_hat = model.x0(sched, n, x_n)
+        return -sd.discretized_gaussian_log_likelihood(x0, x0_hat, decoder_var, 17)
+
     x0 = jnp.array([-1.0, 0.5])
     key = jax.random.key(3)
-    b = sd.variational_bound(key, sched, model, chain, x0, levels=17)
-    eps = jax.random.normal(jax.random.split(key, 10)[0], (2,))
-    n = int(tau[1])
-    alpha, sigma = sched.marginal(n)
-    x_n = alpha * x0 + sigma * eps
-    x0_hat = model.x0(sched, n, x_n)
-    assert chain.decoder_var is not None  # DDPM(large_variance=True) sets one
-    want = -sd.discretized_gaussian_log_likelihood(x0, x0_hat, chain.decoder_var, 17)
-    np.testing.assert_allclose(float(b.decoder), float(want), rtol=1e-10)
+    np.testing.assert_allclose(float(bound(key, x0).decoder), float(reference(key, x0)), rtol=1e-10)
 
 
 def test_bad_values_name_the_argument(setup):
@@ -223,28 +231,35 @@ def test_models_convert_through_alpha_sigma(setup):
     """Every wrapper gives the exact oracle's eps at any (alpha, sigma), VP or not."""
     gm, _, _, _ = setup
     x = jnp.array([0.3, -0.2])
-    for alpha, sigma in [(0.8, 0.6), (1.0, 2.5), (0.3, 0.1)]:
+
+    @jax.jit  # one program for the three (alpha, sigma) (eagerly, every op compiles on its own)
+    def conversions(alpha, sigma):
         eps = gm.eps_at(alpha, sigma, x)
         mean, _ = gm.posterior_moments(alpha, sigma, x)
         score = gm.score_at(alpha, sigma, x)
         v = alpha * eps - sigma * mean
-        for m in (
-            sd.EpsModel(lambda t, x: gm.eps_at(alpha, sigma, x)),
-            sd.ScoreModel(lambda t, x: gm.score_at(alpha, sigma, x)),
-            sd.X0Model(lambda t, x: gm.posterior_moments(alpha, sigma, x)[0]),
-            sd.VModel(
-                lambda t, x: (
-                    alpha * gm.eps_at(alpha, sigma, x)
-                    - sigma * gm.posterior_moments(alpha, sigma, x)[0]
-                )
-            ),
-        ):
-            np.testing.assert_allclose(m.eps_at(alpha, sigma, 0.0, x), eps, rtol=1e-10, atol=1e-12)
-            np.testing.assert_allclose(m.x0_at(alpha, sigma, 0.0, x), mean, rtol=1e-10, atol=1e-12)
-            np.testing.assert_allclose(
-                m.score_at(alpha, sigma, 0.0, x), score, rtol=1e-10, atol=1e-12
+        got = [
+            (m.eps_at(alpha, sigma, 0.0, x), m.x0_at(alpha, sigma, 0.0, x))
+            + (m.score_at(alpha, sigma, 0.0, x), m.v_at(alpha, sigma, 0.0, x))
+            for m in (
+                sd.EpsModel(lambda t, x: gm.eps_at(alpha, sigma, x)),
+                sd.ScoreModel(lambda t, x: gm.score_at(alpha, sigma, x)),
+                sd.X0Model(lambda t, x: gm.posterior_moments(alpha, sigma, x)[0]),
+                sd.VModel(
+                    lambda t, x: (
+                        alpha * gm.eps_at(alpha, sigma, x)
+                        - sigma * gm.posterior_moments(alpha, sigma, x)[0]
+                    )
+                ),
             )
-            np.testing.assert_allclose(m.v_at(alpha, sigma, 0.0, x), v, rtol=1e-10, atol=1e-12)
+        ]
+        return (eps, mean, score, v), got
+
+    for alpha, sigma in [(0.8, 0.6), (1.0, 2.5), (0.3, 0.1)]:
+        want, got = conversions(alpha, sigma)
+        for m_got in got:  # eps, x0, score and v of each wrapper
+            for a, b in zip(m_got, want):
+                np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("sde", [sd.VPSDE(), sd.SubVPSDE(), sd.VESDE(), sd.CosineVPSDE()])
@@ -265,9 +280,14 @@ def test_time_at_log_snr_inverts_log_snr(sde):
 
 def test_discrete_schedule_is_a_process():
     sched = sd.DiscreteSchedule.linear(100)
-    n = jnp.arange(1, 101)
-    lam = sched.log_snr(n)
-    np.testing.assert_allclose(np.asarray(sched.time_at_log_snr(lam)), np.asarray(n), atol=1e-9)
-    a, s = sched.marginal(40)
-    np.testing.assert_allclose(float(sched.log_snr(40)), float(jnp.log(a**2 / s**2)), rtol=1e-12)
+    n = np.arange(1, 101)
+
+    @jax.jit  # one program (op by op, every eager op compiles on its own)
+    def facts(n):
+        a, s = sched.marginal(40)
+        return sched.time_at_log_snr(sched.log_snr(n)), sched.log_snr(40), jnp.log(a**2 / s**2)
+
+    back, lam40, want40 = facts(n)
+    np.testing.assert_allclose(np.asarray(back), n, atol=1e-9)
+    np.testing.assert_allclose(float(lam40), float(want40), rtol=1e-12)
     assert isinstance(sched, sd.AbstractProcess) and isinstance(sd.VPSDE(), sd.AbstractProcess)

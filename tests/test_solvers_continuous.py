@@ -40,8 +40,17 @@ BITWISE = os.environ.get("SCOREDYN_BITWISE") == "1"
 # Tsit5 solves (the step-size controller carries the last bits on) 2.5e-14 at the end point and
 # 1.9e-12 on interpolated save points of values up to 40.
 FIXED, ADAPTIVE = 1e-14, 1e-11
-# tests sharing a compiled DiffraxSDE solve run on one xdist worker (`make test`: --dist loadgroup)
+# tests sharing a compiled solve run on one xdist worker (`make test`: --dist loadgroup), so that
+# the solve is compiled once per suite run, not once per worker
 DIFFRAX_GROUP = pytest.mark.xdist_group("solvers-continuous-diffrax-sde")
+# sd.ODE() on sd.VPSDE() along [T, t_eps]: ode verb, encode + decode (one program for the three)
+ODE_VP_GROUP = pytest.mark.xdist_group("solvers-continuous-ode-vp")
+# the step API's ODE cases' one-example solves, reused by test_ode_step_stats_add_up (constant
+# steps) and test_adaptive_ode_under_jit_vmap (adaptive)
+ODE_CONSTANT_GROUP = pytest.mark.xdist_group("solvers-continuous-ode-constant")
+ODE_ADAPTIVE_GROUP = pytest.mark.xdist_group("solvers-continuous-ode-adaptive")
+# DPMSolver(order) on a 10-step grid: one verb solve per order for the three skip types
+DPM_LEGACY_GROUP = pytest.mark.xdist_group("solvers-continuous-dpm-legacy")
 
 
 def assert_same(actual, desired, tol):
@@ -115,7 +124,7 @@ def test_sample_ode_legacy_bits(legacy, name, variant):
         assert_same(out, c["out"][j], FIXED if variant == "heun" else ADAPTIVE)
 
 
-@pytest.mark.parametrize("name", ["vp", "ve"])
+@pytest.mark.parametrize("name", [pytest.param("vp", marks=ODE_VP_GROUP), "ve"])
 def test_ode_verb_legacy_bits(legacy, name):
     """sd.sample(key, sde, ScoreModel(score), sd.ODE(), [T, t_eps], x_T) with x_T the prior draw
     of the old kernel (sde.prior_sample(key, shape)) is old sd.sample_ode(key, ...), bit for bit,
@@ -150,7 +159,7 @@ def test_ode_verb_constant_step_bits(legacy):
     assert worst <= FIXED
 
 
-@pytest.mark.parametrize("variant", ["default", "ts"])
+@pytest.mark.parametrize("variant", [pytest.param("default", marks=ODE_VP_GROUP), "ts"])
 def test_encode_decode_legacy_bits(legacy, variant):
     """The new encode/decode verbs with sd.ODE() equal old sd.encode / sd.decode (flow_map)."""
     sde, t_eps = SDES["vp"]
@@ -163,18 +172,19 @@ def test_encode_decode_legacy_bits(legacy, variant):
             z = encode_(sde, model, sd.ODE(), grid, jnp.asarray(ce["x0"][j])).x
             x = decode_(sde, model, sd.ODE(), grid, jnp.asarray(cd["z"][j])).x
         else:  # save times: the grid is [T, *ts, t_eps]; the ODE saves at its interior points
-            ts_enc = jnp.asarray(ce["ts"])  # increasing
-            grid = jnp.concatenate([jnp.array([sde.T]), ts_enc[::-1], jnp.array([t_eps])])
+            # (grids and slices in NumPy: the same floats, without an eager program per op)
+            ts_enc = ce["ts"]  # increasing
+            grid = np.concatenate([[sde.T], ts_enc[::-1], [t_eps]])
             res = encode_(
                 sde, model, sd.ODE(), grid, jnp.asarray(ce["x0"][j]), save_trajectory=True
             )
             assert res.trajectory is not None
-            z = res.trajectory[1:-1][::-1]  # indexed like the grid; old ts ran t_eps -> T
-            ts_dec = jnp.asarray(cd["ts"])  # decreasing
-            grid = jnp.concatenate([jnp.array([sde.T]), ts_dec, jnp.array([t_eps])])
+            z = np.asarray(res.trajectory)[1:-1][::-1]  # indexed like the grid; old ts: t_eps -> T
+            ts_dec = cd["ts"]  # decreasing
+            grid = np.concatenate([[sde.T], ts_dec, [t_eps]])
             res = decode_(sde, model, sd.ODE(), grid, jnp.asarray(cd["z"][j]), save_trajectory=True)
             assert res.trajectory is not None
-            x = res.trajectory[1:-1]
+            x = np.asarray(res.trajectory)[1:-1]
         assert_same(z, ce["out"][j], ADAPTIVE)
         assert_same(x, cd["out"][j], ADAPTIVE)
 
@@ -242,6 +252,7 @@ def test_sample_pc_legacy_bits(legacy, nc):
         assert res.stats["nfe"] == 50 * (1 + nc)
 
 
+@DPM_LEGACY_GROUP
 @pytest.mark.parametrize("order", [1, 2, 3])
 @pytest.mark.parametrize("skip", ["logSNR", "time_uniform", "time_quadratic"])
 def test_dpm_solver_legacy_bits(legacy, order, skip):
@@ -274,14 +285,13 @@ def test_dpm_stage_times_closed_form_agree(sde):
     """The stage times DPMSolver finds by bisection (kept for 0.1's bits) agree with the
     closed-form inverse `time_at_log_snr` (bisection for sub-VP) to 1e-12, and so do the
     samples of DPM-Solver-3 (float64)."""
-    gm = mixture_2d()
-    eps = sd.EpsModel(gm.eps_fn(sde))
-    grid = sd.grids.log_snr(sde, 10, t_eps=1e-3)
-    x_T = jax.random.normal(jax.random.key(7), (2,), jnp.float64)
     solver = sd.DPMSolver(3)
 
-    @jax.jit
-    def both(x_T):
+    @jax.jit  # the mixture, grid and start built inside (eagerly, each op compiles on its own)
+    def both(key):
+        eps = sd.EpsModel(mixture_2d().eps_fn(sde))
+        grid = sd.grids.log_snr(sde, 10, t_eps=1e-3)
+        x_T = jax.random.normal(key, (2,), jnp.float64)
         st = solver.init(sde, eps, grid, x_T)
         l_s = _half_log_snr(sde, st.t_s)
         closed = tuple(sde.time_at_log_snr(2.0 * (l_s + r * st.h)) for r in _stage_fractions(3))
@@ -291,7 +301,7 @@ def test_dpm_stage_times_closed_form_agree(sde):
         xs = jax.vmap(lambda s: _scan(solver, None, s, 10))(stacked)
         return st.stage_t, closed, xs[0], xs[1]
 
-    bisected, closed, x1, x2 = both(x_T)
+    bisected, closed, x1, x2 = both(jax.random.key(7))
     for a, b in zip(bisected, closed):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
     np.testing.assert_allclose(x1, x2, rtol=0, atol=1e-12)
@@ -332,11 +342,16 @@ STEP_CASES = {
 # test_diffrax_sde_verb_legacy_bits (a 51-point grid), compiled once for both when they run in one
 # process (one xdist group)
 STEPS = {"diffrax_sde": 50}
+STEP_GROUPS = {
+    "diffrax_sde": DIFFRAX_GROUP,
+    "ode_constant": ODE_CONSTANT_GROUP,
+    "ode_adaptive": ODE_ADAPTIVE_GROUP,
+}
 
 
 @pytest.mark.parametrize(
     "name",
-    [pytest.param(n, marks=[DIFFRAX_GROUP] if n in STEPS else []) for n in STEP_CASES],
+    [pytest.param(n, marks=[STEP_GROUPS[n]] if n in STEP_GROUPS else []) for n in STEP_CASES],
 )
 def test_step_api_scan_equals_verb(name):
     """init + a lax.scan of step (with step_key) gives the one-verb result: exactly for the
@@ -370,6 +385,7 @@ def test_step_api_scan_equals_verb(name):
         np.testing.assert_allclose(np.asarray(res0.x), np.asarray(res.x), rtol=1e-12, atol=0)
 
 
+@ODE_CONSTANT_GROUP
 def test_ode_step_stats_add_up():
     """With constant steps, the step loop takes as many diffrax steps as the one solve."""
     sde, _, model, _ = _setup()
@@ -378,8 +394,9 @@ def test_ode_step_stats_add_up():
     x_T = jnp.array([0.3, -0.4])
     res = sd.sample(None, sde, model, ode, grid, x_T)
     st = ode.init(sde, model, grid, x_T)
+    step = eqx.filter_jit(ode.step)  # one program for the 20 calls (eagerly, ~20 small ones)
     for _ in range(20):
-        st, info = ode.step(None, st)
+        st, info = step(None, st)
     assert int(st.stats["num_steps"]) == int(res.stats["num_steps"]) == 20
     assert int(st.stats["nfe"]) == 20 * 6 + 20  # FSAL per solve; one solve per step
     assert int(res.stats["nfe"]) == 20 * 6 + 1
@@ -389,7 +406,7 @@ def test_ode_encode_decode_roundtrip():
     sde, gm, model, _ = _setup()
     grid = jnp.array([sde.T, 1e-3])
     ode = sd.ODE(stepsize_controller=diffrax.PIDController(rtol=1e-9, atol=1e-9))
-    x0 = gm.sample(jax.random.key(0), 1)[0]
+    x0 = jax.jit(lambda k: gm.sample(k, 1)[0])(jax.random.key(0))  # one program, not op by op
     z = encode_(sde, model, ode, grid, x0)
     back = decode_(sde, model, ode, grid, z.x)
     np.testing.assert_allclose(back.x, x0, atol=1e-6)
@@ -407,8 +424,13 @@ def test_em_single_step_is_deterministic():
     assert not sd.EulerMaruyama().is_stochastic(sde, grid)
     assert sd.EulerMaruyama(final_noise=True).is_stochastic(sde, grid)
     out = sd.sample(None, sde, model, sd.EulerMaruyama(), grid, x).x
-    f, g = sde.coefficients(0.5)
-    np.testing.assert_allclose(out, x - 0.1 * (f * x - g**2 * model.score(sde, 0.5, x)), rtol=1e-14)
+
+    @jax.jit  # the Euler step by hand, one program (eagerly, each op compiles on its own)
+    def mean(x):
+        f, g = sde.coefficients(0.5)
+        return x - 0.1 * (f * x - g**2 * model.score(sde, 0.5, x))
+
+    np.testing.assert_allclose(out, mean(x), rtol=1e-14)
 
 
 # ------------------------------------------------------------ (c) Monte Carlo: EM
@@ -430,19 +452,27 @@ def test_euler_maruyama_monte_carlo():
     bias of 100 steps is still well inside the Monte Carlo error)."""
     sde, gm, model, _ = _setup()
     t_eps, n = 1e-3, 4000
-    alpha, sigma = sde.marginal(t_eps)
-    mean, cov = _moments(gm.perturbed(alpha, sigma))
-    x_T = jax.vmap(lambda k: sde.prior_sample(k, (2,), jnp.float64))(
-        jax.random.split(jax.random.key(11), n)
-    )
-    keys = jax.random.split(jax.random.key(12), n)
+
+    @jax.jit  # the exact moments, the starts, the keys and both grids: one program
+    def setup():
+        mean, cov = _moments(gm.perturbed(*sde.marginal(t_eps)))
+        x_T = jax.vmap(lambda k: sde.prior_sample(k, (2,), jnp.float64))(
+            jax.random.split(jax.random.key(11), n)
+        )
+        keys = jax.random.split(jax.random.key(12), n)
+        grids = sd.grids.quadratic(sde, 200, t_eps=t_eps), sd.grids.uniform(sde, 100, t_eps=t_eps)
+        return mean, cov, x_T, keys, grids
+
+    mean, cov, x_T, keys, (quadratic, uniform) = setup()
+    mean, cov = np.asarray(mean), np.asarray(cov)
     for solver, grid, opt in (
-        (sd.EulerMaruyama(), sd.grids.quadratic(sde, 200, t_eps=t_eps), "0"),
-        (sd.DiffraxSDE(), sd.grids.uniform(sde, 100, t_eps=t_eps), "3"),
+        (sd.EulerMaruyama(), quadratic, "0"),
+        (sd.DiffraxSDE(), uniform, "1"),
     ):
         run = lambda k, x, g, solver=solver: sd.sample(k, sde, model, solver, g, x).x
         # The DiffraxSDE program is run-time bound (4000 Brownian-tree paths: ~6.6 CPU-s at the
-        # suite's LLVM -O0, 1.3 s at -O3 for 1.6 s more compile), so it is compiled at -O3
+        # suite's LLVM -O0, ~2 s above it), so it is compiled at -O1 (-O3 runs no faster and
+        # compiles this large program ~3 CPU-s more slowly)
         draw = compiled_o3(jax.vmap(run, in_axes=(0, 0, None)), keys, x_T, grid, level=opt)
         xs = np.asarray(draw(keys, x_T, grid))
         assert np.all(np.isfinite(xs))
@@ -460,6 +490,7 @@ SOLVERS = {
 }
 
 
+@ODE_ADAPTIVE_GROUP
 def test_adaptive_ode_under_jit_vmap():
     """The adaptive ODE (Tsit5 with a PID controller: a while loop whose number of steps depends
     on the example) under jit(vmap) over starting points: finite float64 samples, each equal to
@@ -472,9 +503,11 @@ def test_adaptive_ode_under_jit_vmap():
     sde, _, model, _ = _setup()
     solver = sd.ODE()
     grid = sd.grids.log_snr(sde, 20, t_eps=1e-3)
-    x_T = jax.vmap(lambda k: sde.prior_sample(k, (2,), jnp.float64))(
-        jax.random.split(jax.random.key(0), 3)
-    )
+    x_T = jax.jit(  # one program (eagerly, each op of the vmapped draw compiles on its own)
+        lambda key: jax.vmap(lambda k: sde.prior_sample(k, (2,), jnp.float64))(
+            jax.random.split(key, 3)
+        )
+    )(jax.random.key(0))
     # the grid enters as an argument, as in the eager call (closed over, XLA folds it)
     run = lambda x, g: sd.sample(None, sde, model, solver, g, x).x
     xs = jax.jit(jax.vmap(run, in_axes=(0, None)))(x_T, grid)
@@ -490,8 +523,13 @@ def test_pc_axis_name_under_vmap():
     sde, _, model, _ = _setup()
     grid = sd.grids.uniform(sde, 10)
     pc = sd.PredictorCorrector(axis_name="batch")
-    keys = jax.random.split(jax.random.key(0), 8)
-    x_T = jax.vmap(lambda k: sde.prior_sample(k, (2,)))(keys)
+
+    @jax.jit  # the keys and starts in one program (eagerly, each vmapped op compiles on its own)
+    def starts(key):
+        keys = jax.random.split(key, 8)
+        return keys, jax.vmap(lambda k: sde.prior_sample(k, (2,)))(keys)
+
+    keys, x_T = starts(jax.random.key(0))
     xs = jax.vmap(lambda k, x: sd.sample(k, sde, model, pc, grid, x).x, axis_name="batch")(
         keys, x_T
     )
