@@ -1,5 +1,6 @@
 """Forward posterior q(x_m | x_n, x_0) and the generalised reverse step (DDIM family)."""
 
+import functools
 from typing import Any
 
 import equinox as eqx
@@ -13,8 +14,20 @@ from hypothesis import given
 import scoredyn as sd
 from helpers import no_runtime_typecheck
 
-SCHED = sd.DiscreteSchedule.linear(20, 0.01, 0.2)  # a short chain with large steps
-COARSE = sd.DiscreteSchedule.linear(100, 1e-3, 0.1)
+
+# built on first use, not at collection (where every xdist worker would compile their eager
+# operations, whether or not it runs a test of this file); concrete even when the first use is
+# inside a traced function
+@functools.cache
+def _sched() -> sd.DiscreteSchedule:
+    with jax.ensure_compile_time_eval():
+        return sd.DiscreteSchedule.linear(20, 0.01, 0.2)  # a short chain with large steps
+
+
+@functools.cache
+def _coarse() -> sd.DiscreteSchedule:
+    with jax.ensure_compile_time_eval():
+        return sd.DiscreteSchedule.linear(100, 1e-3, 0.1)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +56,7 @@ def test_forward_posterior_matches_forward_chain(forward_chain, n, m):
     slope = cov[0, 1] / cov[0, 0]
     intercept = xm.mean() - slope * xn.mean()
     resid = cov[1, 1] - slope * cov[0, 1]
-    c0, cn, var = sd.forward_posterior(SCHED, n, m)
+    c0, cn, var = sd.forward_posterior(_sched(), n, m)
     se_slope = np.sqrt(resid / (M * cov[0, 0]))
     # tolerances: 5 standard errors
     assert abs(slope - float(cn)) < 5 * se_slope
@@ -58,21 +71,21 @@ def test_ddpm_posterior_is_ho_eq7():
     betas = np.linspace(0.01, 0.2, 20)
     ab = np.concatenate([[1.0], np.cumprod(1 - betas)])
     for n in (1, 2, 10, 20):
-        c0, cn, var = sd.forward_posterior(SCHED, n, n - 1)
+        c0, cn, var = sd.forward_posterior(_sched(), n, n - 1)
         b = betas[n - 1]
         np.testing.assert_allclose(c0, np.sqrt(ab[n - 1]) * b / (1 - ab[n]), rtol=1e-12)
         np.testing.assert_allclose(cn, np.sqrt(1 - b) * (1 - ab[n - 1]) / (1 - ab[n]), rtol=1e-12)
         np.testing.assert_allclose(var, (1 - ab[n - 1]) / (1 - ab[n]) * b, rtol=1e-12, atol=1e-300)
     np.testing.assert_allclose(
-        sd.posterior_variance(SCHED, 10, 9), sd.forward_posterior(SCHED, 10, 9).var
+        sd.posterior_variance(_sched(), 10, 9), sd.forward_posterior(_sched(), 10, 9).var
     )
 
 
 _pair_fn = jax.jit(
     lambda n, m, eta: (
-        sd.forward_posterior(COARSE, n, m, eta**2 * sd.posterior_variance(COARSE, n, m)),
-        COARSE.marginal(n),
-        COARSE.marginal(m),
+        sd.forward_posterior(_coarse(), n, m, eta**2 * sd.posterior_variance(_coarse(), n, m)),
+        _coarse().marginal(n),
+        _coarse().marginal(m),
     )
 )
 
@@ -102,7 +115,7 @@ class _DiracEps(eqx.Module):
 def test_ddim_family_marginals_monte_carlo(eta):
     """Sampling q_lambda(x_m | x_n, x0) along a trajectory keeps q(x_n | x0) for every eta (MC)."""
     M, N = 40_000, 100
-    sched = COARSE
+    sched = _coarse()
     x0 = jnp.array([0.7, -1.2])
     tau = sd.respace(N, 5, "quadratic")
     a_N, s_N = sched.marginal(N)
@@ -139,11 +152,11 @@ def test_ddim_step_is_euler_step_of_su_ode():
     x_n = jnp.array([0.3, -1.1, 2.0])
     eps = jnp.array([-0.5, 0.9, 0.2])
     for n, m in [(20, 19), (20, 3), (7, 1)]:
-        x_m = sd.ddim_step(None, SCHED, n, m, x_n, eps)
-        (a_n, s_n), (a_m, s_m) = SCHED.marginal(n), SCHED.marginal(m)
+        x_m = sd.ddim_step(None, _sched(), n, m, x_n, eps)
+        (a_n, s_n), (a_m, s_m) = _sched().marginal(n), _sched().marginal(m)
         np.testing.assert_allclose(x_m / a_m - x_n / a_n, (s_m / a_m - s_n / a_n) * eps, rtol=1e-12)
-    x_0 = sd.ddim_step(None, SCHED, 5, 0, x_n, eps)  # into n = 0 the step returns x0_hat
-    a5, s5 = SCHED.marginal(5)
+    x_0 = sd.ddim_step(None, _sched(), 5, 0, x_n, eps)  # into n = 0 the step returns x0_hat
+    a5, s5 = _sched().marginal(5)
     np.testing.assert_allclose(x_0, (x_n - s5 * eps) / a5, rtol=1e-12)
 
 
@@ -151,9 +164,9 @@ def test_ddpm_mean_is_ho_eq11():
     """lam2 = beta-tilde: mean = (x_n - beta_{n|m}/sigma_n eps) / sqrt(1 - beta_{n|m}), any pair."""
     x_n = jnp.array([0.3, -1.1])
     eps = jnp.array([-0.5, 0.9])
-    ab = np.asarray(SCHED.alpha_bar)
+    ab = np.asarray(_sched().alpha_bar)
     for n, m in [(20, 19), (12, 2), (3, 1)]:
-        mean = sd.reverse_step(None, SCHED, n, m, x_n, eps, lam2=None, var=0.0)
+        mean = sd.reverse_step(None, _sched(), n, m, x_n, eps, lam2=None, var=0.0)
         b = 1 - ab[n] / ab[m]
         np.testing.assert_allclose(
             mean, (x_n - b / np.sqrt(1 - ab[n]) * eps) / np.sqrt(1 - b), rtol=1e-12
@@ -167,7 +180,7 @@ def test_generalised_mean_is_su_form(n, gap, frac):
     (1/a)(x_n - (sigma_n - a sqrt(sigma_m^2 - lam^2)) eps), with a = sqrt(abar_n/abar_m).
     """
     m = max(n - gap, 1)
-    ab = np.asarray(SCHED.alpha_bar)
+    ab = np.asarray(_sched().alpha_bar)
     lam2 = frac * (1 - ab[m])
     x_n, eps = jnp.array([0.4, -0.8]), jnp.array([1.3, 0.1])
     mean = _step_mean(jnp.int32(n), jnp.int32(m), x_n, eps, lam2)
@@ -177,7 +190,7 @@ def test_generalised_mean_is_su_form(n, gap, frac):
 
 
 _step_mean = jax.jit(
-    lambda n, m, x, e, lam2: sd.reverse_step(None, SCHED, n, m, x, e, lam2=lam2, var=0.0)
+    lambda n, m, x, e, lam2: sd.reverse_step(None, _sched(), n, m, x, e, lam2=lam2, var=0.0)
 )
 
 
@@ -186,9 +199,9 @@ def test_reverse_step_noise_variance_monte_carlo():
     M = 40_000
     x_n, eps = jnp.array([0.3, -1.1]), jnp.array([-0.5, 0.9])
     var = jnp.array([0.02, 0.2])
-    f = jax.jit(jax.vmap(lambda k: sd.reverse_step(k, SCHED, 10, 4, x_n, eps, var=var)))
+    f = jax.jit(jax.vmap(lambda k: sd.reverse_step(k, _sched(), 10, 4, x_n, eps, var=var)))
     xs = f(jax.random.split(jax.random.key(0), M))
-    mean = sd.reverse_step(None, SCHED, 10, 4, x_n, eps, var=0.0)
+    mean = sd.reverse_step(None, _sched(), 10, 4, x_n, eps, var=0.0)
     np.testing.assert_allclose(xs.var(0) / var, 1.0, atol=5 * np.sqrt(2 / M))
     assert float(jnp.max(jnp.abs(xs.mean(0) - mean) / jnp.sqrt(var / M))) < 5
 
@@ -196,16 +209,16 @@ def test_reverse_step_noise_variance_monte_carlo():
 def test_clip_x0():
     x_n, eps = jnp.array([3.0, 0.1]), jnp.array([-2.0, 0.0])
     n, m = 20, 10
-    a_n, s_n = SCHED.marginal(n)
+    a_n, s_n = _sched().marginal(n)
     x0_hat = (x_n - s_n * eps) / a_n
-    c0, cn, _ = sd.forward_posterior(SCHED, n, m, 0.0)
-    out = sd.ddim_step(None, SCHED, n, m, x_n, eps, clip_x0=1.0)
+    c0, cn, _ = sd.forward_posterior(_sched(), n, m, 0.0)
+    out = sd.ddim_step(None, _sched(), n, m, x_n, eps, clip_x0=1.0)
     np.testing.assert_allclose(out, c0 * jnp.clip(x0_hat, -1, 1) + cn * x_n, rtol=1e-12)
     assert float(x0_hat[0]) > 1  # the clip was active
     # a clip that is not active changes nothing
     np.testing.assert_allclose(
-        sd.ddim_step(None, SCHED, n, m, x_n, eps, clip_x0=(-100.0, 100.0)),
-        sd.ddim_step(None, SCHED, n, m, x_n, eps),
+        sd.ddim_step(None, _sched(), n, m, x_n, eps, clip_x0=(-100.0, 100.0)),
+        sd.ddim_step(None, _sched(), n, m, x_n, eps),
         rtol=1e-12,
     )
 
@@ -216,9 +229,9 @@ def test_step_gradient_is_alpha_ratio():
     their case in test_transforms.py.)"""
     x_n, eps = jnp.array([0.3, -1.1]), jnp.array([-0.5, 0.9])
     g = jax.grad(
-        lambda x: sd.reverse_step(jax.random.key(0), SCHED, 10, 3, x, eps, lam2=None).sum()
+        lambda x: sd.reverse_step(jax.random.key(0), _sched(), 10, 3, x, eps, lam2=None).sum()
     )(x_n)
-    np.testing.assert_allclose(g, SCHED.marginal(3)[0] / SCHED.marginal(10)[0], rtol=1e-12)
+    np.testing.assert_allclose(g, _sched().marginal(3)[0] / _sched().marginal(10)[0], rtol=1e-12)
 
 
 @pytest.mark.parametrize("kind", ["linear", "cosine"])
@@ -245,47 +258,47 @@ def test_float32_steps_finite_at_both_ends(kind):
 def test_step_validation():
     x, e = jnp.zeros(2), jnp.zeros(2)
     with pytest.raises(ValueError, match="m < n"):
-        sd.forward_posterior(SCHED, 3, 3)
+        sd.forward_posterior(_sched(), 3, 3)
     with pytest.raises(ValueError, match="`n`"):
-        sd.forward_posterior(SCHED, 21, 3)
+        sd.forward_posterior(_sched(), 21, 3)
     with pytest.raises(ValueError, match="`m`"):
-        sd.forward_posterior(SCHED, 5, -1)
+        sd.forward_posterior(_sched(), 5, -1)
     with pytest.raises(ValueError, match="lam2"):
-        sd.forward_posterior(SCHED, 5, 3, lam2=2.0)
+        sd.forward_posterior(_sched(), 5, 3, lam2=2.0)
     with pytest.raises(ValueError, match="lam2"):
-        sd.forward_posterior(SCHED, 5, 3, lam2=float("nan"))
+        sd.forward_posterior(_sched(), 5, 3, lam2=float("nan"))
     with pytest.raises(ValueError, match="`var`"):
-        sd.reverse_step(jax.random.key(0), SCHED, 5, 3, x, e, var=-1.0)
+        sd.reverse_step(jax.random.key(0), _sched(), 5, 3, x, e, var=-1.0)
     with pytest.raises(ValueError, match="eps_hat"), no_runtime_typecheck():
-        sd.reverse_step(None, SCHED, 5, 3, x, jnp.zeros(3), var=0.0)
+        sd.reverse_step(None, _sched(), 5, 3, x, jnp.zeros(3), var=0.0)
     with pytest.raises(TypeError, match="eps_hat"), no_runtime_typecheck():
-        sd.reverse_step(None, SCHED, 5, 3, x, jnp.zeros(2, jnp.float32), var=0.0)
+        sd.reverse_step(None, _sched(), 5, 3, x, jnp.zeros(2, jnp.float32), var=0.0)
     with pytest.raises(ValueError, match="key"):
-        sd.reverse_step(None, SCHED, 5, 3, x, e)
+        sd.reverse_step(None, _sched(), 5, 3, x, e)
     with pytest.raises(ValueError, match="clip_x0"):
-        sd.ddim_step(None, SCHED, 5, 3, x, e, clip_x0=-1.0)
+        sd.ddim_step(None, _sched(), 5, 3, x, e, clip_x0=-1.0)
     # ill-typed on purpose (pyright: ignore): scoredyn's own errors
     with pytest.raises(TypeError, match="sched"):
         sd.forward_posterior(jnp.ones(3), 2, 1)  # pyright: ignore[reportArgumentType]
     with pytest.raises(ValueError, match="kind"):
-        sd.reverse_variances(SCHED, sd.respace(20, 4), "large")  # pyright: ignore[reportArgumentType]
+        sd.reverse_variances(_sched(), sd.respace(20, 4), "large")  # pyright: ignore[reportArgumentType]
     with pytest.raises(ValueError, match="eta"):
-        sd.reverse_variances(SCHED, sd.respace(20, 4), "eta", eta=-0.1)
+        sd.reverse_variances(_sched(), sd.respace(20, 4), "eta", eta=-0.1)
     # traced indices: checked at run time
-    f = jax.jit(lambda n, m: sd.forward_posterior(SCHED, n, m).coef_x0)
+    f = jax.jit(lambda n, m: sd.forward_posterior(_sched(), n, m).coef_x0)
     with pytest.raises(Exception, match="m < n"):
         f(jnp.int32(3), jnp.int32(5)).block_until_ready()
 
 
 def test_reverse_variances_named_choices():
     tau = sd.respace(20, 4)
-    ab = np.asarray(SCHED.alpha_bar)[np.asarray(tau)]
+    ab = np.asarray(_sched().alpha_bar)[np.asarray(tau)]
     b = 1 - ab[1:] / ab[:-1]
     bt = (1 - ab[:-1]) / (1 - ab[1:]) * b
-    np.testing.assert_allclose(sd.reverse_variances(SCHED, tau, "ddpm"), bt, rtol=1e-12)
-    np.testing.assert_allclose(sd.reverse_variances(SCHED, tau, "ddpm_beta"), b, rtol=1e-12)
+    np.testing.assert_allclose(sd.reverse_variances(_sched(), tau, "ddpm"), bt, rtol=1e-12)
+    np.testing.assert_allclose(sd.reverse_variances(_sched(), tau, "ddpm_beta"), b, rtol=1e-12)
     np.testing.assert_allclose(
-        sd.reverse_variances(SCHED, tau, "eta", eta=0.5), 0.25 * bt, rtol=1e-12
+        sd.reverse_variances(_sched(), tau, "eta", eta=0.5), 0.25 * bt, rtol=1e-12
     )
-    np.testing.assert_array_equal(sd.reverse_variances(SCHED, tau, "ddim"), np.zeros(4))
-    assert float(sd.reverse_variances(SCHED, tau, "ddpm")[0]) == 0.0  # step into n = 0
+    np.testing.assert_array_equal(sd.reverse_variances(_sched(), tau, "ddim"), np.zeros(4))
+    assert float(sd.reverse_variances(_sched(), tau, "ddpm")[0]) == 0.0  # step into n = 0
