@@ -158,7 +158,7 @@ def _discrete_quantities(betas, lam_frac):
     steps = jax.vmap(lambda nn, mm, v: sd.reverse_step(None, s, nn, mm, x, -x, var=0.0, lam2=v))(
         n, m, lam2
     )
-    return s.alpha_bar, s.log_snr(), post, ddim_like, steps, 1.0 - s.alpha_bar[m]
+    return s.alpha_bar, s.log_snr(), post, ddim_like, steps
 
 
 @settings(max_examples=40)
@@ -168,8 +168,13 @@ def test_discrete_schedule_from_any_betas(betas, lam_frac):
     coefficients and DDIM-family steps finite; 0 <= variance <= 1 - alpha_bar_m."""
     b = jnp.asarray(betas)
     sched = sd.DiscreteSchedule.from_betas(b)  # concrete: validated
-    ab, lam, post, ddim_like, steps, om_m = _discrete_quantities(b, lam_frac)
-    ab, lam, var, om_m = (np.asarray(a) for a in (ab, lam, post.var, om_m))
+    ab, lam, post, ddim_like, steps = _discrete_quantities(b, lam_frac)
+    ab, lam, var = (np.asarray(a) for a in (ab, lam, post.var))
+    # the bound 1 - alpha_bar_m from the betas in NumPy, without cancellation: computed as
+    # 1.0 - alpha_bar[m] its relative error is ~1e-16 / beta (1e-7 at beta = 1e-9), far above
+    # the 1e-12 tolerance, and examples with a tiny first beta failed on the rounding
+    m = np.concatenate([[0], np.arange(1, N_FUZZ) // 2])
+    om_m = np.concatenate([[0.0], -np.expm1(np.cumsum(np.log1p(-np.asarray(betas))))])[m]
     assert bool(np.all(np.diff(np.asarray(sched.log_alpha_bar)) < 0))
     assert bool(np.all((ab[1:] > 0) & (ab[1:] < 1)))
     assert not bool(np.any(np.isnan(lam)))
