@@ -1,5 +1,6 @@
 """The variational bound: Gaussian KL, discretised decoder, closed forms, bounds on the NLL."""
 
+import functools
 from functools import partial
 
 import equinox as eqx
@@ -13,8 +14,20 @@ from scipy import integrate, stats
 import scoredyn as sd
 from helpers import compiled_o3, gaussian_1comp, mixture_2d, old_bound
 
-GM = mixture_2d()
-SCHED = sd.DiscreteSchedule.linear(1000)
+
+# built on first use, not at collection (where every xdist worker would compile their eager
+# operations, whether or not it runs a test of this file); concrete even when the first use is
+# inside a traced function
+@functools.cache
+def _gm() -> sd.toy.GaussianMixture:
+    with jax.ensure_compile_time_eval():
+        return mixture_2d()
+
+
+@functools.cache
+def _sched() -> sd.DiscreteSchedule:
+    with jax.ensure_compile_time_eval():
+        return sd.DiscreteSchedule.linear(1000)
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -102,20 +115,20 @@ def test_ddpm_kl_terms_are_snr_differences():
     """lam2 = v = beta-tilde: KL term = 1/2 (SNR_m - SNR_n) ||x0 - x0_hat||^2 (Kingma et al.)."""
     x0, c = jnp.array([0.4, -0.3, 0.9]), jnp.array([0.1, 0.2, 0.5])
     tau = sd.respace(1000, 8, "quadratic")
-    model = _ConstantX0(SCHED, c)
+    model = _ConstantX0(_sched(), c)
 
     @jax.jit
     def run(key):
-        vb = partial(old_bound, key, SCHED, model, x0, tau, decoder="gaussian")
+        vb = partial(old_bound, key, _sched(), model, x0, tau, decoder="gaussian")
         return vb(variances="ddpm_beta"), vb()
 
     vb, vb2 = run(jax.random.key(0))
-    ab = np.asarray(SCHED.alpha_bar)[np.asarray(tau)]
+    ab = np.asarray(_sched().alpha_bar)[np.asarray(tau)]
     snr = ab[1:] / (1 - ab[1:])  # SNR at tau_1 .. tau_K
     d2 = float(jnp.sum((x0 - c) ** 2))
     np.testing.assert_allclose(vb2.terms[1:], 0.5 * (snr[:-1] - snr[1:]) * d2, rtol=1e-9)
     # decoder: Gaussian NLL with mean c and the decoder variance
-    v1 = sd.reverse_variances(SCHED, tau, "ddpm_beta")[0]
+    v1 = sd.reverse_variances(_sched(), tau, "ddpm_beta")[0]
     np.testing.assert_allclose(vb.decoder, 0.5 * (3 * np.log(2 * np.pi * v1) + d2 / v1), rtol=1e-10)
     # prior: KL(N(sqrt(abar_N) x0, 1 - abar_N) || N(0, 1)) via the general Gaussian KL
     aN = ab[-1]
@@ -178,13 +191,13 @@ def test_bound_matches_closed_form_for_gaussian_data():
 @pytest.fixture(scope="module")
 def mixture_bounds():
     """Bound (continuous decoder, exact eps) on M mixture samples, several K, two variances."""
-    eps_fn = sd.toy.discrete_eps_fn(GM, SCHED)
+    eps_fn = sd.toy.discrete_eps_fn(_gm(), _sched())
     M = 1200
 
     @jax.jit  # the draws and their exact NLL: one program (not one per eager operation)
     def data():
-        x0 = GM.sample(jax.random.key(4), M)
-        return x0, jax.random.split(jax.random.key(0), M), -jax.vmap(GM.log_prob)(x0)
+        x0 = _gm().sample(jax.random.key(4), M)
+        return x0, jax.random.split(jax.random.key(0), M), -jax.vmap(_gm().log_prob)(x0)
 
     x0, keys, nll = data()
 
@@ -192,7 +205,7 @@ def mixture_bounds():
         return jax.jit(
             jax.vmap(
                 lambda k, x, v: (
-                    old_bound(k, SCHED, eps_fn, x, tau, decoder="gaussian", variances=v).total
+                    old_bound(k, _sched(), eps_fn, x, tau, decoder="gaussian", variances=v).total
                 ),
                 (0, 0, None),
             )
@@ -201,12 +214,12 @@ def mixture_bounds():
     out = {}
     for K in (4, 16, 64):
         tau = sd.respace(1000, K)
-        v = sd.reverse_variances(SCHED, tau, "ddpm_beta")
+        v = sd.reverse_variances(_sched(), tau, "ddpm_beta")
         out["ddpm_beta", K] = np.asarray(bound(tau)(keys, x0, v) - nll)  # per-example gap
     # 1,200 chains of 1,000 steps: run-bound, so LLVM at -O1 (compile ~1.4 CPU-s, run ~0.5;
     # at -O0 ~0.7 and ~2.4, at -O3 ~2.2 and ~0.6), compiled once for both variances
     tau = sd.respace(1000, 1000)
-    v_beta, v_tilde = (sd.reverse_variances(SCHED, tau, var) for var in ("ddpm_beta", "ddpm"))
+    v_beta, v_tilde = (sd.reverse_variances(_sched(), tau, var) for var in ("ddpm_beta", "ddpm"))
     run = compiled_o3(bound(tau), keys, x0, v_beta, level="1")
     out["ddpm_beta", 1000] = np.asarray(run(keys, x0, v_beta) - nll)
     out["ddpm", 1000] = np.asarray(run(keys, x0, v_tilde) - nll)
@@ -235,7 +248,7 @@ def test_discretized_bound_on_grid_data():
     w = jnp.array([0.2, 0.5, 0.3])
     means = jnp.array([[-1.0, 1 / 3], [1 / 3, 1 / 3], [1.0, -1.0]])
     gm = sd.toy.GaussianMixture(w, means, jnp.stack([jnp.eye(2) * 1e-6] * 3))  # ~ point masses
-    eps_fn = sd.toy.discrete_eps_fn(gm, SCHED)
+    eps_fn = sd.toy.discrete_eps_fn(gm, _sched())
     M = 600
     comp = jax.random.categorical(jax.random.key(0), jnp.log(w), shape=(M,))
     x0, nll = means[comp], -jnp.log(w[comp])
@@ -243,7 +256,9 @@ def test_discretized_bound_on_grid_data():
     res = {}
     for K in (64, 1000):
         tau = sd.respace(1000, K)
-        vb = jax.jit(jax.vmap(lambda k, x: old_bound(k, SCHED, eps_fn, x, tau, levels=4)))(keys, x0)
+        vb = jax.jit(jax.vmap(lambda k, x: old_bound(k, _sched(), eps_fn, x, tau, levels=4)))(
+            keys, x0
+        )
         gap = vb.total - nll
         res[K] = (float(gap.mean()), float(gap.std()) / np.sqrt(M))
         np.testing.assert_allclose(vb.bits_per_dim, vb.total / (2 * np.log(2)), rtol=1e-12)
@@ -254,9 +269,9 @@ def test_discretized_bound_on_grid_data():
 
 # ---------------------------------------------------------------------------- plumbing
 def test_callable_variances_and_transforms():
-    eps_fn = sd.toy.discrete_eps_fn(GM, SCHED)
+    eps_fn = sd.toy.discrete_eps_fn(_gm(), _sched())
     tau = sd.respace(1000, 6)
-    var = sd.reverse_variances(SCHED, tau, "ddpm_beta")
+    var = sd.reverse_variances(_sched(), tau, "ddpm_beta")
     lookup = lambda n, m, x, e: jnp.full_like(x, var[jnp.searchsorted(tau, n) - 1])
     x0 = jnp.array([0.5, -0.5])
 
@@ -268,14 +283,16 @@ def test_callable_variances_and_transforms():
 
     @jax.jit
     def run(key, scale):
-        f = lambda v: old_bound(key, SCHED, Scaled(scale), x0, tau, decoder="gaussian", variances=v)
+        f = lambda v: old_bound(
+            key, _sched(), Scaled(scale), x0, tau, decoder="gaussian", variances=v
+        )
         return (
             f(var),
             f(lookup),
             jax.grad(
                 lambda s: (
                     old_bound(
-                        key, SCHED, Scaled(s), x0, tau, decoder="gaussian", variances=var
+                        key, _sched(), Scaled(s), x0, tau, decoder="gaussian", variances=var
                     ).total
                 )
             )(scale),
@@ -304,21 +321,21 @@ def test_float32_bound_finite():
 
 
 def test_vlb_validation():
-    eps_fn = sd.toy.discrete_eps_fn(GM, SCHED)
+    eps_fn = sd.toy.discrete_eps_fn(_gm(), _sched())
     tau = sd.respace(1000, 5)
     key, x0 = jax.random.key(0), jnp.array([0.2, 0.3])
     with pytest.raises(ValueError, match="decoder"):
-        old_bound(key, SCHED, eps_fn, x0, tau, decoder="logistic")
+        old_bound(key, _sched(), eps_fn, x0, tau, decoder="logistic")
     with pytest.raises(ValueError, match="levels"):
-        old_bound(key, SCHED, eps_fn, x0, tau, levels=1)
+        old_bound(key, _sched(), eps_fn, x0, tau, levels=1)
     with pytest.raises(ValueError, match="x0"):
-        old_bound(key, SCHED, eps_fn, jnp.array([2.0, 0.0]), tau)
+        old_bound(key, _sched(), eps_fn, jnp.array([2.0, 0.0]), tau)
     with pytest.raises(ValueError, match="variances"):
-        old_bound(key, SCHED, eps_fn, x0, tau, variances=jnp.ones(4))
+        old_bound(key, _sched(), eps_fn, x0, tau, variances=jnp.ones(4))
     with pytest.raises(ValueError, match="decoder_var"):
-        old_bound(key, SCHED, eps_fn, x0, tau, decoder_var=-1.0)
+        old_bound(key, _sched(), eps_fn, x0, tau, decoder_var=-1.0)
     with pytest.raises(TypeError, match="eps_fn"):
-        old_bound(key, SCHED, lambda t, x: x.astype(jnp.float32), x0, tau)
+        old_bound(key, _sched(), lambda t, x: x.astype(jnp.float32), x0, tau)
 
 
 def test_helpers_jit_vmap_grad():
@@ -344,7 +361,7 @@ def test_helpers_jit_vmap_grad():
     # far tails: finite value and finite gradient
     assert bool(jnp.isfinite(far))
     tau = sd.respace(1000, 5)
-    v = jax.jit(lambda t: sd.reverse_variances(SCHED, t, "ddpm"))(tau)
-    np.testing.assert_allclose(v, sd.reverse_variances(SCHED, tau, "ddpm"), rtol=1e-12)
-    pv = jax.vmap(lambda n: sd.posterior_variance(SCHED, n, n - 1))(jnp.arange(1, 6))
+    v = jax.jit(lambda t: sd.reverse_variances(_sched(), t, "ddpm"))(tau)
+    np.testing.assert_allclose(v, sd.reverse_variances(_sched(), tau, "ddpm"), rtol=1e-12)
+    pv = jax.vmap(lambda n: sd.posterior_variance(_sched(), n, n - 1))(jnp.arange(1, 6))
     assert pv.shape == (5,) and float(pv[0]) == 0.0 and bool(jnp.all(pv[1:] > 0))
