@@ -1106,9 +1106,14 @@ def _assert_close(a, b, rtol, atol):
             np.testing.assert_array_equal(x, y)
 
 
+def _all_finite(x):
+    # checked in NumPy: an eager jnp.isfinite/all compiles two small programs per leaf shape
+    return bool(np.all(np.isfinite(np.asarray(x))))
+
+
 def _assert_finite(tree):
     for x in _float_leaves(tree):
-        assert bool(jnp.all(jnp.isfinite(x))), f"non-finite output: {x}"
+        assert _all_finite(x), f"non-finite output: {x}"
 
 
 def _functional(out):
@@ -1180,12 +1185,18 @@ def _params():
     return params
 
 
+def _stack2(x, y):
+    # array leaves stacked in NumPy (same dtype and values; an eager jnp.stack compiles a small
+    # program per leaf shape); PRNG keys and Python scalars through jnp.stack as before
+    if isinstance(x, jax.Array) and not jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+        return np.stack([np.asarray(x), np.asarray(y)])
+    return jnp.stack([jnp.asarray(x), jnp.asarray(y)])
+
+
 @functools.cache
 def _vmapped64(c):
     fn, a1, a2, _, _ = _compiled64(c)
-    stacked = jax.tree_util.tree_map(
-        lambda x, y: jnp.stack([jnp.asarray(x), jnp.asarray(y)]), a1, a2
-    )
+    stacked = jax.tree_util.tree_map(_stack2, a1, a2)
     return jax.jit(jax.vmap(fn))(*stacked)
 
 
@@ -1194,7 +1205,7 @@ def _out32(c):
     with jax.enable_x64(False):
         fn32, b1, _ = c.build(jnp.float32)
         out = jax.jit(fn32)(*b1)
-        return [(x.dtype, bool(jnp.all(jnp.isfinite(x)))) for x in _float_leaves(out)]
+        return [(x.dtype, _all_finite(x)) for x in _float_leaves(out)]
 
 
 @functools.cache
@@ -1235,7 +1246,7 @@ def _check_grad(vg, args, diff, fd):
     difference `(L(a + hv) - L(a - hv)) / 2h` along a random direction `v` (float64)."""
     (_, _), g = vg(*args)
     for leaf in jax.tree_util.tree_leaves(g):
-        assert bool(jnp.all(jnp.isfinite(leaf))), f"non-finite gradient {leaf}"
+        assert _all_finite(leaf), f"non-finite gradient {leaf}"
     if not fd:
         return
     rng = np.random.RandomState(1)
@@ -1250,14 +1261,17 @@ def _check_grad(vg, args, diff, fd):
     def shifted(sign):
         a = list(args)
         for i, v in zip(diff, vs):
-            a[i] = jax.tree_util.tree_map(lambda x, d: x + sign * h * d, a[i], v)
+            # in NumPy (float64, the same operations in the same order as x + sign*h*d)
+            a[i] = jax.tree_util.tree_map(
+                lambda x, d: np.asarray(x) + sign * h * np.asarray(d), a[i], v
+            )
         (val, _), _ = vg(*a)
         return float(val)
 
     fd_val = (shifted(1.0) - shifted(-1.0)) / (2 * h)
     ad_val = float(
         sum(
-            jnp.vdot(gl, vl)
+            np.vdot(np.asarray(gl), np.asarray(vl))
             for gi, v in zip(g, vs)
             for gl, vl in zip(jax.tree_util.tree_leaves(gi), jax.tree_util.tree_leaves(v))
         )
