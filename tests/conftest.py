@@ -1,5 +1,6 @@
 """Test configuration: x64 on, strict promotion, a hypothesis CI profile, a key fixture."""
 
+import functools
 import gc
 import os
 import subprocess
@@ -48,6 +49,31 @@ jax.config.update("jax_debug_nans", os.environ.get("SCOREDYN_DEBUG_NANS", "0") =
 # test_likelihood: 5.8 of 72 CPU-s, 4.8 of it in 20 full collections). Young objects are still
 # collected (every 10,000 allocations); full collections now come after ~100 million.
 gc.set_threshold(10_000, 10, 1_000)
+
+
+def _cache_jax_frame_filter() -> None:
+    """Memoise JAX's "is this source file user code?" test (`include_filename`).
+
+    Every `eqx.error_if` traced with a value-dependent predicate (the library's run-time checks)
+    walks the whole Python stack and asks this of each frame; the answer costs `abspath`,
+    `commonpath` and `samefile` per JAX-excluded path. Under pytest's ~80-frame stacks that was
+    up to 60 % of tracing in check-heavy tests (test_trajectory_dp: 21 -> 15 CPU-s). The answer
+    is a pure function of the file name and the excluded paths (packages add paths at import, so
+    they are part of the key). Left out if a JAX version renames these."""
+    from jax._src import traceback_util as tu
+
+    original = getattr(tu, "include_filename", None)
+    if original is None or not isinstance(getattr(tu, "_exclude_paths", None), list):
+        return
+
+    @functools.cache
+    def cached(filename: str, excluded: tuple[str, ...]) -> bool:
+        return original(filename)
+
+    tu.include_filename = lambda filename: cached(filename, tuple(tu._exclude_paths))
+
+
+_cache_jax_frame_filter()
 
 
 @pytest.hookimpl(trylast=True)

@@ -26,3 +26,21 @@ def test_compile_settings_reach_jax():
     assert (
         os.environ.get("SCOREDYN_XLA_PROBED") == "1" or "fusion_emitters" in os.environ["XLA_FLAGS"]
     )
+
+
+def test_collector_and_frame_filter_settings():
+    """conftest.py's garbage-collector thresholds are in force, and its memoised frame filter
+    answers as JAX's own rule does (a path under a JAX-excluded folder is not user code)."""
+    import gc
+
+    import jax
+    from jax._src import traceback_util as tu
+
+    import scoredyn
+
+    assert gc.get_threshold() == (10_000, 10, 1_000)
+    for path in (jax.__file__, tu.__file__, __file__, scoredyn.__file__, os.__file__):
+        want = not any(tu._path_starts_with(path, p) for p in tu._exclude_paths)
+        assert tu.include_filename(path) == want, path
+        assert tu.include_filename(path) == want, path  # the cached answer
+    assert not tu.include_filename(tu.__file__) and tu.include_filename(__file__)
