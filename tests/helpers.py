@@ -1,7 +1,9 @@
 """Shared fixtures for the test-suite: SDEs, small oracles and tree comparison."""
 
 import contextlib
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -9,6 +11,8 @@ import jaxtyping
 import numpy as np
 
 import scoredyn as sd
+
+_T = TypeVar("_T")
 
 ALL_LINEAR_SDES = [
     sd.VPSDE(beta_min=0.1, beta_max=20.0),
@@ -30,6 +34,26 @@ def compiled_o3(fn, *args, level: str = "3"):
     compiled without fast-math at any level)."""
     jitted = fn if hasattr(fn, "lower") else jax.jit(fn)
     return jitted.lower(*args).compile({"xla_backend_optimization_level": level})
+
+
+def all_finite(*trees) -> bool:
+    """Every leaf of `trees` is finite, checked in NumPy (an eager `jnp.isfinite`/`all` compiles
+    small programs for every leaf shape and dtype)."""
+    return all(bool(np.all(np.isfinite(np.asarray(x)))) for x in jax.tree_util.tree_leaves(trees))
+
+
+def built_on_first_use(fn: Callable[[], _T]) -> Callable[[], _T]:
+    """A module's constant, built by `fn()` at its first use instead of at import: every xdist
+    worker imports every test module at collection, whether or not it runs its tests, and would
+    compile the eager operations. Built once per process, and concrete even when the first use is
+    inside a traced function."""
+
+    @functools.cache
+    def cached() -> _T:
+        with jax.ensure_compile_time_eval():
+            return fn()
+
+    return cached
 
 
 def mixture_2d(dtype=jnp.float64) -> sd.toy.GaussianMixture:

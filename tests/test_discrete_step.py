@@ -1,6 +1,5 @@
 """Forward posterior q(x_m | x_n, x_0) and the generalised reverse step (DDIM family)."""
 
-import functools
 from typing import Any
 
 import equinox as eqx
@@ -12,22 +11,11 @@ import pytest
 from hypothesis import given
 
 import scoredyn as sd
-from helpers import no_runtime_typecheck
+from helpers import built_on_first_use, no_runtime_typecheck
 
-
-# built on first use, not at collection (where every xdist worker would compile their eager
-# operations, whether or not it runs a test of this file); concrete even when the first use is
-# inside a traced function
-@functools.cache
-def _sched() -> sd.DiscreteSchedule:
-    with jax.ensure_compile_time_eval():
-        return sd.DiscreteSchedule.linear(20, 0.01, 0.2)  # a short chain with large steps
-
-
-@functools.cache
-def _coarse() -> sd.DiscreteSchedule:
-    with jax.ensure_compile_time_eval():
-        return sd.DiscreteSchedule.linear(100, 1e-3, 0.1)
+# a short chain with large steps
+_sched = built_on_first_use(lambda: sd.DiscreteSchedule.linear(20, 0.01, 0.2))
+_coarse = built_on_first_use(lambda: sd.DiscreteSchedule.linear(100, 1e-3, 0.1))
 
 
 @pytest.fixture(scope="module")

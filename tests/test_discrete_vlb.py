@@ -1,6 +1,5 @@
 """The variational bound: Gaussian KL, discretised decoder, closed forms, bounds on the NLL."""
 
-import functools
 from functools import partial
 
 import equinox as eqx
@@ -12,22 +11,10 @@ import pytest
 from scipy import integrate, stats
 
 import scoredyn as sd
-from helpers import compiled_o3, gaussian_1comp, mixture_2d, old_bound
+from helpers import built_on_first_use, compiled_o3, gaussian_1comp, mixture_2d, old_bound
 
-
-# built on first use, not at collection (where every xdist worker would compile their eager
-# operations, whether or not it runs a test of this file); concrete even when the first use is
-# inside a traced function
-@functools.cache
-def _gm() -> sd.toy.GaussianMixture:
-    with jax.ensure_compile_time_eval():
-        return mixture_2d()
-
-
-@functools.cache
-def _sched() -> sd.DiscreteSchedule:
-    with jax.ensure_compile_time_eval():
-        return sd.DiscreteSchedule.linear(1000)
+_gm = built_on_first_use(mixture_2d)
+_sched = built_on_first_use(lambda: sd.DiscreteSchedule.linear(1000))
 
 
 # ---------------------------------------------------------------------------- helpers

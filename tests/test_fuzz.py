@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import scoredyn as sd
-from helpers import refused_by_debug_nans
+from helpers import all_finite, refused_by_debug_nans
 from scoredyn._misc import time_slack
 
 TRIED = {"valid": 0, "invalid": 0}
@@ -37,11 +37,6 @@ def _library_error(e: Exception, *names: str) -> None:
     assert NAMED.search(msg), f"no argument named in: {msg}"
     if names:
         assert any(f"`{n}" in msg for n in names), f"none of {names} in: {msg}"
-
-
-def _finite(*xs) -> bool:
-    """Every leaf finite (checked in NumPy: no small program compiled per leaf shape)."""
-    return all(bool(np.all(np.isfinite(np.asarray(x)))) for x in jax.tree_util.tree_leaves(xs))
 
 
 def _logfloat(lo, hi):
@@ -66,7 +61,7 @@ def _sde_quantities(sde, t):
 def _check_sde(sde, u):
     t = jnp.asarray(u * sde.T)
     a, s, f, g, lam = _sde_quantities(sde, t)
-    assert _finite(a, s, f, g), (sde, u)
+    assert all_finite(a, s, f, g), (sde, u)
     assert 0.0 < float(a) <= 1.0 and float(s) >= 0.0 and float(g) >= 0.0, (sde, u, a, s, g)
     assert not math.isnan(float(lam)), (sde, u)
     if float(s) > 0:
@@ -135,7 +130,7 @@ def test_any_time_valid_or_named_error(t):
         TRIED["invalid"] += 1
         return
     assert -slack <= t <= sde.T + slack
-    assert _finite(a, s) and 0 < float(a) <= 1 and 0 <= float(s) <= 1
+    assert all_finite(a, s) and 0 < float(a) <= 1 and 0 <= float(s) <= 1
     TRIED["valid"] += 1
 
 
@@ -178,7 +173,7 @@ def test_discrete_schedule_from_any_betas(betas, lam_frac):
     assert bool(np.all(np.diff(np.asarray(sched.log_alpha_bar)) < 0))
     assert bool(np.all((ab[1:] > 0) & (ab[1:] < 1)))
     assert not bool(np.any(np.isnan(lam)))
-    assert _finite(post, ddim_like, steps)
+    assert all_finite(post, ddim_like, steps)
     assert bool(np.all((var >= 0) & (var <= om_m * (1 + 1e-12))))
     TRIED["valid"] += 1
 
@@ -192,7 +187,7 @@ def test_any_betas_valid_or_named_error(betas):
         TRIED["invalid"] += 1
         return
     assert all(0 < b < 1 for b in betas)
-    assert _finite(s.alpha_bar)
+    assert all_finite(s.alpha_bar)
     TRIED["valid"] += 1
 
 
@@ -207,7 +202,7 @@ def test_any_linear_schedule_valid_or_named_error(b0, b1, n):
         TRIED["invalid"] += 1
         return
     assert n >= 1 and 0 < b0 <= b1 < 1
-    assert _finite(s.alpha_bar) and bool(np.all(np.diff(np.asarray(s.alpha_bar)) < 0))
+    assert all_finite(s.alpha_bar) and bool(np.all(np.diff(np.asarray(s.alpha_bar)) < 0))
     TRIED["valid"] += 1
 
 
@@ -292,7 +287,7 @@ def test_mixture_oracle_finite_for_adversarial_mixtures(data, u, xs):
     alpha, sigma = sd.VPSDE().marginal(u)
     x = alpha * jnp.asarray(xs) * scale
     out = _mixture_quantities(gm, x, alpha, sigma)
-    assert _finite(out), out
+    assert all_finite(out), out
     cov = np.asarray(out["mom"][1])
     assert np.linalg.eigvalsh(cov).min() >= -1e-8 * max(1.0, np.abs(cov).max())
     TRIED["valid"] += 1
@@ -313,7 +308,7 @@ def test_any_mixture_valid_or_named_error(w, c):
         return
     assert min(w) >= 0 and abs(sum(w) - 1) <= 1e-5
     assert np.linalg.eigvalsh(covs).min() > 0
-    assert _finite(gm.log_prob(jnp.zeros(D)))
+    assert all_finite(gm.log_prob(jnp.zeros(D)))
     TRIED["valid"] += 1
 
 
@@ -351,7 +346,7 @@ def test_vector_fields_finite_for_tiny_and_huge_states(mag, direction, t):
     """States from 1e-30 to 1e6 in magnitude: perturbation, PF-ODE field, reverse drift and
     the v-prediction converter stay finite."""
     x = mag * jnp.asarray(direction)
-    assert _finite(_sampler_inputs_fn()(x, jnp.asarray(t)))
+    assert all_finite(_sampler_inputs_fn()(x, jnp.asarray(t)))
     TRIED["valid"] += 1
 
 
@@ -384,7 +379,7 @@ def test_perturb_max_probs_on_simplex(kind, scale, spread, z, tau):
     noise = _NOISES[kind](jnp.asarray(scale))
     mu = spread * jnp.asarray(z)
     p, y = _pm_quantities(noise, mu, jax.random.key(0), jnp.asarray(tau))
-    assert _finite(p, y)
+    assert all_finite(p, y)
     pn, yn = np.asarray(p), np.asarray(y)
     assert bool(np.all((pn >= 0) & (pn <= 1))) and abs(float(jnp.sum(p)) - 1.0) < 1e-6
     assert bool(np.all(yn >= 0)) and abs(float(jnp.sum(y)) - 1.0) < 1e-9

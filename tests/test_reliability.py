@@ -22,7 +22,14 @@ import numpy as np
 import pytest
 
 import scoredyn as sd
-from helpers import ALL_LINEAR_SDES, SDE_IDS, mixture_2d, no_runtime_typecheck, old_bound
+from helpers import (
+    ALL_LINEAR_SDES,
+    SDE_IDS,
+    all_finite,
+    mixture_2d,
+    no_runtime_typecheck,
+    old_bound,
+)
 
 DTYPES = [jnp.float32, jnp.float64]
 
@@ -33,10 +40,6 @@ def _on_interval(sde, n=257, dtype=jnp.float64):
     t = np.linspace(0.0, sde.T, n).astype(dtype)
     t[-1] = np.asarray(sde.T, dtype)
     return t
-
-
-def _all_finite(*xs):
-    return all(bool(np.all(np.isfinite(np.asarray(x)))) for x in xs)
 
 
 # ------------------------------------------------------------------ continuous SDEs
@@ -60,7 +63,7 @@ def test_sde_quantities_finite_and_monotone_on_closed_interval(sde, dtype):
         for a in out:
             assert a.dtype == dtype
         alpha, sigma, f, g, lam = (np.asarray(a) for a in out)
-        assert _all_finite(alpha, sigma, f, g, lam[1:])
+        assert all_finite(alpha, sigma, f, g, lam[1:])
         assert float(sigma[0]) == 0.0 and float(lam[0]) == np.inf
         # g > 0 except sub-VP's g(0) = 0 (its sigma^2 = (1 - alpha^2)^2 starts quadratically)
         assert bool(np.all(alpha > 0)) and bool(np.all(g[1:] > 0)) and float(g[0]) >= 0
@@ -89,8 +92,8 @@ def test_sde_gradients_finite(sde):
         return closed, jax.vmap(jax.grad(rough))(t[1:])
 
     closed, open_ = grads(_on_interval(sde, n=65))
-    assert _all_finite(closed)
-    assert _all_finite(open_)
+    assert all_finite(closed)
+    assert all_finite(open_)
 
 
 @pytest.mark.parametrize("sde", ALL_LINEAR_SDES, ids=SDE_IDS)
@@ -103,7 +106,7 @@ def test_exact_score_finite_at_both_ends(sde):
             x = jnp.array([0.4, -0.3], dtype)
             for t in (1e-5, sde.T):
                 tt = jnp.asarray(t, dtype)
-                assert _all_finite(gm.score_fn(sde)(tt, x), gm.eps_fn(sde)(tt, x))
+                assert all_finite(gm.score_fn(sde)(tt, x), gm.eps_fn(sde)(tt, x))
 
 
 # ------------------------------------------------------------------ discrete schedules
@@ -142,7 +145,7 @@ def test_discrete_schedules_finite_and_monotone(dtype):
             ab, log_ab, om = (
                 np.asarray(a) for a in (s.alpha_bar, s.log_alpha_bar, s.one_minus_alpha_bar)
             )
-            assert float(ab[0]) == 1.0 and _all_finite(ab, betas, lam[1:]), name
+            assert float(ab[0]) == 1.0 and all_finite(ab, betas, lam[1:]), name
             # stored as log(alpha_bar), strictly decreasing; alpha_bar itself may round to 1 in
             # float32 for the first steps (1 - alpha_bar ~ 1e-8 for sub-VP), so non-increasing
             assert bool(np.all(np.diff(log_ab) < 0)), name
@@ -150,7 +153,7 @@ def test_discrete_schedules_finite_and_monotone(dtype):
             assert bool(np.all(om[1:] > 0)), name
             assert bool(np.all((betas[1:] > 0) & (betas[1:] < 1))), name
             assert bool(np.all(np.diff(lam[1:]) < 0)), name
-            assert _all_finite(alpha, sigma) and float(sigma[0]) == 0.0, name
+            assert all_finite(alpha, sigma) and float(sigma[0]) == 0.0, name
 
 
 @SCHEDULES_GROUP
@@ -181,14 +184,14 @@ def test_posterior_coefficients_and_variances_finite_for_all_pairs(dtype):
             assert out[0][0].dtype == dtype
             (c0, cn, var), ddim, rev, (lo, hi, opt) = jax.tree.map(np.asarray, out)
             om_m = np.asarray(s.one_minus_alpha_bar)[np.asarray(m)]
-            assert _all_finite(c0, cn, var), name
+            assert all_finite(c0, cn, var), name
             tol = 64 * float(jnp.finfo(dtype).eps)
             assert bool(np.all((var >= 0) & (var <= om_m * (1 + tol)))), name
             # DDIM (lam2 = 0) coefficients, and the eta sweep of the reverse variances
-            assert _all_finite(*ddim), name
+            assert all_finite(*ddim), name
             for kind, v in zip(kinds, rev):
-                assert _all_finite(v) and bool(np.all(v >= 0)), (name, kind)
-            assert _all_finite(lo, hi, opt), name
+                assert all_finite(v) and bool(np.all(v >= 0)), (name, kind)
+            assert all_finite(lo, hi, opt), name
             assert bool(np.all((opt >= lo * (1 - tol)) & (opt <= hi * (1 + tol)))), name
 
 

@@ -13,7 +13,6 @@ any float, huge integers; a run of `sharded_vmap` with a failing check on one of
 """
 
 import dataclasses
-import functools
 import math
 import os
 import subprocess
@@ -30,7 +29,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import scoredyn as sd
-from helpers import mixture_2d, no_runtime_typecheck, refused_by_debug_nans
+from helpers import built_on_first_use, mixture_2d, no_runtime_typecheck, refused_by_debug_nans
 from scoredyn._discrete.sampler import LegacyChain
 from scoredyn._discrete.vlb import _gaussian_nll
 
@@ -40,17 +39,9 @@ TAU = sd.respace(10, 5)
 X0 = jnp.array([0.3, -0.4])
 
 
-# The schedule and the mixture are built on first use, not at import: this module is imported
-# at collection by every xdist worker and by the determinism subprocess (at XLA's default
-# settings), which use neither.
-@functools.cache
-def _sched() -> sd.DiscreteSchedule:
-    return sd.DiscreteSchedule.linear(10, 0.01, 0.2)
-
-
-@functools.cache
-def _gm() -> sd.toy.GaussianMixture:
-    return mixture_2d()
+# also imported by the determinism subprocess (at XLA's default settings), which uses neither
+_sched = built_on_first_use(lambda: sd.DiscreteSchedule.linear(10, 0.01, 0.2))
+_gm = built_on_first_use(mixture_2d)
 
 
 NOISES = {

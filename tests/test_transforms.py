@@ -33,7 +33,7 @@ import optax
 import pytest
 
 import scoredyn as sd
-from helpers import mixture_2d, old_bound
+from helpers import all_finite, mixture_2d, old_bound
 
 NAMESPACES = {
     "": sd,
@@ -1106,14 +1106,9 @@ def _assert_close(a, b, rtol, atol):
             np.testing.assert_array_equal(x, y)
 
 
-def _all_finite(x):
-    # checked in NumPy: an eager jnp.isfinite/all compiles two small programs per leaf shape
-    return bool(np.all(np.isfinite(np.asarray(x))))
-
-
 def _assert_finite(tree):
     for x in _float_leaves(tree):
-        assert _all_finite(x), f"non-finite output: {x}"
+        assert all_finite(x), f"non-finite output: {x}"
 
 
 def _functional(out):
@@ -1205,7 +1200,7 @@ def _out32(c):
     with jax.enable_x64(False):
         fn32, b1, _ = c.build(jnp.float32)
         out = jax.jit(fn32)(*b1)
-        return [(x.dtype, _all_finite(x)) for x in _float_leaves(out)]
+        return [(x.dtype, all_finite(x)) for x in _float_leaves(out)]
 
 
 @functools.cache
@@ -1246,7 +1241,7 @@ def _check_grad(vg, args, diff, fd):
     difference `(L(a + hv) - L(a - hv)) / 2h` along a random direction `v` (float64)."""
     (_, _), g = vg(*args)
     for leaf in jax.tree_util.tree_leaves(g):
-        assert _all_finite(leaf), f"non-finite gradient {leaf}"
+        assert all_finite(leaf), f"non-finite gradient {leaf}"
     if not fd:
         return
     rng = np.random.RandomState(1)
