@@ -420,28 +420,30 @@ def _moons(key, n):
     return (pts - pts.mean(0, keepdims=True)) / pts.std(0, keepdims=True)
 
 
-_PF_ODE = {}
-_DPM = {}
+_COMPILED = {}
+
+
+def _per_structure(name, model, x_T, solve, level):
+    """`solve(model, x_T)`, compiled once per network structure with the weights an argument (so
+    shared by both data sets), with LLVM at `level` instead of the suite's -O0: these programs
+    cost more to run than to compile. Same values up to rounding (no fast-math at any level)."""
+    params, static = eqx.partition(model, eqx.is_array)
+    if (name, static) not in _COMPILED:
+        run = lambda p, x: solve(eqx.combine(p, static), x)
+        _COMPILED[name, static] = compiled_o3(run, params, x_T, level=level)
+    return _COMPILED[name, static](params, x_T)
 
 
 def _dpm_samples(model, x_T):
-    """DPM-Solver-2 on the 10-step log-SNR grid (to 1e-3) from each row of `x_T`. One program
-    per network structure, the weights an argument (shared by both data sets), compiled with
-    LLVM at -O1 instead of the suite's -O0: 20,000 chains run about twice as fast (the run costs
-    more than the compile). Same values up to rounding (no fast-math at either level)."""
-    params, static = eqx.partition(model, eqx.is_array)
-    if static not in _DPM:
-        sde = sd.VPSDE()
+    """DPM-Solver-2 on the 10-step log-SNR grid (to 1e-3) from each row of `x_T`, at -O1: 20,000
+    chains run about twice as fast as at -O0."""
+    sde = sd.VPSDE()
 
-        def run(params, x_T):
-            m = eqx.combine(params, static)
-            grid = sd.grids.log_snr(sde, 10, t_eps=1e-3, dtype=jnp.float32)
-            return jax.vmap(lambda x: sd.sample(None, sde, m, sd.DPMSolver(order=2), grid, x).x)(
-                x_T
-            )
+    def solve(m, x_T):
+        grid = sd.grids.log_snr(sde, 10, t_eps=1e-3, dtype=jnp.float32)
+        return jax.vmap(lambda x: sd.sample(None, sde, m, sd.DPMSolver(order=2), grid, x).x)(x_T)
 
-        _DPM[static] = compiled_o3(run, params, x_T, level="1")
-    return _DPM[static](params, x_T)
+    return _per_structure("dpm-solver-2", model, x_T, solve, "1")
 
 
 @eqx.filter_jit
@@ -452,21 +454,15 @@ def _far_relative_error(ema, far):
 
 
 def _pf_ode_samples(model, x_T):
-    """The adaptive PF-ODE from T to 1e-3 from each row of `x_T`. One program per network
-    structure, the weights an argument (shared by both data sets), compiled with LLVM at -O3
-    instead of the suite's -O0 (conftest): the cost of 1,000 adaptive solves is running them
-    (about 9 ms a point at -O0). Same values up to rounding (no fast-math at either level)."""
-    params, static = eqx.partition(model, eqx.is_array)
-    if static not in _PF_ODE:
-        sde = sd.VPSDE()
-        grid = jnp.array([sde.T, 1e-3], jnp.float32)
+    """The adaptive PF-ODE from T to 1e-3 from each row of `x_T`, at -O3: the cost of 1,000
+    adaptive solves is running them (about 9 ms a point at -O0)."""
+    sde = sd.VPSDE()
+    grid = jnp.array([sde.T, 1e-3], jnp.float32)
 
-        def run(params, x_T):
-            m = eqx.combine(params, static)
-            return jax.vmap(lambda x: sd.sample(None, sde, m, sd.ODE(), grid, x).x)(x_T)
+    def solve(m, x_T):
+        return jax.vmap(lambda x: sd.sample(None, sde, m, sd.ODE(), grid, x).x)(x_T)
 
-        _PF_ODE[static] = compiled_o3(run, params, x_T)
-    return _PF_ODE[static](params, x_T)
+    return _per_structure("pf-ode", model, x_T, solve, "3")
 
 
 @pytest.mark.slow
